@@ -1,0 +1,31 @@
+# The two commands of the quick start: `make demo` and `make test`.
+# Both create .venv when missing and install xprune with torch pinned to the local CPU wheel.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.xprune-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench clean
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	# zennit is a test-only oracle for the LRP engine: no deps (it would pull torchvision)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt --no-deps zennit==0.5.1
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/xprune demo
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/speedup.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,0 +1,30 @@
+"""xprune: prune neural networks by what their explanations say does not matter.
+
+The pipeline, one stage per module::
+
+    units (what can go) -> criteria (how much it matters) -> select (a Plan)
+    -> surgery (remove or mask) -> evaluate (what it cost, what it saved)
+
+Quick use::
+
+    import xprune
+    scores = xprune.score(model, (X_ref, y_ref), criterion="lrp")
+    plan = xprune.select(scores, ratio=0.5)
+    small = xprune.apply(model, plan)            # physically smaller
+    small = xprune.prune(model, (X_ref, y_ref), "lrp", 0.5)   # the same in one call
+"""
+
+from . import criteria, units
+from .criteria import Criterion, HookedCriterion, register
+from .errors import DataError, NothingToPrune, XpruneError
+from .scores import Scores, score
+from .select import Plan, select
+from .surgery import apply, prune, unit_costs
+from .units import UnitGroup, UnitSet, discover
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Criterion", "DataError", "HookedCriterion", "NothingToPrune", "Plan", "Scores", "UnitGroup", "UnitSet",
+    "XpruneError", "apply", "criteria", "discover", "prune", "register", "score", "select", "unit_costs", "units",
+]

@@ -1,0 +1,94 @@
+"""Gradient-based criteria: ``"gradient"`` and ``"taylor"``.
+
+Both differentiate an *objective* with respect to each unit's output: by
+default the logit of the target class (the same signal LRP starts from, so
+criteria are compared on equal terms); ``objective="loss"`` uses the
+cross-entropy loss instead (as in Molchanov et al. 2017).
+
+- ``"gradient"``: ``|mean over samples and positions of dO/da|`` (Yeom et al.
+  2021, baseline "gradient").
+- ``"taylor"``: ``|mean over samples and positions of a * dO/da|``, the
+  first-order Taylor estimate of the change of the objective when the unit is
+  zeroed (Molchanov et al., "Pruning Convolutional Neural Networks for
+  Resource Efficient Inference", ICLR 2017). Molchanov et al. L2-normalise per
+  layer; that is this criterion's default normalisation.
+
+For single weights (kind ``"weights"``) the same formulas are applied to the
+weight and the gradient at the weight: ``|mean dO/dw|`` and ``|w * sum dO/dw|``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from .. import _inputs
+from ..errors import XpruneError
+from .base import HookedCriterion, register, resolve_target
+
+
+class _Objective(HookedCriterion):
+    def __init__(self, objective: str = "logit"):
+        if objective not in ("logit", "loss"):
+            raise XpruneError(f"objective must be 'logit' or 'loss', got {objective!r}")
+        self.objective = objective
+
+    def seed(self, output, classes):
+        onehot = super().seed(output, classes)
+        if self.objective == "logit":
+            return onehot
+        # d/d(logits) of the summed cross-entropy, with the sign of -loss so that
+        # both objectives point the same way ("more of the right class").
+        return onehot - torch.softmax(output.detach(), dim=-1) * onehot.sum(-1, keepdim=True)
+
+    def compute_weights(self, model, units, data, *, target="label"):
+        names = dict(model.named_modules())
+        weights = [names[g.name].weight for g in units]
+        totals = [torch.zeros_like(w, dtype=torch.float64) for w in weights]
+        n = 0
+        for inputs, labels in data:
+            with torch.enable_grad():
+                output = _inputs.logits(_inputs.call(model, inputs))
+                classes = resolve_target(target, output, labels)
+                grads = torch.autograd.grad(
+                    output, weights, grad_outputs=self.seed(output, classes), allow_unused=True
+                )
+            for t, g in zip(totals, grads):
+                if g is not None:
+                    t += g.double()
+            n += output.shape[0]
+        return {
+            g.name: self.weight_finalize(w.detach().double(), t, n).reshape(-1).cpu()
+            for g, w, t in zip(units, weights, totals)
+        }
+
+
+@register("gradient")
+class Gradient(_Objective):
+    """|mean gradient of the objective at the unit's output|."""
+
+    def reduce(self, activation, grad, unit_dim):
+        return grad.double().sum(dim=(0, 1))
+
+    def finalize(self, total, count):
+        return (total / count).abs()
+
+    def weight_finalize(self, weight, grad_sum, n):
+        return (grad_sum / n).abs()
+
+
+@register("taylor")
+class Taylor(_Objective):
+    """|mean of activation x gradient| at the unit's output (Molchanov et al. 2017)."""
+
+    default_normalize: ClassVar[str | None] = "l2"
+
+    def reduce(self, activation, grad, unit_dim):
+        return (activation.double() * grad.double()).sum(dim=(0, 1))
+
+    def finalize(self, total, count):
+        return (total / count).abs()
+
+    def weight_finalize(self, weight, grad_sum, n):
+        return (weight * grad_sum / n).abs()

@@ -1,0 +1,17 @@
+"""Exceptions raised by xprune.
+
+Every error xprune raises on bad input derives from :class:`XpruneError` (itself
+a ``ValueError``), and its message names the problem and how to fix it.
+"""
+
+
+class XpruneError(ValueError):
+    """Base class of the errors xprune raises for bad input."""
+
+
+class NothingToPrune(XpruneError):
+    """The model has no unit of the requested kind that may be removed."""
+
+
+class DataError(XpruneError):
+    """The data does not fit the model or is empty / malformed."""

@@ -1,0 +1,257 @@
+"""Scores: one value per unit, and :func:`score`, the entry point that computes them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from . import _inputs
+from .criteria import base as criteria
+from .errors import DataError, XpruneError
+from .units import UnitSet, discover
+
+NORMALIZATIONS = (None, "none", "l1", "l2", "max")
+
+
+def normalize(values: torch.Tensor, how: str | None) -> torch.Tensor:
+    """Normalise one layer's scores: ``"l1"`` (divide by the sum of |s|), ``"l2"``, ``"max"`` or none."""
+    if how in (None, "none"):
+        return values
+    if how == "l1":
+        d = values.abs().sum()
+    elif how == "l2":
+        d = values.norm()
+    elif how == "max":
+        d = values.abs().max()
+    else:
+        raise XpruneError(f"unknown normalisation {how!r}; use one of none, l1, l2, max")
+    return values / d if d > 0 else values
+
+
+class Scores(Mapping):
+    """Per-unit scores of a model: a mapping ``group name -> 1-D tensor``.
+
+    Keys are the names (as in ``model.named_modules()``) of the first layer, in
+    forward order, whose outputs are the units; ``members[name]`` lists every
+    layer of the coupled group. Higher scores mean more important units.
+
+    Attributes
+    ----------
+    kind : str
+        Unit kind (``"channels"``, ``"weights"``, ...).
+    criterion : str
+        Name of the criterion that produced the scores.
+    members : dict
+        Group name -> the layers the group's removal touches.
+    roots : dict
+        Group name -> the layer through which the group is pruned.
+    example : dict
+        Shapes and dtypes of the example inputs (to rebuild the dependency graph).
+    parts : dict
+        Group name -> lists of units that must not all be removed (e.g. the
+        channels of one branch of a concatenation: removing all of them would
+        leave a layer with no output).
+    meta : dict
+        Anything else worth keeping (options, number of samples).
+    """
+
+    def __init__(self, values: Mapping[str, torch.Tensor], *, kind: str, criterion: str = "",
+                 members: Mapping[str, Any] | None = None, roots: Mapping[str, str] | None = None,
+                 example: Any = None, meta: Mapping[str, Any] | None = None,
+                 parts: Mapping[str, Any] | None = None):
+        self._values = {k: torch.as_tensor(v).detach().reshape(-1).double().cpu() for k, v in values.items()}
+        self.kind = kind
+        self.criterion = criterion
+        self.members = {k: list(v) for k, v in (members or {}).items()}
+        self.roots = dict(roots or {k: k for k in self._values})
+        self.example = example
+        self.meta = dict(meta or {})
+        self.parts = {k: [list(map(int, p)) for p in v] for k, v in (parts or {}).items()}
+
+    @classmethod
+    def from_units(cls, values, units: UnitSet, **kw) -> "Scores":
+        return cls(values, kind=units.kind, members={g.name: g.members for g in units},
+                   roots={g.name: g.root for g in units}, example=units.example,
+                   parts={g.name: list(g.index.values()) for g in units if g.index}, **kw)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @property
+    def total(self) -> int:
+        """Total number of units."""
+        return sum(v.numel() for v in self._values.values())
+
+    def normalized(self, how: str | None) -> "Scores":
+        """A copy with every layer's scores normalised (see :func:`normalize`)."""
+        return self._replace({k: normalize(v, how) for k, v in self._values.items()})
+
+    def _replace(self, values) -> "Scores":
+        return Scores(values, kind=self.kind, criterion=self.criterion, members=self.members,
+                      roots=self.roots, example=self.example, meta=self.meta, parts=self.parts)
+
+    def _header(self) -> dict[str, str]:
+        return {"xprune": "scores", "kind": self.kind, "criterion": self.criterion,
+                "members": json.dumps(self.members), "roots": json.dumps(self.roots),
+                "example": json.dumps(self.example), "meta": json.dumps(self.meta, default=str),
+                "parts": json.dumps(self.parts), "order": json.dumps(list(self._values))}
+
+    def save(self, path: str | Path) -> None:
+        """Save to ``.safetensors`` (tensors + JSON metadata) or any other suffix with ``torch.save``."""
+        from ._io import atomic_write
+
+        path = Path(path)
+        tensors = {k: v.contiguous() for k, v in self._values.items()}
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save
+
+            data = save(tensors, metadata=self._header())
+            atomic_write(path, data)
+        else:
+            import io
+
+            buf = io.BytesIO()
+            torch.save({"header": self._header(), "values": tensors}, buf)
+            atomic_write(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Scores":
+        """Load scores written by :meth:`save`."""
+        path = Path(path)
+        if not path.exists():
+            raise XpruneError(f"no scores file at {path}")
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                values = {k: f.get_tensor(k) for k in f.keys()}
+        else:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            header, values = blob["header"], blob["values"]
+        if header.get("xprune") != "scores":
+            raise XpruneError(f"{path} is not an xprune scores file")
+        values = {k: values[k] for k in json.loads(header.get("order", "[]")) or values}  # forward order
+        return cls(values, kind=header["kind"], criterion=header["criterion"],
+                   members=json.loads(header["members"]), roots=json.loads(header["roots"]),
+                   example=json.loads(header["example"]), meta=json.loads(header["meta"]),
+                   parts=json.loads(header.get("parts", "{}")))
+
+    def __repr__(self) -> str:
+        return f"Scores(criterion={self.criterion!r}, kind={self.kind!r}, groups={len(self)}, units={self.total})"
+
+
+def score(
+    model: nn.Module,
+    data: Any = None,
+    criterion: Any = "lrp",
+    units: str | UnitSet = "channels",
+    *,
+    target: Any = "label",
+    normalize: str | None = "default",
+    example_inputs: Any = None,
+    include_output: bool = False,
+    ignore=(),
+    batch_size: int = 128,
+    progress: bool = False,
+    **options: Any,
+) -> Scores:
+    """Score every prunable unit of ``model``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model; it is never modified (eval mode is used while scoring and
+        the train/eval flags are restored).
+    data : iterable of (inputs, labels), (X, y) pair or xprune.data.Split
+        The reference samples, streamed batch by batch. May be ``None`` only
+        for criteria that need no data (``"weight"``, ``"l2"``, ``"random"``),
+        in which case ``example_inputs`` is required.
+    criterion : str, Criterion class or instance
+        See :func:`xprune.criteria.available`.
+    units : str or UnitSet
+        Unit kind (``"channels"``, ``"weights"``) or units found before with
+        :func:`xprune.units.discover`.
+    target : "label", "predicted", int or callable
+        The class whose score is explained (see :func:`~xprune.criteria.resolve_target`).
+    normalize : "default", None, "l1", "l2" or "max"
+        Per-layer normalisation; ``"default"`` uses the criterion's own
+        (e.g. L2 for Taylor, none for the others).
+    example_inputs : optional
+        Inputs used to trace the model; default: the first sample of ``data``.
+    include_output, ignore :
+        See :func:`xprune.units.discover`.
+    progress : bool
+        Show a progress bar over batches.
+    **options :
+        Options of the criterion (e.g. ``seed`` for random, ``composite`` for lrp).
+
+    Returns
+    -------
+    Scores
+    """
+    crit = criteria.get(criterion, **options)
+    stream = None
+    if data is not None:
+        (x0, y0), stream = _inputs.peek(data, batch_size)
+        if example_inputs is None:
+            example_inputs = _inputs.first_sample(x0)
+        _check_labels(model, x0, y0)
+    elif crit.requires_data:
+        raise DataError(f"criterion {crit.name!r} needs data: pass reference samples as (X, y) or a DataLoader")
+    elif example_inputs is None and not isinstance(units, UnitSet):
+        raise DataError("pass example_inputs (or data) so the model can be traced to find its units")
+    unit_set = units if isinstance(units, UnitSet) else discover(
+        model, example_inputs, units, include_output=include_output, ignore=ignore)
+    if stream is not None and progress:
+        stream = _progress(stream, f"scoring ({crit.name})")
+    with _inputs.preserved_state(model):
+        raw = crit.compute(model, unit_set, stream if crit.requires_data else None, target=target)
+    for g in unit_set:
+        if g.name not in raw or raw[g.name].numel() != g.size:
+            raise XpruneError(f"criterion {crit.name!r} returned no/incorrectly sized scores for {g.name!r}")
+    how = crit.default_normalize if normalize == "default" else normalize
+    values = {g.name: _normalize_one(raw[g.name], how) for g in unit_set}
+    return Scores.from_units(values, unit_set, criterion=crit.name,
+                             meta={"normalize": how, "target": target if isinstance(target, (str, int)) else "callable"})
+
+
+def _normalize_one(v, how):
+    return normalize(torch.as_tensor(v).double(), how)
+
+
+def _check_labels(model: nn.Module, x: Any, y: Any) -> None:
+    """Fail early, with a clear message, when inputs or labels do not fit the model."""
+    from .units import _check_forward
+
+    with _inputs.preserved_state(model), torch.no_grad():
+        out = _inputs.logits(_check_forward(model, _inputs.first_sample(x)))
+    if y is None:
+        return
+    y = torch.as_tensor(y)
+    if y.numel() and (y.min() < 0 or y.max() >= out.shape[-1]):
+        raise DataError(
+            f"labels must lie in [0, {out.shape[-1] - 1}] (the model has {out.shape[-1]} outputs); "
+            f"got labels from {int(y.min())} to {int(y.max())}"
+        )
+
+
+def _progress(iterable, description: str):
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        for item in iterable:
+            yield item
+            bar.advance(task)

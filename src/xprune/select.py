@@ -1,0 +1,248 @@
+"""From scores to a plan: which units go.
+
+:func:`select` ranks units by score (lowest first) either across all layers
+(``scope="global"``) or within each layer (``scope="local"``), removes a given
+fraction of the units (or of the model's MACs or parameters), never empties a
+layer (``min_keep``), and can round each layer's kept count to a multiple
+(``round_to=8`` keeps tensor shapes friendly to vector units).
+A :class:`Plan` lists exactly which units go; it is JSON-serialisable and
+prints as a per-layer table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .errors import XpruneError
+from .scores import Scores, normalize as _normalize
+
+
+@dataclass
+class Plan:
+    """Which units to remove.
+
+    Attributes
+    ----------
+    kind : str
+        Unit kind the plan removes.
+    remove : dict
+        Group name -> sorted list of unit indices to remove (every group
+        appears, possibly with an empty list).
+    sizes : dict
+        Group name -> number of units before pruning.
+    members, roots : dict
+        Coupled layers of each group and the layer it is pruned through.
+    example : dict
+        Shapes/dtypes of example inputs (to rebuild the dependency graph).
+    meta : dict
+        How the plan was made (criterion, ratio, scope, ...).
+    """
+
+    kind: str
+    remove: dict[str, list[int]]
+    sizes: dict[str, int]
+    members: dict[str, list[str]] = field(default_factory=dict)
+    roots: dict[str, str] = field(default_factory=dict)
+    example: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_removed(self) -> int:
+        return sum(len(v) for v in self.remove.values())
+
+    @property
+    def n_total(self) -> int:
+        return sum(self.sizes.values())
+
+    @property
+    def ratio(self) -> float:
+        """Fraction of units removed."""
+        return self.n_removed / self.n_total if self.n_total else 0.0
+
+    def keep(self, name: str) -> list[int]:
+        """Indices of the units of group ``name`` that stay."""
+        gone = set(self.remove[name])
+        return [i for i in range(self.sizes[name]) if i not in gone]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"xprune": "plan", "kind": self.kind, "remove": self.remove, "sizes": self.sizes,
+                "members": self.members, "roots": self.roots, "example": self.example, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Plan":
+        if d.get("xprune") != "plan":
+            raise XpruneError("not an xprune plan (missing 'xprune': 'plan')")
+        return cls(d["kind"], {k: list(map(int, v)) for k, v in d["remove"].items()},
+                   {k: int(v) for k, v in d["sizes"].items()}, d.get("members", {}), d.get("roots", {}),
+                   d.get("example"), d.get("meta", {}))
+
+    def save(self, path: str | Path) -> None:
+        """Write the plan as JSON (atomically)."""
+        from ._io import atomic_write
+
+        atomic_write(path, json.dumps(self.to_dict(), indent=1, default=str))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        path = Path(path)
+        if not path.exists():
+            raise XpruneError(f"no plan file at {path}")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def __str__(self) -> str:
+        width = max([len(n) for n in self.sizes] + [5])
+        lines = [f"Plan: remove {self.n_removed} of {self.n_total} {self.kind} ({100 * self.ratio:.1f}%)"
+                 + (f", criterion {self.meta['criterion']}" if self.meta.get("criterion") else ""),
+                 f"  {'layer':<{width}}  {'before':>7}  {'removed':>7}  {'after':>7}"]
+        for name, size in self.sizes.items():
+            r = len(self.remove[name])
+            lines.append(f"  {name:<{width}}  {size:>7}  {r:>7}  {size - r:>7}")
+        return "\n".join(lines)
+
+
+def _keep_floor(size: int, min_keep: int | float) -> int:
+    if isinstance(min_keep, float) and 0 < min_keep < 1:
+        k = math.ceil(min_keep * size)
+    else:
+        k = int(min_keep)
+    return min(size, max(1 if size else 0, k))
+
+
+def select(
+    scores: Scores,
+    ratio: float,
+    *,
+    scope: str = "global",
+    by: str = "units",
+    costs: Mapping[str, float] | None = None,
+    normalize: str | None = None,
+    min_keep: int | float = 1,
+    round_to: int | None = None,
+) -> Plan:
+    """Turn scores into a :class:`Plan` removing the least important units.
+
+    Parameters
+    ----------
+    scores : Scores
+        From :func:`xprune.score`.
+    ratio : float in [0, 1)
+        Fraction to remove: of the units (``by="units"``), or of the MACs or
+        parameters the units account for (``by="macs"``/``"params"``, needs
+        ``costs`` from :func:`xprune.surgery.unit_costs`).
+    scope : "global" or "local"
+        One ranking across all layers, or the same ratio within every layer.
+    normalize : None, "l1", "l2" or "max"
+        Per-layer normalisation applied before ranking (on top of any done when scoring).
+    min_keep : int or float
+        Units every layer keeps at least: a count, or a fraction of the layer
+        (float in (0, 1)). Never below 1: no layer is emptied.
+    round_to : int, optional
+        Round each pruned layer's kept count to the nearest multiple of this
+        (at least one multiple); a layer smaller than that multiple, or one that
+        would round up to its full size, keeps all its units.
+        Rounding may move the achieved ratio slightly away from ``ratio``.
+
+    Ties are broken by forward order then unit index, so the selection is
+    deterministic and, without rounding, the removed sets for growing ratios
+    are nested.
+    """
+    if not isinstance(scores, Scores):
+        raise XpruneError(f"select() expects Scores from xprune.score(), got {type(scores).__name__}")
+    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise XpruneError(f"ratio must be a number in [0, 1), got {ratio!r}")
+    if scope not in ("global", "local"):
+        raise XpruneError(f"scope must be 'global' or 'local', got {scope!r}")
+    if by not in ("units", "macs", "params"):
+        raise XpruneError(f"by must be 'units', 'macs' or 'params', got {by!r}")
+    if by != "units" and costs is None:
+        raise XpruneError(f"by={by!r} needs per-unit costs: costs=xprune.surgery.unit_costs(model, scores, {by!r})")
+    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+        raise XpruneError(f"round_to must be a positive int, got {round_to!r}")
+    if scores.kind == "weights" and round_to:
+        raise XpruneError("round_to applies to channels, not single weights")
+
+    names = list(scores)
+    values = {n: _normalize(scores[n], normalize) for n in names}
+    sizes = {n: values[n].numel() for n in names}
+    caps = {n: sizes[n] - _keep_floor(sizes[n], min_keep) for n in names}
+    guard = _PartGuard(scores.parts)
+    unit_cost = {n: float(costs[n]) if costs is not None and by != "units" else 1.0 for n in names}
+    removed: dict[str, list[int]] = {n: [] for n in names}
+
+    if scope == "local":
+        for n in names:
+            k = min(caps[n], math.floor(ratio * sizes[n] + 1e-9))
+            for i in np.argsort(values[n].numpy(), kind="stable").tolist():
+                if len(removed[n]) >= k:
+                    break
+                if guard.take(n, i):
+                    removed[n].append(i)
+            removed[n].sort()
+    else:
+        flat = torch.cat([values[n] for n in names]).numpy() if names else np.zeros(0)
+        owner = np.concatenate([np.full(sizes[n], i) for i, n in enumerate(names)]) if names else np.zeros(0, int)
+        local = np.concatenate([np.arange(sizes[n]) for n in names]) if names else np.zeros(0, int)
+        order = np.argsort(flat, kind="stable")
+        budget = ratio * sum(sizes[n] * unit_cost[n] for n in names)
+        spent = 0.0
+        for pos in order:
+            n = names[owner[pos]]
+            if len(removed[n]) >= caps[n]:
+                continue
+            if spent + unit_cost[n] > budget + 1e-9:
+                if by == "units":
+                    break
+                continue  # a cheaper unit further down may still fit the budget
+            if not guard.take(n, int(local[pos])):
+                continue
+            removed[n].append(int(local[pos]))
+            spent += unit_cost[n]
+        removed = {n: sorted(v) for n, v in removed.items()}
+
+    if round_to:
+        if scores.parts:
+            raise XpruneError("round_to is not supported for models with concatenated channel groups")
+        removed = {n: _round(values[n], removed[n], sizes[n], round_to, _keep_floor(sizes[n], min_keep))
+                   for n in names}
+    return Plan(scores.kind, removed, sizes, dict(scores.members), dict(scores.roots), scores.example,
+                {"criterion": scores.criterion, "ratio": ratio, "scope": scope, "by": by,
+                 "normalize": normalize, "min_keep": min_keep, "round_to": round_to})
+
+
+class _PartGuard:
+    """Refuses to remove the last unit of any part of a group (e.g. a concatenated branch)."""
+
+    def __init__(self, parts: Mapping[str, list[list[int]]]):
+        self.left = {}
+        self.member_of: dict[tuple[str, int], list[tuple[str, int]]] = {}
+        for name, plist in parts.items():
+            for j, part in enumerate(plist):
+                self.left[(name, j)] = len(part)
+                for u in part:
+                    self.member_of.setdefault((name, u), []).append((name, j))
+
+    def take(self, name: str, unit: int) -> bool:
+        keys = self.member_of.get((name, unit), ())
+        if any(self.left[k] <= 1 for k in keys):
+            return False
+        for k in keys:
+            self.left[k] -= 1
+        return True
+
+
+def _round(values: torch.Tensor, removed: list[int], size: int, multiple: int, floor: int) -> list[int]:
+    if not removed:
+        return []
+    kept = size - len(removed)
+    target = max(int(round(kept / multiple)) * multiple, multiple, floor)
+    if target >= size:
+        return []
+    order = np.argsort(values.numpy(), kind="stable").tolist()  # lowest first
+    return sorted(order[: size - target])

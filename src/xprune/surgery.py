@@ -1,0 +1,250 @@
+"""Apply a plan: physically remove units, or mask them (zeros, same shapes).
+
+``mode="remove"`` uses Torch-Pruning's dependency graph on a copy of the model:
+every coupled layer (BatchNorm, next conv, residual partner, the linear layer
+after a flatten) shrinks consistently, so the result is a smaller model with
+the same outputs as the masked one.
+
+``mode="mask"`` keeps every shape and zeroes what the removed units contribute:
+the producing rows (and biases) of conv/linear layers, the affine parameters
+of the norms that follow them (so a BatchNorm cannot turn a zeroed channel
+back into a constant), and the consumers' input weights. In eval mode the
+masked and the removed model compute the same function, except where a norm
+normalises *across* units (LayerNorm/GroupNorm over the pruned dimension),
+whose statistics differ.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from . import _inputs
+from .errors import XpruneError
+from .select import Plan, select
+from .units import build_graph
+
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def apply(
+    model: nn.Module,
+    plan: Plan,
+    mode: str = "remove",
+    *,
+    example_inputs: Any = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """Apply ``plan`` to ``model`` and return the pruned model.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model the plan was made for. Untouched unless ``inplace=True``.
+    plan : Plan
+        From :func:`xprune.select`.
+    mode : "remove" or "mask"
+        Physically remove the units (smaller tensors) or zero them in place of
+        removal (same shapes). Single weights (kind ``"weights"``) can only be masked.
+    example_inputs : optional
+        Inputs to trace the model; default: zeros shaped as recorded in the plan.
+    inplace : bool
+        Modify ``model`` itself instead of a deep copy. Even then, the plan is
+        validated completely before the first tensor changes.
+    """
+    if not isinstance(plan, Plan):
+        raise XpruneError(f"apply() expects a Plan from xprune.select(), got {type(plan).__name__}")
+    if mode not in ("remove", "mask"):
+        raise XpruneError(f"mode must be 'remove' or 'mask', got {mode!r}")
+    if plan.kind == "weights" and mode == "remove":
+        raise XpruneError(
+            "single weights cannot be removed physically (tensors keep their shape); "
+            "use mode='mask' for unstructured pruning, or units='channels' for a smaller model"
+        )
+    _validate(model, plan)
+    target = model if inplace else copy.deepcopy(model)
+    if plan.kind == "weights":
+        _mask_weights(target, plan)
+        return target
+    if example_inputs is None:
+        if plan.example is None:
+            raise XpruneError("the plan records no example inputs; pass example_inputs=")
+        example_inputs = _inputs.from_spec(plan.example)
+    device = next((p.device for p in target.parameters()), None)
+    example_inputs = _inputs.to_device(example_inputs, device)
+    groups = _pruning_groups(target, plan, example_inputs)
+    if not inplace:
+        for group in groups:
+            _apply_group(group, mode)
+        return target
+    # In place: prune a scratch copy first, so a failure never leaves the caller's model half-pruned.
+    scratch = copy.deepcopy(model)
+    for group in _pruning_groups(scratch, plan, example_inputs):
+        _apply_group(group, mode)
+    for group in groups:
+        _apply_group(group, mode)
+    return target
+
+
+def _validate(model: nn.Module, plan: Plan) -> None:
+    modules = dict(model.named_modules())
+    for name, idxs in plan.remove.items():
+        root = plan.roots.get(name, name)
+        if root not in modules:
+            raise XpruneError(f"the plan names layer {root!r}, which this model does not have; "
+                              "was the plan made for another model?")
+        size = plan.sizes[name]
+        if any(i < 0 or i >= size for i in idxs):
+            raise XpruneError(f"plan removes indices outside [0, {size}) from {name!r}")
+        if len(set(idxs)) >= size and size:
+            raise XpruneError(f"plan removes every unit of {name!r}; keep at least one")
+        if plan.kind == "weights":
+            w = getattr(modules[name], "weight", None)
+            if w is None or w.numel() != size:
+                raise XpruneError(f"layer {name!r} does not have {size} weights; the plan does not fit this model")
+
+
+def _pruning_groups(model: nn.Module, plan: Plan, example_inputs: Any) -> list:
+    graph = build_graph(model, example_inputs)
+    modules = dict(model.named_modules())
+    groups = []
+    for name, idxs in plan.remove.items():
+        if not idxs:
+            continue
+        module = modules[plan.roots.get(name, name)]
+        pruner = graph.get_pruner_of_module(module)
+        out_channels = pruner.get_out_channels(module) if pruner is not None else None
+        if out_channels != plan.sizes[name]:
+            raise XpruneError(
+                f"layer {plan.roots.get(name, name)!r} has {out_channels} output channels but the plan "
+                f"expects {plan.sizes[name]}; the plan does not fit this model"
+            )
+        group = graph.get_pruning_group(module, pruner.prune_out_channels, list(idxs))
+        groups.append(group)
+    return groups
+
+
+def _apply_group(group, mode: str) -> None:
+    if mode == "remove":
+        group.prune(record_history=False)
+    else:
+        _mask_group(group)
+
+
+@torch.no_grad()
+def _mask_group(group) -> None:
+    graph = group._DG
+    for item in group:
+        module, handler = item.dep.target.module, item.dep.handler
+        idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
+        if not isinstance(module, nn.Module) or not len(idxs) or not any(True for _ in module.parameters(recurse=False)):
+            continue
+        if isinstance(module, _NORMS):
+            _zero(getattr(module, "weight", None), 0, idxs)
+            _zero(getattr(module, "bias", None), 0, idxs)
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+            out_dim, in_dim = (1, 0) if transposed else (0, 1)
+            depthwise = module.groups == module.out_channels == module.in_channels and module.groups > 1
+            if graph.is_out_channel_pruning_fn(handler) or depthwise:
+                _zero(module.weight, out_dim, idxs)
+                _zero(module.bias, 0, idxs)
+            elif module.groups == 1:
+                _zero(module.weight, in_dim, idxs)
+            else:
+                raise XpruneError(f"masking input channels of grouped conv {module} is not supported; use mode='remove'")
+        elif isinstance(module, nn.Linear):
+            if graph.is_out_channel_pruning_fn(handler):
+                _zero(module.weight, 0, idxs)
+                _zero(module.bias, 0, idxs)
+            else:
+                _zero(module.weight, 1, idxs)
+        else:
+            raise XpruneError(
+                f"mask mode does not know how to zero units of {type(module).__name__}; use mode='remove'"
+            )
+
+
+def _zero(t: torch.Tensor | None, dim: int, idxs: torch.Tensor) -> None:
+    if t is not None:
+        t.index_fill_(dim, idxs.to(t.device), 0.0)
+
+
+@torch.no_grad()
+def _mask_weights(model: nn.Module, plan: Plan) -> None:
+    modules = dict(model.named_modules())
+    for name, idxs in plan.remove.items():
+        if idxs:
+            w = modules[name].weight
+            w.view(-1)[torch.as_tensor(idxs, dtype=torch.long, device=w.device)] = 0.0
+
+
+def unit_costs(model: nn.Module, scores_or_plan: Any, by: str = "macs", example_inputs: Any = None) -> dict[str, float]:
+    """MACs (or parameters) saved per removed unit of each group, measured.
+
+    For every group one unit is removed from a copy of the model and the
+    MACs/parameters counted before and after (Torch-Pruning's counter, 1
+    multiply-add = 1 MAC). Interactions between groups (removing both a
+    layer's inputs and its outputs) make the sum of per-unit costs an
+    estimate of a multi-group plan's saving; report the measured figures of
+    the pruned model.
+    """
+    if by not in ("macs", "params"):
+        raise XpruneError(f"by must be 'macs' or 'params', got {by!r}")
+    example = example_inputs if example_inputs is not None else _inputs.from_spec(scores_or_plan.example)
+    sizes = scores_or_plan.sizes if isinstance(scores_or_plan, Plan) else {k: v.numel() for k, v in scores_or_plan.items()}
+    roots = scores_or_plan.roots
+    with _inputs.preserved_state(model):
+        base_macs, base_params = tp.utils.count_ops_and_params(model, example)
+    costs = {}
+    for name, size in sizes.items():
+        if size < 2:
+            costs[name] = float("inf")
+            continue
+        one = Plan(getattr(scores_or_plan, "kind", "channels"), {name: [0]}, {name: size},
+                   roots={name: roots.get(name, name)}, example=scores_or_plan.example)
+        if one.kind == "weights":
+            costs[name] = 1.0 if by == "params" else 0.0
+            continue
+        pruned = apply(model, one, "remove", example_inputs=example)
+        with _inputs.preserved_state(pruned):
+            macs, params = tp.utils.count_ops_and_params(pruned, example)
+        costs[name] = float((base_macs - macs) if by == "macs" else (base_params - params))
+    return costs
+
+
+def prune(
+    model: nn.Module,
+    data: Any,
+    criterion: Any = "lrp",
+    ratio: float = 0.5,
+    *,
+    units: str = "channels",
+    mode: str | None = None,
+    scope: str = "global",
+    target: Any = "label",
+    normalize: Any = "default",
+    min_keep: int | float = 1,
+    round_to: int | None = None,
+    inplace: bool = False,
+    return_plan: bool = False,
+    **options: Any,
+):
+    """Score, select and apply in one call.
+
+    Equivalent to ``apply(model, select(score(model, data, criterion, units, ...), ratio, ...), mode)``.
+    ``mode`` defaults to ``"remove"`` for channels and ``"mask"`` for single weights.
+    Returns the pruned model, or ``(pruned, plan)`` with ``return_plan=True``.
+    """
+    from .scores import score
+
+    scores = score(model, data, criterion, units, target=target, normalize=normalize, **options)
+    plan = select(scores, ratio, scope=scope, min_keep=min_keep, round_to=round_to)
+    if mode is None:
+        mode = "mask" if plan.kind == "weights" else "remove"
+    pruned = apply(model, plan, mode, inplace=inplace)
+    return (pruned, plan) if return_plan else pruned
