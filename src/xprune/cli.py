@@ -1,0 +1,258 @@
+"""The ``xprune`` command line.
+
+Examples::
+
+    xprune demo                                   # the main job on built-in data
+    xprune criteria                               # list the criteria
+    xprune prune --model builtin:resnet --data mnist --criterion lrp --ratio 0.5 --out pruned.pt
+    xprune prune --model mypkg.nets:make_net --weights net.safetensors --data ./images \\
+                 --criterion taylor --ratio 0.3 --n-per-class 10 --out small.pt
+    xprune curve --model builtin:vgg --data digits --criteria lrp,taylor,weight --seeds 0,1,2 --out curves/
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .errors import XpruneError
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in _csv(text)]
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"ratio must be in [0, 1), got {value}")
+    return value
+
+
+def load_data(spec: str, *, seed: int = 0, root: str | None = None):
+    """A built-in dataset name, a ``.npz``/``.pt`` file or an image folder (one sub-folder per class)."""
+    from . import data as xdata
+
+    path = Path(spec)
+    if path.is_dir():
+        return xdata.load("folder", root=str(path), seed=seed)
+    if path.suffix in (".npz", ".pt", ".pth"):
+        return xdata.load(str(path), seed=seed)
+    kwargs = {"root": root} if root else {}
+    return xdata.load(spec, seed=seed, **kwargs)
+
+
+def load_model(spec: str, *, weights: str | None = None, dataset: str | None = None, seed: int = 0):
+    """A model from ``builtin:ARCH`` (trained on ``dataset``, cached), a saved module file, or ``module:factory``."""
+    if spec.startswith("builtin:"):
+        from .models import pretrained
+
+        if dataset is None:
+            raise XpruneError("builtin models need --data naming a built-in dataset")
+        model, _ = pretrained(spec.split(":", 1)[1], dataset, seed=seed)
+        return model
+    path = Path(spec)
+    if path.exists():
+        model = torch.load(path, map_location="cpu", weights_only=False)
+        if isinstance(model, dict):
+            raise XpruneError(f"{path} holds a state dict, not a module: pass --model module:factory --weights {path}")
+    elif ":" in spec:
+        module_name, _, factory = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise XpruneError(f"cannot import {module_name!r} for --model {spec}: {e}") from e
+        if not hasattr(module, factory):
+            raise XpruneError(f"module {module_name!r} has no attribute {factory!r}")
+        model = getattr(module, factory)()
+    else:
+        raise XpruneError(f"--model {spec!r}: no such file; use a saved module (.pt), module:factory or builtin:ARCH")
+    if weights:
+        wpath = Path(weights)
+        if not wpath.exists():
+            raise XpruneError(f"--weights {weights}: no such file")
+        if wpath.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(wpath))
+        else:
+            state = torch.load(wpath, map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise XpruneError(f"--weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if not isinstance(model, torch.nn.Module):
+        raise XpruneError(f"--model {spec} did not give a torch.nn.Module (got {type(model).__name__})")
+    return model.eval()
+
+
+def _reference(ds, n_per_class: int | None, seed: int):
+    from . import data as xdata
+
+    if n_per_class is None:
+        return ds.train
+    return xdata.reference_samples(ds.train, n_per_class, seed=seed)
+
+
+def cmd_demo(args) -> int:
+    from . import demo
+
+    demo.run(arch=args.arch, dataset=args.data, n_per_class=args.n_per_class,
+             criteria=_csv(args.criteria) if args.criteria else None, ratio=args.ratio,
+             criterion=args.criterion, seeds=_ints(args.seeds), out=args.out)
+    return 0
+
+
+def cmd_criteria(args) -> int:
+    from . import criteria
+
+    for name in criteria.available():
+        cls = type(criteria.get(name))
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:<22} {doc}")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from rich.console import Console
+
+    from . import demo, report
+    from .scores import score
+    from .select import select
+    from .surgery import apply
+
+    console = Console()
+    ds = load_data(args.data, seed=args.seed, root=args.data_root)
+    model = load_model(args.model, weights=args.weights, dataset=args.data, seed=args.seed)
+    reference = _reference(ds, args.n_per_class, args.seed)
+    options = {"seed": args.seed} if args.criterion == "random" else {}
+    scores = score(model, reference, args.criterion, args.units, progress=True, **options)
+    plan = select(scores, args.ratio, scope=args.scope, min_keep=args.min_keep, round_to=args.round_to)
+    mode = args.mode or ("mask" if plan.kind == "weights" else "remove")
+    pruned = apply(model, plan, mode)
+    console.print(str(plan))
+    example = ds.test.X[:64]
+    console.print(report.comparison_table(demo.measure(model, ds.test, example),
+                                          demo.measure(pruned, ds.test, example)))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save(pruned, tmp)
+    tmp.replace(out)
+    plan.save(out.with_suffix(".plan.json"))
+    console.print(f"wrote {out} (whole module, torch.load(..., weights_only=False)) and {out.with_suffix('.plan.json')}")
+    return 0
+
+
+def cmd_curve(args) -> int:
+    from rich.console import Console
+
+    from . import evaluate, report
+
+    console = Console()
+    ds = load_data(args.data, seed=0, root=args.data_root)
+    model = load_model(args.model, weights=args.weights, dataset=args.data)
+    curves = []
+    for seed in _ints(args.seeds):
+        reference = _reference(ds, args.n_per_class, seed)
+        for name in _csv(args.criteria):
+            options = {"seed": seed} if name == "random" else {}
+            curves.append(evaluate.curve(model, reference, ds.test, name, units=args.units, scope=args.scope,
+                                         progress=True, **options))
+    console.print(report.curves_table(curves))
+    out = Path(args.out)
+    report.plot_curves(curves, out / "curves.png", baseline=evaluate.accuracy(model, ds.test))
+    report.save_json({"curves": curves}, out / "curves.json")
+    (out / "curves.md").write_text(report.curves_markdown(curves) + "\n")
+    console.print(f"wrote {out / 'curves.png'}, {out / 'curves.json'}, {out / 'curves.md'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xprune",
+        description="Prune neural networks by what their explanations say does not matter.",
+        epilog="Run 'xprune COMMAND --help' for the options of each command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="compare criteria on built-in data, then prune (the main job)",
+                       description="Train (once, cached) or load a reference model, compare every criterion on "
+                                   "the accuracy-vs-pruning-rate curve with few reference samples per class, "
+                                   "prune at --ratio and report accuracy/parameters/MACs/latency.")
+    p.add_argument("--arch", default="resnet", help="reference architecture: mlp, vgg, resnet, vit (default resnet)")
+    p.add_argument("--data", default="mnist", help="built-in dataset: digits, mnist, fashion-mnist (default mnist)")
+    p.add_argument("--n-per-class", type=int, default=10, help="reference samples per class (default 10)")
+    p.add_argument("--criteria", help="comma-separated criteria to compare (default: all built-in)")
+    p.add_argument("--criterion", help="criterion used for the final pruning (default: best AUC)")
+    p.add_argument("--ratio", type=_ratio, default=0.5, help="fraction of channels removed at the end (default 0.5)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds for the reference samples (default 0)")
+    p.add_argument("--out", default="xprune-demo", help="output folder (default ./xprune-demo)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("criteria", help="list the available criteria")
+    p.set_defaults(func=cmd_criteria)
+
+    def model_args(p):
+        p.add_argument("--model", required=True,
+                       help="a saved module (torch.save(model)), module:factory (a callable building the model), "
+                            "or builtin:ARCH (a reference model trained on --data)")
+        p.add_argument("--weights", help="state dict (.safetensors or .pt) loaded into the model")
+        p.add_argument("--data", required=True,
+                       help="built-in dataset name, a .npz/.pt file with X and y, or an image folder "
+                            "(one sub-folder per class)")
+        p.add_argument("--data-root", help="folder of a built-in dataset's files (e.g. Fashion-MNIST IDX files)")
+        p.add_argument("--n-per-class", type=int, default=10,
+                       help="reference samples per class drawn from the training split (default 10)")
+        p.add_argument("--units", default="channels", help="unit kind: channels or weights (default channels)")
+        p.add_argument("--scope", default="global", choices=["global", "local"], help="ranking scope (default global)")
+
+    p = sub.add_parser("prune", help="prune a model and save it",
+                       description="Score the units of a model on reference samples, remove the least important, "
+                                   "report the cost and the savings, and save the pruned model and its plan.")
+    model_args(p)
+    p.add_argument("--criterion", default="lrp", help="criterion name (see 'xprune criteria'; default lrp)")
+    p.add_argument("--ratio", type=_ratio, required=True, help="fraction of units to remove, in [0, 1)")
+    p.add_argument("--mode", choices=["remove", "mask"], help="remove physically (channels default) or mask")
+    p.add_argument("--min-keep", type=float, default=1, help="units each layer keeps (count, or fraction < 1)")
+    p.add_argument("--round-to", type=int, help="round kept channels per layer to a multiple of this")
+    p.add_argument("--seed", type=int, default=0, help="seed for data split and reference samples (default 0)")
+    p.add_argument("--out", required=True, help="where to write the pruned model (.pt)")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("curve", help="accuracy vs pruning rate for several criteria",
+                       description="Compute relevance once per criterion and seed, evaluate nested prunings at "
+                                   "rates 0..0.95 without fine-tuning, and write a table, a plot and JSON.")
+    model_args(p)
+    p.add_argument("--criteria", default="lrp,taylor,weight,random", help="comma-separated criteria")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds for the reference samples")
+    p.add_argument("--out", default="xprune-curves", help="output folder")
+    p.set_defaults(func=cmd_curve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "min_keep", None) is not None and args.min_keep >= 1:
+        args.min_keep = int(args.min_keep)
+    try:
+        return args.func(args)
+    except (XpruneError, ValueError, FileNotFoundError) as e:
+        print(f"xprune: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

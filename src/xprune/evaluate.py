@@ -1,0 +1,184 @@
+"""What pruning cost and saved: accuracy, parameters, MACs, latency, and curves.
+
+Conventions
+-----------
+- **MACs**: one multiply-add counts as 1 MAC (Torch-Pruning's counter, like
+  fvcore/ptflops; ``torch.utils.flop_counter`` counts 2 FLOPs per MAC).
+- **Latency**: wall-clock time of ``model(x)`` under ``torch.inference_mode``
+  on the CPU, after warm-up runs, as the median of repeats; the batch size
+  and the number of torch threads are reported with it.
+- **Curve**: relevance is computed once on the unpruned model; the nested
+  prunings at each rate (0, 0.05, ..., 0.95 by default) are evaluated without
+  fine-tuning; the area under the curve is the mean accuracy over the rates,
+  as defined by Hatefi et al. (2024, "Pruning By Explaining Revisited").
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from . import _inputs
+from .errors import DataError, XpruneError
+from .scores import Scores, score
+from .select import select
+from .surgery import apply
+
+DEFAULT_RATES = tuple(round(0.05 * i, 2) for i in range(20))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: Any, *, classes: Sequence[int] | None = None, batch_size: int = 256) -> float:
+    """Top-1 accuracy in eval mode (the model's train/eval flags are restored).
+
+    Parameters
+    ----------
+    data : (X, y), iterable of batches or xprune.data.Split
+    classes : sequence of int, optional
+        Restrict the task to these classes: only their samples count and the
+        prediction is the arg-max over their logits (the other logits are
+        suppressed, as in PXP's domain restriction).
+    """
+    correct = total = 0
+    keep = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with _inputs.preserved_state(model):
+        for x, y in _inputs.batches(data, batch_size):
+            x, y = _inputs.to_device(x, device), torch.as_tensor(y).to(device)
+            out = _inputs.logits(_inputs.call(model, x))
+            if keep is None:
+                pred = out.argmax(-1)
+            else:
+                k = keep.to(device)
+                mask = torch.isin(y, k)
+                if not mask.any():
+                    continue
+                out, y = out[mask], y[mask]
+                pred = k[out[:, k].argmax(-1)]
+            correct += int((pred == y).sum())
+            total += int(y.numel())
+    if total == 0:
+        raise DataError("accuracy needs at least one sample" + ("" if classes is None else " of the given classes"))
+    return correct / total
+
+
+def count(model: nn.Module, example_inputs: Any) -> dict[str, int]:
+    """Parameters and MACs (1 multiply-add = 1 MAC) of one forward pass on ``example_inputs``."""
+    with _inputs.preserved_state(model):
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    return {"params": int(params), "macs": int(macs)}
+
+
+def latency(model: nn.Module, example_inputs: Any, *, warmup: int = 5, repeats: int = 30) -> dict[str, float]:
+    """Median CPU latency of one forward pass, in milliseconds.
+
+    Returns ``{"ms": median, "ms_iqr": interquartile range, "batch_size", "threads"}``.
+    """
+    times = []
+    with _inputs.preserved_state(model), torch.inference_mode():
+        for i in range(warmup + repeats):
+            t0 = time.perf_counter()
+            _inputs.call(model, example_inputs)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    batch = example_inputs.shape[0] if isinstance(example_inputs, torch.Tensor) else None
+    return {"ms": 1000 * statistics.median(times), "ms_iqr": 1000 * (q[2] - q[0]),
+            "batch_size": batch, "threads": torch.get_num_threads()}
+
+
+@dataclass
+class Curve:
+    """Accuracy against pruning rate for one criterion.
+
+    ``auc`` is the mean accuracy over ``rates`` (Hatefi et al. 2024).
+    """
+
+    criterion: str
+    rates: list[float]
+    accuracies: list[float]
+    removed: list[int] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def auc(self) -> float:
+        return sum(self.accuracies) / len(self.accuracies)
+
+    def at(self, rate: float) -> float:
+        """Accuracy at the rate closest to ``rate``."""
+        i = min(range(len(self.rates)), key=lambda j: abs(self.rates[j] - rate))
+        return self.accuracies[i]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["auc"] = self.auc
+        return d
+
+
+def curve(
+    model: nn.Module,
+    reference: Any,
+    test: Any,
+    criterion: Any = "lrp",
+    *,
+    rates: Sequence[float] = DEFAULT_RATES,
+    units: str = "channels",
+    scope: str = "global",
+    classes: Sequence[int] | None = None,
+    scores: Scores | None = None,
+    fine_tune: Callable[[nn.Module], nn.Module | None] | None = None,
+    mode: str = "mask",
+    progress: bool = False,
+    **options: Any,
+) -> Curve:
+    """Accuracy of ``model`` pruned at each rate, without fine-tuning (unless ``fine_tune`` is given).
+
+    Relevance is computed once on the unpruned model from ``reference``;
+    each rate prunes the lowest-ranked units of that single ranking (nested
+    sets). Pruning is simulated by masking by default (identical accuracies to
+    removal in eval mode, much faster); ``mode="remove"`` prunes physically.
+
+    Parameters
+    ----------
+    reference : data
+        The reference samples the criterion sees (e.g. 10 per class).
+    test : data
+        Where accuracy is measured (never the reference samples).
+    classes : optional
+        Domain restriction: accuracy over these classes only.
+    scores : Scores, optional
+        Precomputed scores (then ``criterion`` only names the curve).
+    fine_tune : callable, optional
+        ``fine_tune(pruned_model)`` applied after pruning at each rate (the
+        evaluation hook schedules use); may return a new model.
+    **options :
+        Passed to :func:`xprune.score` (criterion options, ``target``, ``normalize``).
+    """
+    rates = [float(r) for r in rates]
+    if not rates or any(not 0 <= r < 1 for r in rates):
+        raise XpruneError(f"rates must be numbers in [0, 1), got {rates}")
+    if scores is None:
+        scores = score(model, reference, criterion, units, **options)
+    name = scores.criterion if not isinstance(criterion, str) else criterion
+    accs, removed = [], []
+    iterator = rates
+    if progress:
+        from rich.progress import track
+
+        iterator = track(rates, description=f"curve ({name})", transient=True)
+    for r in iterator:
+        plan = select(scores, r, scope=scope)
+        # an empty plan still copies when fine-tuning follows: the caller's model must not change
+        pruned = apply(model, plan, mode) if plan.n_removed or fine_tune is not None else model
+        if fine_tune is not None:
+            tuned = fine_tune(pruned)
+            pruned = tuned if tuned is not None else pruned
+        accs.append(accuracy(pruned, test, classes=classes))
+        removed.append(plan.n_removed)
+    return Curve(name, rates, accs, removed, {"units": scores.kind, "scope": scope, "total": scores.total})
