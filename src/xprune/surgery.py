@@ -30,6 +30,20 @@ from .units import build_graph
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
+#: Surgery for unit kinds that are not channel groups of the dependency graph
+#: (e.g. attention heads): ``fn(model, plan, mode) -> None`` edits ``model`` in place.
+_KIND_SURGERY: dict[str, Callable[[nn.Module, Plan, str], None]] = {}
+
+
+def register_surgery(kind: str) -> Callable:
+    """Register how plans of unit kind ``kind`` are applied (remove and mask, in place on a copy)."""
+
+    def deco(fn: Callable[[nn.Module, Plan, str], None]) -> Callable[[nn.Module, Plan, str], None]:
+        _KIND_SURGERY[kind] = fn
+        return fn
+
+    return deco
+
 
 def apply(
     model: nn.Module,
@@ -65,6 +79,14 @@ def apply(
             "single weights cannot be removed physically (tensors keep their shape); "
             "use mode='mask' for unstructured pruning, or units='channels' for a smaller model"
         )
+    if plan.kind in _KIND_SURGERY:
+        # validate on a scratch copy first so a failure never leaves the caller's model half-changed
+        scratch = copy.deepcopy(model)
+        _KIND_SURGERY[plan.kind](scratch, plan, mode)
+        if not inplace:
+            return scratch
+        _KIND_SURGERY[plan.kind](model, plan, mode)
+        return model
     _validate(model, plan)
     target = model if inplace else copy.deepcopy(model)
     if plan.kind == "weights":
