@@ -19,12 +19,14 @@ from .criteria import Criterion, HookedCriterion, register
 from .errors import DataError, NothingToPrune, XpruneError
 from .scores import Scores, score
 from .select import Plan, select
-from .surgery import apply, prune, unit_costs
+from .io import export_onnx, load, save
+from .surgery import apply, history, prune, unit_costs
 from .units import UnitGroup, UnitSet, discover
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Criterion", "DataError", "HookedCriterion", "NothingToPrune", "Plan", "Scores", "UnitGroup", "UnitSet",
-    "XpruneError", "apply", "criteria", "discover", "prune", "register", "score", "select", "unit_costs", "units",
+    "XpruneError", "apply", "criteria", "discover", "export_onnx", "history", "load", "prune", "register", "save",
+    "score", "select", "unit_costs", "units",
 ]

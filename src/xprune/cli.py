@@ -8,6 +8,7 @@ Examples::
     xprune prune --model mypkg.nets:make_net --weights net.safetensors --data ./images \\
                  --criterion taylor --ratio 0.3 --n-per-class 10 --out small.pt
     xprune curve --model builtin:vgg --data digits --criteria lrp,taylor,weight --seeds 0,1,2 --out curves/
+    xprune export --model pruned.pt --input-shape 1,1,28,28 --out pruned.onnx
 """
 
 from __future__ import annotations
@@ -176,6 +177,18 @@ def cmd_curve(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .io import export_onnx
+
+    model = load_model(args.model, weights=args.weights)
+    shape = _ints(args.input_shape)
+    if len(shape) < 2:
+        raise XpruneError("--input-shape needs the batch dimension first, e.g. 1,1,28,28")
+    res = export_onnx(model, args.out, torch.randn(*shape), atol=args.atol)
+    print(f"wrote {res['path']}; onnxruntime vs torch max |diff| = {res['max_abs_diff']:.2e}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xprune",
@@ -236,6 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0", help="comma-separated seeds for the reference samples")
     p.add_argument("--out", default="xprune-curves", help="output folder")
     p.set_defaults(func=cmd_curve)
+
+    p = sub.add_parser("export", help="export a (pruned) model to ONNX, checked in onnxruntime",
+                       description="Export a model to ONNX with a dynamic batch size and check onnxruntime's "
+                                   "outputs against torch's on a random input.")
+    p.add_argument("--model", required=True, help="a saved module (.pt) or module:factory")
+    p.add_argument("--weights", help="state dict (.safetensors or .pt) loaded into the model")
+    p.add_argument("--input-shape", required=True, help="example input shape, batch first, e.g. 1,1,28,28")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |onnxruntime - torch| (default 1e-4)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

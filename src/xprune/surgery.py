@@ -30,6 +30,9 @@ from .units import build_graph
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
+#: Attribute holding the plans applied to a pruned model (what :func:`xprune.save` records).
+HISTORY = "_xprune_history"
+
 #: Surgery for unit kinds that are not channel groups of the dependency graph
 #: (e.g. attention heads): ``fn(model, plan, mode) -> None`` edits ``model`` in place.
 _KIND_SURGERY: dict[str, Callable[[nn.Module, Plan, str], None]] = {}
@@ -79,6 +82,18 @@ def apply(
             "single weights cannot be removed physically (tensors keep their shape); "
             "use mode='mask' for unstructured pruning, or units='channels' for a smaller model"
         )
+    history = list(getattr(model, HISTORY, [])) + [{"mode": mode, "plan": plan.to_dict()}]
+    pruned = _apply(model, plan, mode, example_inputs, inplace)
+    setattr(pruned, HISTORY, history)
+    return pruned
+
+
+def history(model: nn.Module) -> list[tuple[str, Plan]]:
+    """The ``(mode, plan)`` pairs applied to ``model`` by :func:`apply`, oldest first."""
+    return [(h["mode"], Plan.from_dict(h["plan"])) for h in getattr(model, HISTORY, [])]
+
+
+def _apply(model, plan, mode, example_inputs, inplace):
     if plan.kind in _KIND_SURGERY:
         # validate on a scratch copy first so a failure never leaves the caller's model half-changed
         scratch = copy.deepcopy(model)
