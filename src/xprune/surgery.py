@@ -113,18 +113,27 @@ def _apply(model, plan, mode, example_inputs, inplace):
         example_inputs = _inputs.from_spec(plan.example)
     device = next((p.device for p in target.parameters()), None)
     example_inputs = _inputs.to_device(example_inputs, device)
-    groups = _pruning_groups(target, plan, example_inputs)
     if not inplace:
-        for group in groups:
-            _apply_group(group, mode)
+        _apply_groups(target, plan, example_inputs, mode)
         return target
     # In place: prune a scratch copy first, so a failure never leaves the caller's model half-pruned.
-    scratch = copy.deepcopy(model)
-    for group in _pruning_groups(scratch, plan, example_inputs):
-        _apply_group(group, mode)
-    for group in groups:
-        _apply_group(group, mode)
+    _apply_groups(copy.deepcopy(model), plan, example_inputs, mode)
+    _apply_groups(target, plan, example_inputs, mode)
     return target
+
+
+def _apply_groups(model: nn.Module, plan: Plan, example_inputs: Any, mode: str) -> None:
+    """Prune (or mask) the plan's groups one after the other.
+
+    Each group is taken from the graph right before it is pruned: removing one
+    group shifts the indices other groups see through concatenations and
+    flattening, which Torch-Pruning's index mapping updates only then.
+    """
+    graph = build_graph(model, example_inputs)
+    for name in plan.remove:
+        group = _pruning_group(graph, model, plan, name)
+        if group is not None:
+            _apply_group(group, mode)
 
 
 def _validate(model: nn.Module, plan: Plan) -> None:
@@ -145,24 +154,20 @@ def _validate(model: nn.Module, plan: Plan) -> None:
                 raise XpruneError(f"layer {name!r} does not have {size} weights; the plan does not fit this model")
 
 
-def _pruning_groups(model: nn.Module, plan: Plan, example_inputs: Any) -> list:
-    graph = build_graph(model, example_inputs)
-    modules = dict(model.named_modules())
-    groups = []
-    for name, idxs in plan.remove.items():
-        if not idxs:
-            continue
-        module = modules[plan.roots.get(name, name)]
-        pruner = graph.get_pruner_of_module(module)
-        out_channels = pruner.get_out_channels(module) if pruner is not None else None
-        if out_channels != plan.sizes[name]:
-            raise XpruneError(
-                f"layer {plan.roots.get(name, name)!r} has {out_channels} output channels but the plan "
-                f"expects {plan.sizes[name]}; the plan does not fit this model"
-            )
-        group = graph.get_pruning_group(module, pruner.prune_out_channels, list(idxs))
-        groups.append(group)
-    return groups
+def _pruning_group(graph, model: nn.Module, plan: Plan, name: str):
+    idxs = plan.remove[name]
+    if not idxs:
+        return None
+    root = plan.roots.get(name, name)
+    module = dict(model.named_modules())[root]
+    pruner = graph.get_pruner_of_module(module)
+    out_channels = pruner.get_out_channels(module) if pruner is not None else None
+    if out_channels != plan.sizes[name]:
+        raise XpruneError(
+            f"layer {root!r} has {out_channels} output channels but the plan expects "
+            f"{plan.sizes[name]}; the plan does not fit this model"
+        )
+    return graph.get_pruning_group(module, pruner.prune_out_channels, list(idxs))
 
 
 def _apply_group(group, mode: str) -> None:

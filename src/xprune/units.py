@@ -251,6 +251,24 @@ def _output_coupled(graph: tp.DependencyGraph, group, outputs: set[nn.Module]) -
     )
 
 
+def _fixed_coupled(group) -> bool:
+    """True when the group's channels meet a tensor xprune cannot shrink (the model input, a buffer).
+
+    E.g. a residual block whose skip path starts at the input image: its
+    channels are added to the input's, which has a fixed number of channels.
+    In the traced graph such an operand has no ``grad_fn`` (``None`` among
+    the operation's ``next_functions``).
+    """
+    for item in group:
+        node = item.dep.target
+        if node.type not in (tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.CONCAT):
+            continue
+        nexts = getattr(node.grad_fn, "next_functions", ())
+        if len(nexts) >= 2 and any(f is None for f, _ in nexts):
+            return True
+    return False
+
+
 @register_kind("channels")
 def _discover_channels(model, example_inputs, *, include_output=False, ignore=(), **options) -> UnitSet:
     if options:
@@ -262,6 +280,8 @@ def _discover_channels(model, example_inputs, *, include_output=False, ignore=()
     outputs = _output_modules(graph)
     for group in graph.get_all_groups(ignored_layers=list(ignore), root_module_types=PRODUCER_TYPES):
         if not include_output and _output_coupled(graph, group, outputs):
+            continue
+        if _fixed_coupled(group):
             continue
         producers, members, index = [], [], {}
         for item in group:
