@@ -380,3 +380,17 @@ def test_clear_errors():
     with pytest.raises(XpruneError, match="does not have"):
         other = make(MLP)[0]
         xprune.apply(other, xprune.select(s, 0.5))
+
+
+def test_nan_inputs_and_scores_are_refused():
+    m, X, y = make(ConvBN)
+    Xn = X.clone()
+    Xn[3, 0, 0, 0] = float("nan")
+    with pytest.raises(DataError, match="NaN or Inf"):
+        xprune.score(m, (Xn, y), "taylor")
+    broken = copy.deepcopy(m)
+    with torch.no_grad():
+        broken.conv2.weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(DataError, match="NaN/Inf scores for .*conv2"):
+        xprune.score(broken, (X, y), "weight")
+

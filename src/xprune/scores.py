@@ -208,6 +208,7 @@ def score(
         if example_inputs is None:
             example_inputs = _inputs.first_sample(x0)
         _check_labels(model, x0, y0)
+        stream = _checked(stream)
     elif crit.requires_data:
         raise DataError(f"criterion {crit.name!r} needs data: pass reference samples as (X, y) or a DataLoader")
     elif example_inputs is None and not isinstance(units, UnitSet):
@@ -221,6 +222,13 @@ def score(
     for g in unit_set:
         if g.name not in raw or raw[g.name].numel() != g.size:
             raise XpruneError(f"criterion {crit.name!r} returned no/incorrectly sized scores for {g.name!r}")
+    bad = [g.name for g in unit_set if not torch.isfinite(torch.as_tensor(raw[g.name])).all()]
+    if bad:
+        raise DataError(
+            f"criterion {crit.name!r} gave NaN/Inf scores for {bad[:5]}: the model's activations or gradients "
+            "overflow or are NaN on these inputs. Check the inputs for NaN/Inf and that they are normalised "
+            "as the model expects; for LRP, a larger epsilon stabilises the rules"
+        )
     how = crit.default_normalize if normalize == "default" else normalize
     values = {g.name: _normalize_one(raw[g.name], how) for g in unit_set}
     return Scores.from_units(values, unit_set, criterion=crit.name,
@@ -245,6 +253,14 @@ def _check_labels(model: nn.Module, x: Any, y: Any) -> None:
             f"labels must lie in [0, {out.shape[-1] - 1}] (the model has {out.shape[-1]} outputs); "
             f"got labels from {int(y.min())} to {int(y.max())}"
         )
+
+
+def _checked(stream):
+    """Pass batches through, refusing inputs with NaN/Inf."""
+    for x, y in stream:
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+            raise DataError("the inputs contain NaN or Inf values; clean or impute them before scoring")
+        yield x, y
 
 
 def _progress(iterable, description: str):
