@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .. import _inputs
+from .._io import atomic_write
 from ..data import Dataset, Split, _class_ids, load, reference_indices, reference_samples, split_classes
 
 __all__ = [
@@ -380,24 +381,11 @@ def accuracy(
     -----
     The train/eval mode of every submodule is restored afterwards.
     """
-    device = _model_device(model) if device is None else torch.device(device)
-    modes = _modes(model)
-    model.eval()
-    correct = total = 0
-    try:
-        for x, y in _inputs.batches(data, batch_size):
-            x, y = _inputs.to_device(x, device), y.to(device)
-            pred = _inputs.logits(_inputs.call(model, x)).argmax(-1)
-            correct += (pred == y).sum().item()
-            total += len(y)
-    finally:
-        _restore_modes(modes)
-    if total == 0:
-        raise ValueError("accuracy: the data holds no sample")
-    return correct / total
+    from ..evaluate import accuracy as _accuracy
 
-
-# --------------------------------------------------------------------------- output layer
+    if device is not None and _model_device(model) != torch.device(device):
+        raise ValueError(f"the model is on {_model_device(model)}, not {device}; move it first")
+    return _accuracy(model, data, batch_size=batch_size)
 
 
 def output_layer(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
@@ -515,25 +503,8 @@ def _cache_key(arch: str, data_id: dict[str, Any], seed: int, model_config: dict
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a temporary file and ``os.replace``.
-
-    Readers see either the old complete file or the new complete file, never
-    a partial one; the temporary file is removed if writing fails.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # honours the umask, unlike mkstemp's 0600
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``payload`` atomically (see :func:`xprune._io.atomic_write`)."""
+    atomic_write(path, payload)
 
 
 def _save_cached(model: nn.Module, folder: Path, key: str, meta: dict[str, Any]) -> None:
