@@ -229,7 +229,7 @@ def test_fine_tune_and_accuracy_forms(digits):
     w0 = model.features[0].weight.clone()
     fine_tune(model, digits.train, steps=3, params=model.classifier.parameters(), lr=1e-2)
     assert torch.equal(w0, model.features[0].weight)
-    with pytest.raises(ValueError, match="no sample"):
+    with pytest.raises(ValueError, match="at least one sample"):
         accuracy(model, [])
     # mixed train/eval flags of submodules are restored exactly
     model.train()
