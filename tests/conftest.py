@@ -5,4 +5,6 @@ sys.path.insert(0, os.path.dirname(__file__))  # tiny_models and other test help
 
 import torch
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread per test process: `make test` runs two pytest-xdist workers on the two cores,
+# and tiny models are far slower with several threads on a busy machine.
+torch.set_num_threads(1)
