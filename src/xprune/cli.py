@@ -5,6 +5,8 @@ Examples::
     xprune demo                                   # the main job on built-in data
     xprune criteria                               # list the criteria
     xprune prune --model builtin:resnet --data mnist --criterion lrp --ratio 0.5 --out pruned.pt
+    xprune prune --model builtin:resnet --data mnist --criterion lrp --max-drop 0.01 --confidence 0.95 \\
+                 --out pruned.pt           # the largest rate losing <= 1 point with 95% confidence
     xprune prune --model mypkg.nets:make_net --weights net.safetensors --data ./images \\
                  --criterion taylor --ratio 0.3 --n-per-class 10 --out small.pt
     xprune curve --model builtin:vgg --data digits --criteria lrp,taylor,weight --seeds 0,1,2 --out curves/
@@ -14,6 +16,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import sys
 from pathlib import Path
@@ -36,6 +39,13 @@ def _ratio(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"ratio must be in [0, 1), got {value}")
+    return value
+
+
+def _level(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {value}")
     return value
 
 
@@ -131,14 +141,38 @@ def cmd_prune(args) -> int:
     from .surgery import apply
 
     console = Console()
+    guaranteed = args.max_drop is not None
+    if args.ratio is None and not guaranteed:
+        raise XpruneError("give --ratio, or --max-drop (with --confidence) to choose the largest safe ratio")
+    if args.ratio is not None and guaranteed:
+        raise XpruneError("give either --ratio or --max-drop, not both: --max-drop chooses the ratio")
+    if args.confidence is not None and not guaranteed:
+        raise XpruneError("--confidence goes with --max-drop")
     ds = load_data(args.data, seed=args.seed, root=args.data_root)
     model = load_model(args.model, weights=args.weights, dataset=args.data, seed=args.seed)
     reference = _reference(ds, args.n_per_class, args.seed)
     options = {"seed": args.seed} if args.criterion == "random" else {}
     scores = score(model, reference, args.criterion, args.units, progress=True, **options)
-    plan = select(scores, args.ratio, scope=args.scope, min_keep=args.min_keep, round_to=args.round_to)
+    ratio, choice = args.ratio, None
+    if guaranteed:
+        from .guarantee import choose_rate
+
+        if len(ds.val) == 0:
+            raise XpruneError("--max-drop calibrates on the dataset's val split, which is empty")
+        choice = choose_rate(model, reference, ds.val, args.criterion, max_drop=args.max_drop,
+                             confidence=0.95 if args.confidence is None else args.confidence,
+                             scope=args.scope, scores=scores, min_keep=args.min_keep, round_to=args.round_to,
+                             progress=True)
+        console.print(choice.explain())
+        ratio = choice.rate
+    plan = select(scores, ratio, scope=args.scope, min_keep=args.min_keep, round_to=args.round_to)
+    if choice is not None:
+        plan.meta["guarantee"] = {"max_drop": choice.max_drop, "confidence": choice.confidence,
+                                  "method": choice.method, "n_calibration": choice.n_calibration,
+                                  "calibration": "val split", "certified": choice.certified,
+                                  "bound": choice.bound, "calibration_drop": choice.drop}
     mode = args.mode or ("mask" if plan.kind == "weights" else "remove")
-    pruned = apply(model, plan, mode)
+    pruned = apply(model, plan, mode) if plan.n_removed else copy.deepcopy(model)
     console.print(str(plan))
     example = ds.test.X[:64]
     console.print(report.comparison_table(demo.measure(model, ds.test, example),
@@ -230,10 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="prune a model and save it",
                        description="Score the units of a model on reference samples, remove the least important, "
-                                   "report the cost and the savings, and save the pruned model and its plan.")
+                                   "report the cost and the savings, and save the pruned model and its plan. "
+                                   "With --max-drop the ratio is the largest one whose accuracy drop is certified "
+                                   "on the dataset's val split.")
     model_args(p)
     p.add_argument("--criterion", default="lrp", help="criterion name (see 'xprune criteria'; default lrp)")
-    p.add_argument("--ratio", type=_ratio, required=True, help="fraction of units to remove, in [0, 1)")
+    p.add_argument("--ratio", type=_ratio, help="fraction of units to remove, in [0, 1) (or use --max-drop)")
+    p.add_argument("--max-drop", type=_level,
+                   help="instead of --ratio: prune the largest rate whose accuracy drop is at most this "
+                        "(e.g. 0.01), with probability --confidence, calibrated on the val split "
+                        "(Learn-then-Test; see xprune.guarantee)")
+    p.add_argument("--confidence", type=_level, help="confidence of --max-drop's guarantee (default 0.95)")
     p.add_argument("--mode", choices=["remove", "mask"], help="remove physically (channels default) or mask")
     p.add_argument("--min-keep", type=float, default=1, help="units each layer keeps (count, or fraction < 1)")
     p.add_argument("--round-to", type=int, help="round kept channels per layer to a multiple of this")
