@@ -14,20 +14,21 @@ Quick use::
     small = xprune.prune(model, (X_ref, y_ref), "lrp", 0.5)   # the same in one call
 """
 
-from . import criteria, guarantee, units
+from . import criteria, guarantee, lrp, units
 from .criteria import Criterion, HookedCriterion, register
 from .errors import DataError, NothingToPrune, XpruneError
 from .guarantee import RateChoice, calibration_size, choose_rate
 from .scores import Scores, score
 from .select import Plan, select
 from .io import export_onnx, load, save
+from .lrp import explain
 from .surgery import apply, history, prune, unit_costs
 from .units import UnitGroup, UnitSet, discover
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Criterion", "DataError", "RateChoice", "calibration_size", "choose_rate", "guarantee", "HookedCriterion", "NothingToPrune", "Plan", "Scores", "UnitGroup", "UnitSet",
+    "Criterion", "DataError", "RateChoice", "calibration_size", "choose_rate", "guarantee", "explain", "lrp", "HookedCriterion", "NothingToPrune", "Plan", "Scores", "UnitGroup", "UnitSet",
     "XpruneError", "apply", "criteria", "discover", "export_onnx", "history", "load", "prune", "register", "save",
     "score", "select", "unit_costs", "units",
 ]

@@ -1,0 +1,120 @@
+r"""The ``"lrp"`` criterion: Pruning by Explaining (Yeom et al. 2021) and PXP (Hatefi et al. 2024).
+
+A unit's score is the LRP relevance arriving at it, read at the output of the
+layers that produce it (for a layer followed by a BatchNorm: after the
+BatchNorm, which the canonizer merges into the layer), aggregated over the
+reference samples:
+
+- ``aggregate="pxp"`` (default; Hatefi et al., "Pruning by Explaining
+  Revisited", arXiv:2408.12568, 2024): per sample the absolute value of the
+  relevance summed over positions, summed over samples,
+  :math:`s_c = \sum_n |\sum_{p} R_{n,p,c}|` (conv: positions = space; linear
+  on token sequences: per token, :math:`\sum_{n,t} |R_{n,t,c}|` as there are
+  no positions to sum first).
+- ``aggregate="yeom"`` (Yeom et al., "Pruning by explaining: a novel
+  criterion for deep neural network pruning", Pattern Recognition 115, 2021):
+  :math:`s_c = \sum_{n,p} |R_{n,p,c}|`. Their optional per-layer L1
+  normalisation is the core's ``normalize="l1"``.
+
+Units coupled across layers (channels joined by a residual sum) add the
+scores read at each producing layer (see
+:class:`~xprune.criteria.base.HookedCriterion`); with the norm rule on the
+sum, the relevance of the sum's output is split over the producers, so the
+total is what flows through the coupled channel.
+
+For single weights (unit kind ``"weights"``) the score is
+:math:`|\sum_n R_{w}|`, the absolute batch-summed share of relevance flowing
+through each weight (:func:`xprune.lrp.weight_relevance`); per-sample
+absolute values would need one backward pass per sample, so both aggregates
+use this form for weights.
+
+Options
+-------
+composite : str, dict, (str, dict) or Composite
+    LRP rules (default ``"epsilon-plus"``); a dict of layer groups gives the
+    PXP layer-group composite (see :func:`xprune.lrp.composite`).
+aggregate : {"pxp", "yeom"}
+start : {"onehot", "logit"}
+    Relevance 1 at the target logit, or the logit value itself.
+canonizers : bool or list of Canonizer
+    ``True`` (default): merge BatchNorm and give residual sums the norm rule;
+    ``False``: none; or an explicit list.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from .. import _inputs
+from ..errors import XpruneError
+from ..lrp import attribution, composite as resolve_composite
+from ..lrp.canonizers import default_canonizers
+from .base import HookedCriterion, register, resolve_target
+
+__all__ = ["LRP"]
+
+
+@register("lrp")
+class LRP(HookedCriterion):
+    """LRP relevance at each unit (Yeom et al. 2021; Hatefi et al. 2024)."""
+
+    default_normalize: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        composite: Any = "epsilon-plus",
+        aggregate: str = "pxp",
+        start: str = "onehot",
+        canonizers: bool | list = True,
+    ):
+        if aggregate not in ("pxp", "yeom"):
+            raise XpruneError(f"aggregate must be 'pxp' or 'yeom'; got {aggregate!r}")
+        if start not in ("onehot", "logit"):
+            raise XpruneError(f"start must be 'onehot' or 'logit'; got {start!r}")
+        self.composite = resolve_composite(composite)
+        self.aggregate = aggregate
+        self.start = start
+        if canonizers is True:
+            self.canonizers = default_canonizers()
+        elif canonizers is False or canonizers is None:
+            self.canonizers = []
+        else:
+            self.canonizers = list(canonizers)
+
+    def context(self, model):
+        return attribution(model, self.composite, self.canonizers)
+
+    def seed(self, output: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        seed = super().seed(output, classes)
+        if self.start == "onehot":  # relevance = output * seed = 1 at the target logit
+            out = output.detach()
+            safe = torch.where(out == 0, torch.ones_like(out), out)
+            seed = torch.where(out == 0, torch.zeros_like(out), seed / safe)
+        return seed
+
+    def reduce(self, activation: torch.Tensor, grad: torch.Tensor, unit_dim: int) -> torch.Tensor:
+        r = activation.double() * grad.double()  # [N, S, C]
+        if self.aggregate == "pxp" and unit_dim == 1:  # conv channel: |sum over space| per sample
+            return r.sum(1).abs().sum(0)
+        return r.abs().sum((0, 1))
+
+    def compute_weights(self, model, units, data, *, target="label"):
+        names = [g.name for g in units]
+        modules = dict(model.named_modules())
+        totals = {n: torch.zeros(modules[n].weight.shape, dtype=torch.float64) for n in names}
+        for inputs, labels in data:
+            with attribution(model, self.composite, self.canonizers, weight_relevance=names) as attr:
+                with torch.enable_grad():
+                    output = _inputs.logits(_inputs.call(model, inputs))
+                    classes = resolve_target(target, output, labels)
+                    leaves = [leaf for _, leaf in attr.weight_leaves]
+                    grads = torch.autograd.grad(output, leaves, self.seed(output, classes), allow_unused=True)
+                rel = attr.weight_relevance_from(grads)
+            for n, r in rel.items():
+                totals[n] += r.detach().double().cpu()
+        return {n: t.abs().reshape(-1) for n, t in totals.items()}
+
+    def __repr__(self) -> str:
+        return f"LRP(composite={self.composite!r}, aggregate={self.aggregate!r}, start={self.start!r})"

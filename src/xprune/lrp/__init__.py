@@ -1,0 +1,44 @@
+"""Layer-wise relevance propagation (LRP) in the gradient x input formulation.
+
+One forward and one backward pass give the relevance of every tensor of the
+model: ``R(t) = t * (modified gradient at t)``. Rules (:mod:`.rules`) are small
+objects attached to modules by a :class:`Composite` (by module type, name, or
+the first layer; or by layer group for PXP); canonizers merge BatchNorm into
+the preceding layer and give residual sums the norm rule, without ever
+touching the model's parameters.
+
+Main entry points: :func:`relevance`, :func:`explain`, :func:`weight_relevance`,
+:func:`attribution` (context manager), :func:`composite` (resolver),
+:func:`save_heatmap`.
+"""
+
+from .canonizers import Canonizer, MergeBatchNorm, Plan, ResidualNorm, default_canonizers
+from .composites import PRESETS, TYPE_GROUPS, Composite, GroupComposite, composite, conv_groups
+from .core import Attribution, attribution, explain, relevance, start_seed, weight_relevance
+from .heatmap import heatmap_array, save_heatmap
+from .rules import (
+    RULES,
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Gradient,
+    LayerCall,
+    Norm,
+    Pass,
+    Rule,
+    WSquare,
+    ZBox,
+    ZPlus,
+    make_rule,
+    stabilize,
+)
+
+__all__ = [
+    "Attribution", "attribution", "relevance", "explain", "weight_relevance", "start_seed",
+    "Composite", "GroupComposite", "composite", "conv_groups", "PRESETS", "TYPE_GROUPS",
+    "Canonizer", "MergeBatchNorm", "ResidualNorm", "Plan", "default_canonizers",
+    "Rule", "LayerCall", "Gradient", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "Flat", "WSquare", "ZBox",
+    "Pass", "Norm", "RULES", "make_rule", "stabilize",
+    "heatmap_array", "save_heatmap",
+]  # fmt: skip

@@ -1,0 +1,648 @@
+r"""LRP rules in the gradient x input formulation.
+
+Every rule is a small, stateless object attached to a module by a
+:class:`~xprune.lrp.Composite`. During the forward pass of an attributed model
+the rule receives one :class:`LayerCall` (the module, its input, its output and
+its effective parameters) and returns a tensor that has *exactly the value of
+the module's output* but a modified backward pass. One ordinary backward pass
+through the whole model then yields the *modified gradient* :math:`g` at every
+tensor, and the LRP relevance of a tensor :math:`t` is
+
+.. math::  R(t) = t \odot g(t).
+
+Relevance conservation and the rules of Bach et al. (2015) and Montavon et al.
+(2019) follow from writing each rule as
+
+.. math::  R_j = \sum_k c_k \, x_j \frac{\partial z^{(k)}_i}{\partial x_j} \frac{R_i}{\operatorname{stab}(\zeta^{(k)}_i)}
+
+for one or a few *modified forward terms* :math:`z^{(k)}` (the layer applied
+to clamped inputs and/or weights). Because :math:`R_i = z_i g_i` for the true
+output :math:`z`, the gradient arriving at the term is
+:math:`g_i \, c_k z_i / \operatorname{stab}(\zeta^{(k)}_i)`. A rule therefore
+only computes its modified terms once during the forward pass (one extra
+forward per term, usually one or two; zero for epsilon) and backward is a
+plain autograd pass through them - unlike implementations that re-run the
+layer inside a backward hook.
+
+Rules whose input relevance is *not* of the form input x gradient (flat,
+w-square, z-box) route the relevance through *carrier* tensors (a tensor of
+ones, or the box bounds); they must sit on a layer that receives the model
+input directly (the first layer), which is where they are meant to be used.
+
+References
+----------
+- S. Bach et al., "On pixel-wise explanations for non-linear classifier
+  decisions by layer-wise relevance propagation", PLoS ONE 10(7), 2015.
+- G. Montavon et al., "Explaining nonlinear classification decisions with deep
+  Taylor decomposition", Pattern Recognition 65, 2017.
+- G. Montavon et al., "Layer-wise relevance propagation: an overview", in
+  Explainable AI, LNCS 11700, 2019.
+- S. Lapuschkin et al., "Unmasking Clever Hans predictors and assessing what
+  machines really learn", Nature Communications 10, 2019 (flat rule).
+- R. Achtibat et al., "AttnLRP: attention-aware layer-wise relevance
+  propagation for transformers", ICML 2024 (gradient x input formulation,
+  identity rule).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import XpruneError
+
+__all__ = [
+    "LayerCall",
+    "Rule",
+    "Gradient",
+    "Epsilon",
+    "ZPlus",
+    "AlphaBeta",
+    "Gamma",
+    "Flat",
+    "WSquare",
+    "ZBox",
+    "Pass",
+    "Norm",
+    "RULES",
+    "make_rule",
+    "stabilize",
+]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    r"""Sign-aware stabiliser of a denominator.
+
+    .. math:: \operatorname{stab}(z) = z + \epsilon \cdot \operatorname{sign}(z),
+              \quad \operatorname{sign}(0) := +1.
+
+    (A negative zero counts as negative; it only ever divides a zero.)
+    """
+    return torch.copysign(torch.full_like(z, epsilon), z).add_(z)
+
+
+def ratio(num: torch.Tensor, den: torch.Tensor, epsilon: float, sign: int = 0) -> torch.Tensor:
+    r"""``num / stab(den)`` (detached) in few passes.
+
+    ``sign=+1``/``-1`` declares that ``den`` is known to be non-negative /
+    non-positive (e.g. the positive / negative part of alpha-beta), which
+    saves the sign test: :math:`\operatorname{stab}(z) = z \pm \epsilon`.
+    """
+    num, den = num.detach(), den.detach()
+    if sign > 0:
+        d = den + epsilon
+    elif sign < 0:
+        d = den - epsilon
+    else:
+        d = stabilize(den, epsilon)
+    return torch.div(num, d, out=d)
+
+
+class _Reroute(torch.autograd.Function):
+    """Forward: the value of ``z``. Backward: ``grad * c_k`` to each term ``z_k``.
+
+    Called as ``_Reroute.apply(z, z_1, c_1, z_2, c_2, ...)``; ``z`` itself
+    receives no gradient (unless it is also passed as a term).
+    """
+
+    @staticmethod
+    def forward(ctx, z, *terms):
+        coefs = terms[1::2]
+        ctx.n = len(terms) // 2
+        ctx.save_for_backward(*[c if isinstance(c, torch.Tensor) else torch.tensor(float(c)) for c in coefs])
+        return z.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        grads: list[torch.Tensor | None] = [None]
+        for c in ctx.saved_tensors:
+            grads += [grad * c, None]
+        return tuple(grads)
+
+
+def reroute(z: torch.Tensor, terms: Sequence[tuple[torch.Tensor, Any]]) -> torch.Tensor:
+    """A tensor with the value of ``z`` whose gradient flows into ``terms``.
+
+    Each term is ``(z_k, c_k)``: the incoming gradient is multiplied by the
+    (detached) coefficient ``c_k`` and sent back through ``z_k``'s graph.
+    Terms that do not require grad are dropped; without any, ``z`` is
+    returned unchanged.
+    """
+    flat: list[Any] = []
+    for zk, ck in terms:
+        if isinstance(zk, torch.Tensor) and zk.requires_grad:
+            flat += [zk, ck.detach() if isinstance(ck, torch.Tensor) else ck]
+    if not flat:  # nothing below needs relevance (e.g. the first layer of a non-grad input)
+        return z
+    return _Reroute.apply(z, *flat)
+
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_PARAMETRIC = (nn.Linear, *_CONV)
+
+
+def layer_function(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """The linear map of a Linear/Conv module as ``f(x, weight, bias)``."""
+    if isinstance(module, nn.Linear):
+        return F.linear
+    if isinstance(module, _CONV):
+        return module._conv_forward
+    raise XpruneError(
+        f"LRP rules with modified weights support nn.Linear and nn.Conv1d/2d/3d; got {type(module).__name__}"
+    )
+
+
+@dataclass
+class LayerCall:
+    """What a rule sees of one call of its module.
+
+    Attributes
+    ----------
+    module, name:
+        The module and its qualified name in the model.
+    inputs:
+        The positional tensor inputs of the call (before any in-place change).
+    output:
+        The module's output value; for a layer whose BatchNorm is merged by
+        :class:`~xprune.lrp.MergeBatchNorm` this is the BatchNorm's output.
+    weight, bias:
+        Effective (BatchNorm-merged, detached) parameters, or ``None``.
+    engine:
+        The :class:`~xprune.lrp.Attribution` running the call (weight leaves,
+        carriers).
+    """
+
+    module: nn.Module
+    name: str
+    inputs: tuple
+    output: torch.Tensor
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    engine: Any = field(repr=False, default=None)
+
+    @property
+    def input(self) -> torch.Tensor:
+        return self.inputs[0]
+
+    def fn(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The module's linear map with replaced parameters."""
+        return layer_function(self.module)(x, weight, bias)
+
+    def bias_like(self, bias: torch.Tensor) -> torch.Tensor:
+        """``bias`` broadcastable against the output (channels on dim 1 for convs)."""
+        if isinstance(self.module, _CONV):
+            return bias.view(1, -1, *([1] * (self.output.dim() - 2)))
+        return bias
+
+    @property
+    def weight_mode(self) -> bool:
+        """Whether this call records weight leaves (weight relevance requested for this layer)."""
+        return self.engine is not None and self.weight is not None and self.engine._weight_mode(self.name)
+
+    def leaf(self, weight: torch.Tensor) -> torch.Tensor:
+        """A modified weight to use in a term (a recorded leaf when weight relevance is on)."""
+        if self.engine is None:
+            return weight
+        return self.engine._weight_leaf(self.name, weight)
+
+    def carrier(self, value: torch.Tensor) -> torch.Tensor:
+        """A leaf tensor that carries input relevance (flat, w-square, z-box)."""
+        if self.engine is None:
+            raise XpruneError("carrier rules need an Attribution context")
+        return self.engine._carrier(self, value)
+
+    def require_params(self, rule: "Rule") -> None:
+        if self.weight is None or not isinstance(self.module, _PARAMETRIC):
+            raise XpruneError(
+                f"rule {rule.name!r} needs a nn.Linear or nn.Conv1d/2d/3d module; "
+                f"{self.name!r} is {type(self.module).__name__}"
+            )
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+class Rule:
+    """Base class of LRP rules.
+
+    A rule maps one :class:`LayerCall` to a replacement output: same value,
+    modified backward. Subclasses set ``name`` and implement :meth:`__call__`.
+    Rules hold only their hyper-parameters, so one instance may serve many
+    modules. This is the seam for new layer types (e.g. AttnLRP's softmax and
+    bilinear-matmul rules): write a Rule, map the module type to it in a
+    :class:`~xprune.lrp.Composite`.
+    """
+
+    name: ClassVar[str] = "rule"
+
+    def __call__(self, call: LayerCall) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+class Gradient(Rule):
+    r"""The plain gradient: :math:`R_j = x_j \partial f / \partial x_j \cdot g`.
+
+    For max pooling this *is* the winner-take-all rule (the whole relevance of
+    a window goes to its maximum), for ReLU the identity rule, and on a linear
+    layer without bias LRP-0 (Bach et al. 2015). Modules without any rule
+    behave like this.
+    """
+
+    name = "gradient"
+
+    def __call__(self, call: LayerCall) -> torch.Tensor:
+        if call.weight_mode:
+            term = call.fn(call.input, call.leaf(call.weight), call.bias)
+            return reroute(call.output, [(term, 1.0)])
+        return call.output
+
+
+class Epsilon(Rule):
+    r"""LRP-epsilon (Bach et al. 2015; Montavon et al. 2019).
+
+    .. math:: R_j = \sum_i \frac{x_j w_{ij}}{\operatorname{stab}_\epsilon(z_i)} R_i,
+              \qquad z_i = \sum_j x_j w_{ij} + b_i.
+
+    In gradient form the output gradient is scaled by
+    :math:`z_i/\operatorname{stab}_\epsilon(z_i)` and then follows the plain
+    gradient: no extra forward pass. ``epsilon=0`` is LRP-0 (exactly the
+    gradient). On a parameter-free module it is the :class:`Norm` rule with
+    this epsilon.
+
+    Parameters
+    ----------
+    epsilon : float
+        Stabiliser added to the denominator with the sign of :math:`z`.
+    zero_bias : bool
+        Use :math:`z - b` in the denominator (bias ignored).
+    """
+
+    name = "epsilon"
+
+    def __init__(self, epsilon: float = 1e-6, zero_bias: bool = False):
+        self.epsilon = float(epsilon)
+        self.zero_bias = bool(zero_bias)
+
+    def __call__(self, call: LayerCall) -> torch.Tensor:
+        z = call.output
+        zd = z.detach()
+        denom = zd
+        if self.zero_bias and call.bias is not None:
+            denom = zd - call.bias_like(call.bias)
+        term = call.fn(call.input, call.leaf(call.weight), call.bias) if call.weight_mode else z
+        if self.epsilon == 0 and denom is zd:
+            return z if term is z else reroute(z, [(term, 1.0)])
+        return reroute(z, [(term, ratio(zd, denom, self.epsilon))])
+
+
+def _split_terms(call: LayerCall, w_pos, w_neg, b_pos, b_neg, need_neg: bool = True):
+    """The two forward terms of the sign-split rules.
+
+    ``zp = f(x+, w_pos, b_pos) + f(x-, w_neg)`` (positive contributions) and
+    ``zn = f(x+, w_neg, b_neg) + f(x-, w_pos)`` (negative contributions).
+    When the input is non-negative (after a ReLU) the ``x-`` parts vanish and
+    are skipped. ``need_neg=False`` skips ``zn`` (returned as ``None``).
+    """
+    x = call.input
+    nonneg = x.numel() == 0 or bool(x.detach().min() >= 0)
+    if nonneg:
+        zp = call.fn(x, call.leaf(w_pos), b_pos)
+        zn = call.fn(x, call.leaf(w_neg), b_neg) if need_neg else None
+        return zp, zn
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    zp = call.fn(xp, call.leaf(w_pos), b_pos) + call.fn(xn, call.leaf(w_neg), None)
+    zn = None
+    if need_neg:
+        zn = call.fn(xp, call.leaf(w_neg), b_neg) + call.fn(xn, call.leaf(w_pos), None)
+    return zp, zn
+
+
+class AlphaBeta(Rule):
+    r"""LRP-alpha-beta (Bach et al. 2015), with :math:`\alpha - \beta = 1`.
+
+    .. math:: R_j = \sum_i \Big(\alpha \frac{(x_j w_{ij})^+}{\operatorname{stab}(z_i^+)}
+              - \beta \frac{(x_j w_{ij})^-}{\operatorname{stab}(z_i^-)}\Big) R_i
+
+    with :math:`z_i^\pm = \sum_j (x_j w_{ij})^\pm + b_i^\pm`. The positive part
+    :math:`(x w)^+ = x^+ w^+ + x^- w^-` and the negative part
+    :math:`x^+ w^- + x^- w^+` allow inputs of either sign. Cost: one extra
+    forward per part (two when the input has negative values).
+
+    Parameters
+    ----------
+    alpha, beta : float
+        Non-negative weights of the positive/negative parts, ``alpha - beta == 1``.
+    stabilizer : float
+        Epsilon of the sign-aware stabiliser.
+    zero_bias : bool
+        Drop the bias from the terms.
+    """
+
+    name = "alpha-beta"
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6, zero_bias: bool = False):
+        if alpha < 0 or beta < 0:
+            raise XpruneError(f"alpha-beta rule needs alpha, beta >= 0; got alpha={alpha}, beta={beta}")
+        if abs(alpha - beta - 1.0) > 1e-12:
+            raise XpruneError(f"alpha-beta rule needs alpha - beta = 1 (conservation); got alpha={alpha}, beta={beta}")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.stabilizer = float(stabilizer)
+        self.zero_bias = bool(zero_bias)
+
+    def __call__(self, call: LayerCall) -> torch.Tensor:
+        call.require_params(self)
+        w, b = call.weight, (None if self.zero_bias else call.bias)
+        w_pos, w_neg = w.clamp(min=0), w.clamp(max=0)
+        b_pos = None if b is None else b.clamp(min=0)
+        b_neg = None if b is None else b.clamp(max=0)
+        zp, zn = _split_terms(call, w_pos, w_neg, b_pos, b_neg, need_neg=self.beta != 0)
+        zd = call.output.detach()
+        # z+ >= 0 and z- <= 0 by construction: known signs, cheaper stabiliser
+        cp = ratio(zd, zp, self.stabilizer, sign=+1)
+        terms = [(zp, cp if self.alpha == 1 else cp.mul_(self.alpha))]
+        if zn is not None:
+            terms.append((zn, ratio(zd, zn, self.stabilizer, sign=-1).mul_(-self.beta)))
+        return reroute(call.output, terms)
+
+
+class ZPlus(AlphaBeta):
+    r"""LRP-z+ (Montavon et al. 2017): alpha-beta with :math:`\alpha=1, \beta=0`.
+
+    .. math:: R_j = \sum_i \frac{(x_j w_{ij})^+}{\operatorname{stab}(\sum_j (x_j w_{ij})^+ + b_i^+)} R_i
+
+    For non-negative inputs (after ReLU) this is the rule with weights clamped
+    to :math:`w \ge 0` used by Yeom et al. (2021). One extra forward pass.
+    """
+
+    name = "zplus"
+
+    def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False):
+        super().__init__(alpha=1.0, beta=0.0, stabilizer=stabilizer, zero_bias=zero_bias)
+
+    def _params(self):
+        return {"stabilizer": self.stabilizer, "zero_bias": self.zero_bias}
+
+
+class Gamma(Rule):
+    r"""Generalised LRP-gamma (Montavon et al. 2019; Andeol et al. 2021).
+
+    Weights are boosted towards the sign of the output: with
+    :math:`w^{\gamma\pm} = w + \gamma w^\pm`,
+
+    .. math:: R_j = \sum_i \Big( [z_i > 0] \frac{x_j^+ w^{\gamma+}_{ij} + x_j^- w^{\gamma-}_{ij}}
+              {\operatorname{stab}(\zeta^+_i)} + [z_i < 0]
+              \frac{x_j^+ w^{\gamma-}_{ij} + x_j^- w^{\gamma+}_{ij}}{\operatorname{stab}(\zeta^-_i)} \Big) R_i
+
+    where :math:`\zeta^\pm` are the corresponding sums (with biases
+    :math:`b + \gamma b^\pm` on the :math:`x^+` part). Equals the original
+    gamma rule for non-negative inputs; ``gamma=0`` is LRP-0.
+
+    Parameters
+    ----------
+    gamma : float
+        Boost of the same-sign weights.
+    stabilizer : float
+        Epsilon of the sign-aware stabiliser.
+    zero_bias : bool
+        Drop the bias from the terms.
+    """
+
+    name = "gamma"
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6, zero_bias: bool = False):
+        if gamma < 0:
+            raise XpruneError(f"gamma rule needs gamma >= 0; got {gamma}")
+        self.gamma = float(gamma)
+        self.stabilizer = float(stabilizer)
+        self.zero_bias = bool(zero_bias)
+
+    def __call__(self, call: LayerCall) -> torch.Tensor:
+        call.require_params(self)
+        w, b, g = call.weight, (None if self.zero_bias else call.bias), self.gamma
+        w_pos, w_neg = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
+        b_pos = None if b is None else b + g * b.clamp(min=0)
+        b_neg = None if b is None else b + g * b.clamp(max=0)
+        zp, zn = _split_terms(call, w_pos, w_neg, b_pos, b_neg)
+        zd = call.output.detach()
+        cp = ratio(zd.clamp(min=0), zp, self.stabilizer)  # [z > 0] z / stab(zeta+)
+        cn = ratio(zd.clamp(max=0), zn, self.stabilizer)
+        return reroute(call.output, [(zp, cp), (zn, cn)])
+
+
+class Flat(Rule):
+    r"""LRP-flat (Lapuschkin et al. 2019): relevance spread uniformly over each receptive field.
+
+    .. math:: R_j = \sum_i \frac{1}{\operatorname{stab}(\sum_{j'} 1)} R_i
+              \quad (j, j' \text{ in the receptive field of } i)
+
+    Input relevance is carried by a tensor of ones; use on the first layer.
+    """
+
+    name = "flat"
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = float(stabilizer)
+
+    def __call__(self, call: LayerCall) -> torch.Tensor:
+        call.require_params(self)
+        ones = call.carrier(torch.ones_like(call.input))
+        zf = call.fn(ones, torch.ones_like(call.weight), None)
+        return reroute(call.output, [(zf, ratio(call.output, zf, self.stabilizer, sign=+1))])
+
+
+class WSquare(Rule):
+    r"""LRP-:math:`w^2` (Montavon et al. 2017), for unbounded first-layer inputs.
+
+    .. math:: R_j = \sum_i \frac{w_{ij}^2}{\operatorname{stab}(\sum_{j'} w_{ij'}^2 + b_i^2)} R_i
+
+    Input relevance is carried by a tensor of ones; use on the first layer.
+    """
+
+    name = "w-square"
+
+    def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False):
+        self.stabilizer = float(stabilizer)
+        self.zero_bias = bool(zero_bias)
+
+    def __call__(self, call: LayerCall) -> torch.Tensor:
+        call.require_params(self)
+        ones = call.carrier(torch.ones_like(call.input))
+        b = None if (self.zero_bias or call.bias is None) else call.bias**2
+        zw = call.fn(ones, call.leaf(call.weight**2), b)
+        return reroute(call.output, [(zw, ratio(call.output, zw, self.stabilizer))])
+
+
+class ZBox(Rule):
+    r"""LRP-:math:`z^\mathcal{B}` (Montavon et al. 2017) for inputs bounded by ``[low, high]``.
+
+    .. math:: R_j = \sum_i \frac{x_j w_{ij} - l_j w_{ij}^+ - h_j w_{ij}^-}
+              {\operatorname{stab}(\sum_{j'} x_{j'} w_{ij'} - l_{j'} w_{ij'}^+ - h_{j'} w_{ij'}^-)} R_i
+
+    ``low``/``high`` are scalars or tensors broadcastable to the input (e.g.
+    per-channel bounds of normalised images, shape ``[1, C, 1, 1]``). The
+    bound terms are carried by leaf tensors; use on the first layer.
+    """
+
+    name = "z-box"
+
+    def __init__(self, low: float | torch.Tensor, high: float | torch.Tensor, stabilizer: float = 1e-6):
+        self.low = low
+        self.high = high
+        self.stabilizer = float(stabilizer)
+
+    def __call__(self, call: LayerCall) -> torch.Tensor:
+        call.require_params(self)
+        x, w, b = call.input, call.weight, call.bias
+        low = call.carrier(torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x))
+        high = call.carrier(torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x))
+        w_pos, w_neg = call.leaf(w.clamp(min=0)), call.leaf(w.clamp(max=0))
+        b_pos = None if b is None else b.clamp(min=0)
+        b_neg = None if b is None else b.clamp(max=0)
+        zb = call.fn(x, call.leaf(w), b) - call.fn(low, w_pos, b_pos) - call.fn(high, w_neg, b_neg)
+        return reroute(call.output, [(zb, ratio(call.output, zb, self.stabilizer))])
+
+
+class Pass(Rule):
+    r"""Identity (pass) rule for element-wise modules: :math:`R_{in} = R_{out}`.
+
+    In gradient form the gradient is replaced by :math:`y/x` (0 where
+    :math:`x = 0`), so that :math:`x \cdot g_{in} = y \cdot g_{out}` (the
+    identity rule of AttnLRP, Achtibat et al. 2024). For ReLU and LeakyReLU
+    this is the plain gradient, which is used directly.
+    """
+
+    name = "pass"
+    _GRADIENT_EQUIVALENT = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout)
+
+    def __call__(self, call: LayerCall) -> torch.Tensor:
+        y = call.output
+        if isinstance(call.module, self._GRADIENT_EQUIVALENT) or not y.requires_grad:
+            return y
+        x = call.input
+        if x.shape != y.shape:
+            raise XpruneError(
+                f"pass rule needs an element-wise module (output shape = input shape); "
+                f"{call.name!r} maps {tuple(x.shape)} to {tuple(y.shape)}"
+            )
+        xd = x.detach()
+        ratio = torch.where(xd == 0, torch.zeros_like(xd), y.detach() / torch.where(xd == 0, torch.ones_like(xd), xd))
+        return reroute(y, [(x, ratio)])
+
+
+class Norm(Rule):
+    r"""Normalisation rule for parameter-free linear modules (sums, average pooling).
+
+    .. math:: R_j = x_j \sum_i \frac{\partial y_i}{\partial x_j} \frac{R_i}{\operatorname{stab}(y_i)}
+
+    Relevance is split in proportion to each input's contribution; for a
+    residual sum :math:`y = a + b` this gives :math:`R_a = a R_y / y`, so
+    relevance is conserved through the skip connection.
+    """
+
+    name = "norm"
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = float(stabilizer)
+
+    def __call__(self, call: LayerCall) -> torch.Tensor:
+        y = call.output
+        return reroute(y, [(y, ratio(y, y, self.stabilizer))])
+
+
+# ----------------------------------------------------------------------------- registry
+
+RULES: dict[str, type[Rule]] = {
+    "epsilon": Epsilon,
+    "zplus": ZPlus,
+    "alpha-beta": AlphaBeta,
+    "gamma": Gamma,
+    "flat": Flat,
+    "w-square": WSquare,
+    "z-box": ZBox,
+    "pass": Pass,
+    "norm": Norm,
+    "gradient": Gradient,
+}
+"""Rule classes by canonical name (see :func:`make_rule` for accepted spellings)."""
+
+_ALIASES = {
+    "z+": "zplus",
+    "alpha1beta0": "zplus",
+    "alphabeta": "alpha-beta",
+    "wsquare": "w-square",
+    "w2": "w-square",
+    "zbox": "z-box",
+    "identity": "pass",
+    "winnertakeall": "gradient",
+    "wta": "gradient",
+    "lrp0": "gradient",
+}
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name.lower())
+
+
+def _lookup(name: str) -> tuple[type[Rule], dict[str, Any]]:
+    key = _key(name)
+    m = re.fullmatch(r"alpha(\d+(?:\.\d+)?)beta(\d+(?:\.\d+)?)", key)
+    if m and key != "alpha1beta0":
+        return AlphaBeta, {"alpha": float(m.group(1)), "beta": float(m.group(2))}
+    for canonical, cls in RULES.items():
+        if _key(canonical) == key:
+            return cls, {}
+    if key in _ALIASES:
+        return RULES[_ALIASES[key]], {}
+    known = ", ".join(sorted(RULES)) + " (also: z+, alpha2-beta1, alpha1-beta0, identity, winner-take-all)"
+    raise XpruneError(f"unknown LRP rule {name!r}; known rules: {known}")
+
+
+def make_rule(spec: "Rule | str | tuple[str, dict] | None") -> Rule | None:
+    """Build a rule from a spec.
+
+    Parameters
+    ----------
+    spec : Rule, str, (str, dict) or None
+        A rule instance (returned as is), a rule name (``"epsilon"``,
+        ``"zplus"``/``"z+"``, ``"alpha2-beta1"``, ``"gamma"``, ``"flat"``,
+        ``"w-square"``, ``"z-box"``, ``"pass"``, ``"norm"``, ``"gradient"``;
+        case, ``-`` and ``_`` are ignored) or a pair of a name and keyword
+        arguments, e.g. ``("gamma", {"gamma": 0.25})``. ``None`` means no rule.
+    """
+    if spec is None or isinstance(spec, Rule):
+        return spec
+    if isinstance(spec, str):
+        name, kwargs = spec, {}
+    elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict):
+        name, kwargs = spec
+    else:
+        raise XpruneError(f"a rule is a Rule, a name or a (name, kwargs) pair; got {spec!r}")
+    cls, preset = _lookup(name)
+    try:
+        return cls(**{**preset, **kwargs})
+    except TypeError as e:
+        import inspect
+
+        raise XpruneError(f"bad parameters for LRP rule {name!r}: {e}; signature {cls.__name__}{inspect.signature(cls)}") from None
