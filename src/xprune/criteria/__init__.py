@@ -14,3 +14,5 @@ if importlib.util.find_spec(__name__ + ".lrp") is not None:  # the LRP criterion
     from . import lrp  # noqa: F401
 
 __all__ = ["Criterion", "HookedCriterion", "WeightCriterion", "available", "get", "register", "resolve_target"]
+
+from ..steered import criterion as _steered  # noqa: E402,F401  (registers "steered", Interpretations Steered Pruning)

@@ -1,0 +1,203 @@
+"""Interpretations Steered Pruning (xprune.steered) and explanation similarity (xprune.similarity)."""
+
+import math
+
+import pytest
+import torch
+
+import xprune
+from xprune import XpruneError
+from xprune.models import build
+from xprune.similarity import compare, explanation_similarity
+from xprune.steered._stage import Interrupted
+from xprune.steered import ChannelGates, MacsModel, Selector, SteeredConfig, feature_layers, rbf, steer
+
+from tiny_models import randomize_bn
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: threads only add contention on a shared machine
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_resnet(seed=0, size=12):
+    torch.manual_seed(seed)
+    model = randomize_bn(build("resnet", input_shape=(1, size, size), num_classes=10, widths=(4, 8, 8)), seed).eval()
+    X = torch.randn(48, 1, size, size)
+    y = torch.randint(0, 10, (48,))
+    return model, X, y
+
+
+FAST = dict(predictor_steps=6, selector_steps=6, gate_steps=8, batch_size=8, checkpoint_every=3)
+
+
+# ------------------------------------------------------------------ RBF masks
+
+
+def test_rbf_range_peak_and_parametrisation():
+    raw = torch.tensor([[0.0, 0.0, 0.0], [50.0, -50.0, -50.0], [-0.7, 0.3, 3.0], [0.2, 0.9, -4.0]])
+    p = rbf.constrain(raw, min_width=0.05)
+    assert (p[:, :2].abs() <= 1).all() and (p[:, 2] >= 0.05).all()  # centre inside, width >= min (float)
+    assert torch.allclose(p[:, 0], torch.tanh(raw[:, 0])) and torch.allclose(p[:, 2], torch.nn.functional.softplus(raw[:, 2]) + 0.05)
+    inner = p[[0, 2, 3]]
+    assert torch.allclose(rbf.constrain(rbf.unconstrain(inner)), inner, atol=1e-5)
+    m = rbf.rbf_mask(p, (9, 13))
+    assert m.shape == (4, 1, 9, 13)
+    assert (m >= 0).all() and (m <= 1).all() and (m[0] > 0).all()  # far from a narrow bump: underflow to 0
+    assert torch.allclose(m.amax(dim=(-2, -1)), torch.ones(4))  # normalised to peak 1
+    # the peak sits at the pixel nearest the centre; value at distance sigma is e^(-1/2) when centred on a pixel
+    u, v = torch.linspace(-1, 1, 13), torch.linspace(-1, 1, 9)
+    for n in range(4):
+        i, j = divmod(int(m[n, 0].flatten().argmax()), 13)
+        assert j == int((u - p[n, 0]).abs().argmin()) and i == int((v - p[n, 1]).abs().argmin())
+    on_grid = torch.tensor([[u[6].item(), v[4].item(), 2 * (u[1] - u[0]).item()]])
+    mm = rbf.rbf_mask(on_grid, (9, 13))[0, 0]
+    assert mm[4, 6] == 1 and math.isclose(mm[4, 8].item(), math.exp(-0.5), rel_tol=1e-5)
+
+
+def test_relaxed_bernoulli_samples_and_gradients():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([0.1, 0.5, 0.9]).repeat(20000, 1).requires_grad_(True)
+    s = rbf.relaxed_bernoulli(probs, 0.5, g)
+    assert (s >= 0).all() and (s <= 1).all()  # (0, 1) exactly; sigmoid saturates in float32
+    assert torch.allclose((s > 0.5).float().mean(0), torch.tensor([0.1, 0.5, 0.9]), atol=0.02)  # P(s > 1/2) = p
+    s.sum().backward()
+    assert (probs.grad >= 0).all() and (probs.grad.mean(0) > 0).all()  # reparametrised: larger p, larger s
+    with pytest.raises(XpruneError):
+        rbf.constrain(torch.zeros(2, 2))
+    assert rbf.total_variation(torch.ones(1, 1, 4, 4)) == 0
+
+
+def test_selector_reads_encoder_features():
+    model, X, y = tiny_resnet()
+    layers = feature_layers(model, X)
+    assert layers == ["stages.0.0.relu2", "stages.1.0.relu2", "stages.2.0.relu2"]  # 12x12, 6x6, 3x3
+    sel = Selector([4, 8, 8], 10)
+    with xprune.steered.features(model, layers) as store:
+        model(X[:5])
+        p = sel([store[n] for n in layers], y[:5])
+    assert p.shape == (5, 3) and (p[:, :2].abs() < 1).all() and (p[:, 2] > sel.min_width).all()
+
+
+# ------------------------------------------------------------------ gates and MACs
+
+
+def test_gates_hard_at_evaluation_and_removal_equals_masking():
+    model, X, y = tiny_resnet(1)
+    units = xprune.discover(model, X[:1])
+    gates = ChannelGates(units, init=0.0)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for a in gates.logits:
+            a.copy_(torch.randn(a.shape))
+    gated = xprune.steered.explainer.frozen(__import__("copy").deepcopy(model))
+    with pytest.raises(XpruneError, match="like="):
+        gates.attach(gated)  # a copy: its gate sites must be found on the original
+    gates.attach(gated, like=model)
+    gates.sample(4, torch.Generator().manual_seed(0), hard=True)
+    for n, v in gates._values.items():  # straight-through: hard values in the forward
+        assert set(v.detach().unique().tolist()) <= {0.0, 1.0}
+    gates.set_hard()
+    for n, a in zip(gates.names, gates.logits):
+        assert torch.equal(gates._values[n][0], (a > 0).float())
+    plan = gates.plan()
+    assert plan.n_removed > 0
+    with torch.no_grad():
+        out_gated = gated(X)
+        removed = xprune.apply(model, plan, "remove").eval()
+        masked = xprune.apply(model, plan, "mask").eval()
+        assert torch.allclose(out_gated, removed(X), atol=1e-5)
+        assert torch.allclose(out_gated, masked(X), atol=1e-5)
+        gates.open()
+        assert torch.allclose(gated(X), model(X))
+    gates.detach()
+
+
+def test_macs_model_is_exact_and_starts_from_unit_costs():
+    model, X, y = tiny_resnet(2)
+    units = xprune.discover(model, X[:1])
+    mm = MacsModel(model, units, X[:1])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        remove = {u.name: sorted(torch.randperm(u.size, generator=g)[: int(torch.randint(0, u.size, (1,), generator=g))].tolist())
+                  for u in units}
+        plan = xprune.Plan("channels", remove, {u.name: u.size for u in units}, {}, {u.name: u.root for u in units},
+                           units.example)
+        predicted, measured = mm.check(model, plan, X[:1])
+        assert predicted == measured
+    scores = xprune.score(model, (X, y), "taylor")
+    assert mm.costs == xprune.unit_costs(model, scores, "macs", X[:1])  # first-order terms = unit_costs
+
+
+def test_macs_term_reaches_target_on_reference_resnet(tmp_path):
+    """Random-init reference ResNet (MNIST shape): the evaluated gates land within 5% of the MACs target."""
+    torch.manual_seed(0)
+    model = build("resnet", input_shape=(1, 28, 28), num_classes=10).eval()
+    X, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    res = steer(model, (X, y), 0.5, cache_dir=None, progress=False, predictor_steps=0, selector_steps=0,
+                gate_steps=150, batch_size=4)
+    plan = res.plan(calibrate=False)  # the closed gates, threshold 0: no calibration
+    _, measured = res.macs.check(model, plan, X[:1])
+    achieved = 1 - measured / res.macs.base
+    assert abs(achieved - 0.5) <= 0.05 * 0.5, achieved
+    cal = res.plan(calibrate=True)
+    assert abs(cal.meta["macs_reduction"] - 0.5) < 0.01
+
+
+# ------------------------------------------------------------------ pipeline, criterion, caching
+
+
+def test_pipeline_cached_resumable_and_criterion(tmp_path):
+    model, X, y = tiny_resnet(4)
+    ref = steer(model, (X, y), 0.4, cache_dir=tmp_path / "a", progress=False, **FAST)
+    assert set(ref.stages) == {"predictor", "selector", "gates"}
+    assert all(s["seconds"] >= 0 and not s["cached"] for s in ref.stages.values())
+    # interrupted in every stage, then resumed: the same result as the uninterrupted run
+    cache = tmp_path / "b"
+    for stage in ("predictor", "selector", "gates"):
+        with pytest.raises(Interrupted):
+            steer(model, (X, y), 0.4, cache_dir=cache, progress=False, stop_after={stage: 4}, **FAST)
+    res = steer(model, (X, y), 0.4, cache_dir=cache, progress=False, **FAST)
+    assert res.stages["gates"]["resumed_from"] == 4 and res.stages["gates"]["steps"] == FAST["gate_steps"]
+    for a, b in zip(ref.gates.logits, res.gates.logits):
+        assert torch.allclose(a, b, atol=1e-6)
+    again = steer(model, (X, y), 0.4, cache_dir=cache, progress=False, **FAST)
+    assert all(s["cached"] for s in again.stages.values())
+    # the "steered" criterion: gate logits as scores, usable with select / apply
+    scores = xprune.score(model, (X, y), "steered", reduction=0.4, cache_dir=cache, **FAST)
+    assert scores.criterion == "steered"
+    for n, a in zip(ref.gates.names, ref.gates.logits):
+        assert torch.allclose(scores[n], a.double())
+    plan = xprune.select(scores, 0.3)
+    assert xprune.apply(model, plan)(X[:2]).shape == (2, 10)
+    with pytest.raises(XpruneError, match="unknown steered options"):
+        SteeredConfig.from_options(sparsty=1.0)
+
+
+# ------------------------------------------------------------------ explanation similarity
+
+
+def test_compare_scores():
+    a = torch.arange(20.0).reshape(2, 10)
+    rho, top = compare(a, 2 * a + 1, top_k=0.2)
+    assert torch.allclose(rho, torch.ones(2, dtype=torch.float64)) and torch.equal(top, torch.ones(2, dtype=torch.float64))
+    rho, top = compare(a, -a, top_k=0.2)
+    assert torch.allclose(rho, -torch.ones(2, dtype=torch.float64)) and (top == 0).all()
+    rho, _ = compare(a, torch.zeros(2, 10))
+    assert (rho == 0).all()  # constant map: correlation defined as 0
+
+
+@pytest.mark.parametrize("method", ["gradxinput", "lrp"])
+def test_explanation_similarity(method):
+    if method == "lrp" and "lrp" not in xprune.criteria.available():
+        pytest.skip("xprune.lrp not available")
+    model, X, y = tiny_resnet(5)
+    same = explanation_similarity(model, model, (X, y), method=method)
+    assert same.pearson == pytest.approx(1.0) and same.topk == pytest.approx(1.0) and same.n == len(X)
+    plan = xprune.select(xprune.score(model, (X, y), "taylor"), 0.5)
+    pruned = xprune.apply(model, plan).eval()
+    sim = explanation_similarity(model, pruned, (X, y), method=method, max_samples=20)
+    assert sim.n == 20 and -1 <= sim.pearson < 0.999 and 0 <= sim.topk <= 1 and sim.method == method
