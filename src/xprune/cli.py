@@ -11,6 +11,7 @@ Examples::
                  --criterion taylor --ratio 0.3 --n-per-class 10 --out small.pt
     xprune curve --model builtin:vgg --data digits --criteria lrp,taylor,weight --seeds 0,1,2 --out curves/
     xprune export --model pruned.pt --input-shape 1,1,28,28 --out pruned.onnx
+    xprune tune --model builtin:vgg --data digits --trials 20 --out tuned/   # PXP composite search
 """
 
 from __future__ import annotations
@@ -223,6 +224,45 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from . import data as xdata
+    from .tune import tune
+
+    ds = load_data(args.data, seed=0, root=args.data_root)
+    model = load_model(args.model, weights=args.weights, dataset=args.data)
+    if args.units in ("heads", "neurons"):
+        from . import transformers  # noqa: F401  (registers the unit kinds)
+    reference = _reference(ds, args.n_per_class, args.seed)
+    val = ds.val
+    if len(val) == 0:
+        raise XpruneError(f"dataset {args.data!r} has no val split to tune on")
+    if args.val_size and args.val_size < len(val):
+        g = torch.Generator().manual_seed(args.seed)
+        val = val.subset(torch.randperm(len(val), generator=g)[: args.val_size])
+    space = None
+    if args.rules or args.aggregate or args.normalize:
+        space = {}
+        if args.rules:
+            space["rules"] = _csv(args.rules)
+        if args.aggregate:
+            space["aggregate"] = _csv(args.aggregate)
+        if args.normalize:
+            space["normalize"] = [None if n == "none" else n for n in _csv(args.normalize)]
+    classes = _ints(args.classes) if args.classes else None
+    result = tune(model, reference, val, units=args.units, space=space, trials=args.trials, sampler=args.sampler,
+                  storage=args.storage, study_name=args.study_name, out=args.out, seed=args.seed,
+                  classes=classes, timeout=args.timeout, pruner=None if args.no_pruning else "bound")
+    print(result)
+    if args.test:
+        from .evaluate import curve
+
+        c = curve(model, reference, ds.test, "lrp", units=args.units, classes=classes, **result.options)
+        print(f"test AUC of the tuned composite: {c.auc:.4f}")
+    print(f"use it: xprune.score(model, data, 'lrp', composite={str(result.composite)!r}, "
+          f"aggregate={result.options['aggregate']!r}, normalize={result.options['normalize']!r})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xprune",
@@ -235,13 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train (once, cached) or load a reference model, compare every criterion on "
                                    "the accuracy-vs-pruning-rate curve with few reference samples per class, "
                                    "prune at --ratio and report accuracy/parameters/MACs/latency.")
-    p.add_argument("--arch", default="resnet", help="reference architecture: mlp, vgg, resnet, vit (default resnet)")
-    p.add_argument("--data", default="mnist", help="built-in dataset: digits, mnist, fashion-mnist (default mnist)")
+    p.add_argument("--arch", default="vgg", help="reference architecture: mlp, vgg, resnet, vit (default vgg)")
+    p.add_argument("--data", default="digits", help="built-in dataset: digits, mnist, fashion-mnist (default digits)")
     p.add_argument("--n-per-class", type=int, default=10, help="reference samples per class (default 10)")
     p.add_argument("--criteria", help="comma-separated criteria to compare (default: all built-in)")
     p.add_argument("--criterion", help="criterion used for the final pruning (default: best AUC)")
-    p.add_argument("--ratio", type=_ratio, default=0.5, help="fraction of channels removed at the end (default 0.5)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds for the reference samples (default 0)")
+    p.add_argument("--ratio", type=_ratio, default=0.3, help="fraction of channels removed at the end (default 0.3)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds for the reference samples (default 0,1,2)")
     p.add_argument("--out", default="xprune-demo", help="output folder (default ./xprune-demo)")
     p.set_defaults(func=cmd_demo)
 
@@ -290,6 +330,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0", help="comma-separated seeds for the reference samples")
     p.add_argument("--out", default="xprune-curves", help="output folder")
     p.set_defaults(func=cmd_curve)
+
+    p = sub.add_parser("tune", help="tune the LRP composite for pruning (PXP, Bayesian optimisation)",
+                       description="Search the LRP rules per layer group (and aggregation, normalisation) that "
+                                   "maximise the area under the accuracy-vs-pruning-rate curve on the dataset's "
+                                   "val split (optuna study, resumable; see xprune.tune). Writes the best "
+                                   "composite as JSON (composite=PATH), history and importance plots.")
+    model_args(p)
+    p.add_argument("--trials", type=int, default=30, help="finished trials the study should hold (default 30)")
+    p.add_argument("--sampler", default="gp", choices=["gp", "tpe", "random"],
+                   help="gp: Gaussian-process Bayesian optimisation (default); tpe; random")
+    p.add_argument("--storage", help="SQLAlchemy URL of a shared study database (default: OUT/study.db)")
+    p.add_argument("--study-name", help="study name (default pxp-UNITS); an existing study is resumed")
+    p.add_argument("--val-size", type=int, default=1000, help="validation samples used (default 1000; 0: all)")
+    p.add_argument("--rules", help="comma-separated rules searched per group (default epsilon,zplus,alpha-beta,gamma)")
+    p.add_argument("--aggregate", help="comma-separated aggregations searched (default pxp,yeom)")
+    p.add_argument("--normalize", help="comma-separated normalisations searched (default none,l1)")
+    p.add_argument("--classes", help="domain restriction: comma-separated class indices")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--no-pruning", action="store_true", help="run every trial to the end (no early stopping)")
+    p.add_argument("--test", action="store_true", help="also report the tuned composite's AUC on the test split")
+    p.add_argument("--seed", type=int, default=0, help="seed for reference samples, validation subset and sampler")
+    p.add_argument("--out", default="xprune-tune", help="output folder (default ./xprune-tune)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("export", help="export a (pruned) model to ONNX, checked in onnxruntime",
                        description="Export a model to ONNX with a dynamic batch size and check onnxruntime's "

@@ -47,13 +47,13 @@ def measure(model: torch.nn.Module, test: Any, example: torch.Tensor) -> dict[st
 
 def run(
     *,
-    arch: str = "resnet",
-    dataset: str = "mnist",
+    arch: str = "vgg",
+    dataset: str = "digits",
     n_per_class: int = 10,
     criteria: Sequence[str] | None = None,
-    ratio: float = 0.5,
+    ratio: float = 0.3,
     criterion: str | None = None,
-    seeds: Sequence[int] = (0,),
+    seeds: Sequence[int] = (0, 1, 2),
     out: str | Path = "xprune-demo",
     rates: Sequence[float] = evaluate.DEFAULT_RATES,
     cache_dir: str | None = None,
