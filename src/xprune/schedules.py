@@ -5,8 +5,11 @@
   remove a fraction ``step`` of the *remaining* units per step, recomputing the
   scores on the pruned model each time, with an optional fine-tuning hook
   between steps, until ``ratio`` of the original units are gone.
+- :func:`entwined`: SInGE's schedule (Yvinec et al. 2022): alternate small
+  pruning steps (by units or by measured MACs) with fine-tuning, a fixed total
+  fine-tuning budget split over the steps; checkpointed and resumable.
 
-Both return a :class:`ScheduleResult` with the pruned model and the plans
+All return a :class:`ScheduleResult` with the pruned model and the plans
 applied, in order (replaying them on the original model gives the same model;
 for single weights each plan holds every weight masked so far).
 """
@@ -155,3 +158,260 @@ def iterative(
         bar.stop()
     result.model = current
     return result
+
+
+# --------------------------------------------------------------------------- entwined
+
+FineTuneSteps = Callable[[nn.Module, int], "nn.Module | None"]
+_STATE = "entwined.json"
+
+
+def _budget_shares(budget: int, steps: int) -> list[int]:
+    """Split ``budget`` fine-tuning steps over ``steps`` pruning steps (sums exactly to ``budget``)."""
+    return [budget * i // steps - budget * (i - 1) // steps for i in range(1, steps + 1)]
+
+
+def _macs(model: nn.Module, example: Any) -> int:
+    import torch_pruning as tp
+
+    from . import _inputs
+
+    with _inputs.preserved_state(model):
+        macs, _ = tp.utils.count_ops_and_params(model, example)
+    return int(macs)
+
+
+def entwined(
+    model: nn.Module,
+    data: Any,
+    criterion: Any = "singe",
+    ratio: float = 0.5,
+    *,
+    by: str = "units",
+    steps: int = 5,
+    fine_tune_budget: int = 0,
+    fine_tune: FineTuneSteps | None = None,
+    units: str = "channels",
+    scope: str = "global",
+    evaluate: Callable[[nn.Module], float] | None = None,
+    progress: bool = False,
+    checkpoint_dir: Any = None,
+    resume: bool = False,
+    seed: int = 0,
+    **options: Any,
+) -> ScheduleResult:
+    """Prune and fine-tune in alternation: score, remove a little, fine-tune briefly, repeat.
+
+    The "entwined" schedule of SInGE (Yvinec et al., "SInGE: Sparsity via
+    Integrated Gradients Estimation of Neuron Relevance", NeurIPS 2022). Step
+    ``i`` of ``steps`` (i = 1..S) scores the current model, removes units until
+    ``i/S`` of the target is reached, then fine-tunes for its share
+    :math:`n_i = \\lfloor B i / S \\rfloor - \\lfloor B (i-1) / S \\rfloor` of the
+    fixed total budget :math:`B` = ``fine_tune_budget`` (so :math:`\\sum_i n_i = B`
+    exactly). Special cases, for comparisons at an equal budget:
+    ``steps=1`` is one-shot pruning followed by all :math:`B` fine-tuning
+    steps; ``fine_tune_budget=0`` is iterative pruning without fine-tuning.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Not modified; the pruned model is in the result.
+    data : (X, y), iterable of batches or Split
+        Reference samples for scoring (the fine-tuning data is the
+        ``fine_tune`` callable's business).
+    criterion : str, Criterion class or instance
+        Any criterion (default ``"singe"``).
+    ratio : float in [0, 1)
+        With ``by="units"``: fraction of the original units removed
+        (:math:`\\lfloor \\text{ratio} \\cdot U_0 \\rfloor` exactly, unless every
+        layer is at its floor). With ``by="macs"``: the model's MACs (measured
+        with Torch-Pruning's counter on the example inputs) end at most
+        ``(1 - ratio)`` of the original; each step prunes until its measured
+        target is met (per-unit MAC costs are estimates, so selection is
+        repeated with a corrected ratio until it is).
+    by : {"units", "macs"}
+    steps : int >= 1
+        Number of prune (+ fine-tune) steps S.
+    fine_tune_budget : int >= 0
+        Total fine-tuning steps B, split over the steps as above.
+    fine_tune : callable ``fine_tune(model, n_steps) -> model or None``
+        Trains ``model`` (in place, or returns a new one) for ``n_steps``
+        optimiser steps. Required when ``fine_tune_budget > 0``. For resumed
+        runs to equal uninterrupted ones it must not keep state between calls
+        (create its optimiser inside); its global torch random state is seeded
+        per step.
+    units, scope : str
+        Unit kind (structured kinds only: units are removed) and ranking
+        scope, as in :func:`xprune.select`.
+    evaluate : callable, optional
+        ``evaluate(model) -> float`` recorded after every step.
+    progress : bool
+        Show a rich progress bar over the steps.
+    checkpoint_dir : str or path, optional
+        After every step the model (``torch.save`` of the whole module) and a
+        JSON state (``entwined.json``: step, plans, history, settings) are
+        written there atomically, the model first.
+    resume : bool
+        Continue the run saved in ``checkpoint_dir`` from its last complete
+        step (the settings must match); with no saved run, start afresh.
+        Without ``resume`` an existing run there is an error, never overwritten.
+    seed : int
+        Seeds torch's global random state at every step (criteria such as
+        ``"random"`` and the fine-tuning draw from it), so a resumed run
+        gives the same model as an uninterrupted one.
+    **options :
+        Passed to :func:`xprune.score` (criterion options, ``normalize``, ``target``, ...).
+
+    Returns
+    -------
+    ScheduleResult
+        ``history`` has one record per step: ``removed``, ``ratio`` (of the
+        original units), ``macs``, ``macs_reduction``, ``fine_tune_steps``
+        (this step's share) and ``fine_tune_total`` (used so far), and
+        ``accuracy`` when ``evaluate`` is given.
+    """
+    import json
+    import warnings
+    from pathlib import Path
+
+    import torch
+
+    from . import _inputs
+    from ._io import atomic_write
+
+    _check_ratio(ratio)
+    if by not in ("units", "macs"):
+        raise XpruneError(f"by must be 'units' or 'macs', got {by!r}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise XpruneError(f"steps must be a positive int, got {steps!r}")
+    if not isinstance(fine_tune_budget, int) or isinstance(fine_tune_budget, bool) or fine_tune_budget < 0:
+        raise XpruneError(f"fine_tune_budget must be an int >= 0 (optimiser steps), got {fine_tune_budget!r}")
+    if fine_tune_budget > 0 and fine_tune is None:
+        raise XpruneError("fine_tune_budget > 0 needs fine_tune=callable(model, n_steps) to spend it")
+    if units == "weights":
+        raise XpruneError("entwined removes units; for single weights use schedules.iterative(units='weights')")
+    if resume and checkpoint_dir is None:
+        raise XpruneError("resume=True needs the checkpoint_dir of the run to continue")
+
+    settings = {"criterion": criterion if isinstance(criterion, str) else type(criterion).__name__,
+                "ratio": ratio, "by": by, "steps": steps, "fine_tune_budget": fine_tune_budget,
+                "units": units, "scope": scope, "seed": seed,
+                "options": json.loads(json.dumps(options, default=repr))}
+    shares = _budget_shares(fine_tune_budget, steps)
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    import copy
+
+    current = copy.deepcopy(model)  # fine-tuning trains in place: never the caller's model
+    result = ScheduleResult(model)
+    state: dict[str, Any] = {}
+    start = 1
+    if folder is not None and (folder / _STATE).exists():
+        if not resume:
+            raise XpruneError(f"{folder} already holds an entwined run; pass resume=True to continue it, "
+                              "or choose an empty checkpoint_dir")
+        state = json.loads((folder / _STATE).read_text())
+        diff = {k: (state["settings"].get(k), v) for k, v in settings.items() if state["settings"].get(k) != v}
+        if diff:
+            raise XpruneError(f"the run in {folder} was made with other settings (saved, given): {diff}; "
+                              "resume with the same settings or use another checkpoint_dir")
+        current = torch.load(folder / state["model"], map_location="cpu", weights_only=False)
+        result.plans = [Plan.from_dict(p) for p in state["plans"]]
+        result.history = list(state["history"])
+        start = state["step"] + 1
+
+    bar = task = None
+    if progress:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task(f"entwined ({settings['criterion']})", total=steps, completed=start - 1)
+    try:
+        for i in range(start, steps + 1):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed * 1_000_003 + i)
+                scores = score(current, data, criterion, units, **options)
+                example = _inputs.from_spec(scores.example)
+                if not state:
+                    state = {"units0": scores.total, "macs0": _macs(current, example), "fine_tune_used": 0}
+                removed_before = result.removed
+                macs_before = _macs(current, example)
+                plan = None
+                if by == "units":
+                    k = math.floor(ratio * state["units0"] * i / steps + 1e-9) - removed_before
+                    if k > 0:
+                        plan = select(scores, k / scores.total, scope=scope)
+                        current = apply(current, plan) if plan.n_removed else current
+                else:
+                    goal = state["macs0"] * (1 - ratio * i / steps)
+                    if macs_before > goal:
+                        plan, current = _prune_to_macs(current, scores, goal, macs_before, scope, example)
+                if plan is not None and plan.n_removed:
+                    result.plans.append(plan)
+                n = shares[i - 1]
+                if n > 0:
+                    out = fine_tune(current, n)
+                    current = current if out is None else out
+                state["fine_tune_used"] += n
+                macs = _macs(current, example)
+                record = {"step": i, "removed": result.removed, "total": state["units0"],
+                          "ratio": result.removed / state["units0"], "macs": macs,
+                          "macs_reduction": 1 - macs / state["macs0"], "fine_tune_steps": n,
+                          "fine_tune_total": state["fine_tune_used"]}
+                if evaluate is not None:
+                    record["accuracy"] = evaluate(current)
+                result.history.append(record)
+            if folder is not None:
+                import io
+
+                name = f"model-step{i}.pt"
+                buf = io.BytesIO()
+                torch.save(current, buf)
+                atomic_write(folder / name, buf.getvalue())
+                state.update(step=i, model=name, settings=settings, plans=[p.to_dict() for p in result.plans],
+                             history=result.history)
+                atomic_write(folder / _STATE, json.dumps(state, indent=1, default=str))
+                for old in folder.glob("model-step*.pt"):
+                    if old.name != name:
+                        old.unlink(missing_ok=True)
+            if bar is not None:
+                bar.update(task, completed=i, description=(
+                    f"entwined ({settings['criterion']}): removed {100 * record['ratio']:.0f}% units, "
+                    f"MACs -{100 * record['macs_reduction']:.0f}%"))
+    finally:
+        if bar is not None:
+            bar.stop()
+    last = result.history[-1] if result.history else None
+    if last is not None:
+        reached = (last["macs_reduction"] >= ratio - 1e-9) if by == "macs" else (
+            last["removed"] >= math.floor(ratio * last["total"] + 1e-9))
+        if not reached:
+            warnings.warn(f"entwined stopped short of ratio {ratio} ({by}): every layer is at its floor "
+                          f"(last record {last})", stacklevel=2)
+    result.model = current
+    return result
+
+
+def _prune_to_macs(model, scores, goal, macs_before, scope, example, tries: int = 12):
+    """Remove the lowest-scored units until the measured MACs are <= ``goal``.
+
+    :func:`select` with ``by="macs"`` uses per-unit cost estimates that ignore
+    interactions between groups; the selection ratio is corrected from the
+    measured saving until the goal is met (or nothing more can go).
+    """
+    from .surgery import unit_costs
+
+    costs = unit_costs(model, scores, "macs", example_inputs=example)
+    prunable = sum(scores[n].numel() * c for n, c in costs.items() if math.isfinite(c))
+    need = macs_before - goal
+    r = min(need / prunable, 0.999) if prunable > 0 else 0.0
+    best = None
+    for _ in range(tries):
+        plan = select(scores, r, scope=scope, by="macs", costs=costs)
+        pruned = apply(model, plan) if plan.n_removed else model
+        saved = macs_before - _macs(pruned, example)
+        best = (plan, pruned)
+        if saved >= need - 1e-6 or r >= 0.999:
+            break
+        r = min(0.999, r * (need / saved if saved > 0 else 2.0) * 1.001 + 1e-6)
+    return best

@@ -1,13 +1,14 @@
 """Criteria: how much each unit matters. A registry by name, one module per family.
 
 Built in: ``"weight"``, ``"l2"`` (magnitude), ``"gradient"``, ``"taylor"``
-(gradient), ``"activation"``, ``"random"``, and ``"lrp"`` (Pruning by
-Explaining). See :mod:`xprune.criteria.base` for writing your own.
+(gradient), ``"activation"``, ``"random"``, ``"lrp"`` (Pruning by Explaining),
+``"singe"`` (SInGE), ``"integrated-gradients"`` and ``"steered"``
+(Interpretations Steered Pruning). See :mod:`xprune.criteria.base` for writing your own.
 """
 
 import importlib.util
 
-from . import activation, gradient, magnitude, random  # noqa: F401  (register built-ins)
+from . import activation, gradient, integrated, magnitude, random, singe  # noqa: F401  (register built-ins)
 from .base import Criterion, HookedCriterion, WeightCriterion, available, get, register, resolve_target
 
 if importlib.util.find_spec(__name__ + ".lrp") is not None:  # the LRP criterion, beside the LRP engine

@@ -1,0 +1,420 @@
+r"""The ``"singe"`` criterion: integrated gradients along the path that removes a unit.
+
+SInGE (Yvinec et al., "SInGE: Sparsity via Integrated Gradients
+Estimation of Neuron Relevance", NeurIPS 2022) replaces the local gradient
+of first-order criteria by the integral of the gradient along the path that
+takes a unit from present to removed.
+
+Definition
+----------
+Every unit :math:`c` of a group gets a *gate* :math:`g_c`: the unit's output
+is multiplied by :math:`g_c` (``g = 1`` is the model as it is, ``g = 0`` the
+unit switched off). With :math:`O(g)` the objective summed over the reference
+samples (the target logit by default, :math:`-` the cross-entropy with
+``objective="loss"``), the relevance of unit :math:`c` is the integrated
+gradient on its gate with baseline 0 (Sundararajan et al., "Axiomatic
+Attribution for Deep Networks", ICML 2017):
+
+.. math::
+
+    \mathrm{IG}_c = \int_0^1 \frac{\partial O}{\partial g_c}\big(\gamma(a)\big)\, da
+    \approx \sum_{k=0}^{K-1} w_k\, \frac{\partial O}{\partial g_c}\big(\gamma(a_k)\big),
+    \qquad s_c = |\mathrm{IG}_c| = \Big|\sum_n \mathrm{IG}_{n,c}\Big|,
+
+where :math:`\gamma(a)` sets the gates being integrated to :math:`a` and all
+others to 1. The score is the absolute value of the *sum over samples* of the
+signed integral (the gate is shared by the batch, so one backward pass gives
+the batch sum). :meth:`SInGE.integrals` returns the signed values.
+
+Completeness (Sundararajan et al. 2017) holds for the gates moved together:
+:math:`\sum_{c \in \text{moved}} \mathrm{IG}_c = O(\mathbf 1) - O(\text{moved} = 0)`,
+up to the quadrature error of the K-point rule.
+
+Quadrature (``path``), all rules start at the present model (:math:`a_0 = 1`):
+
+- ``"uniform"`` (default): :math:`a_k = 1 - k/K`, :math:`w_k = 1/K`, a
+  Riemann sum; error :math:`O(1/K)`.
+- ``"geometric"``: :math:`a_k = \mu^k` as in the paper, :math:`w_k = \mu^k -
+  \mu^{k+1}` and :math:`w_{K-1} = \mu^{K-1}` (the last point covers
+  :math:`[0, \mu^{K-1}]`), so :math:`\sum_k w_k = 1`. Default
+  :math:`\mu = 0.01^{1/K}` (the path reaches ~1% of the unit), which makes the
+  error vanish as K grows; a fixed :math:`\mu` does not.
+
+One-point special case: with ``n_steps=1`` both rules evaluate the gradient
+at :math:`g = 1` only, and since :math:`\partial O / \partial g_c = \sum_{n,p}
+z_{n,p,c}\, \partial O / \partial z_{n,p,c}` (:math:`z` = the gated tensor),
+:math:`s_c = |\sum_{n,p} z\, \partial O/\partial z|`: the first-order Taylor
+criterion (Molchanov et al. 2017) as a sum over samples and positions instead
+of a mean, read at the gated tensor. With ``gate_at="output"`` that is
+``"taylor"``'s raw value times the number of samples and positions.
+
+Where the gate sits (``gate_at``)
+---------------------------------
+``"after-norm"`` (default): on the output of the BatchNorm that directly
+follows a producer, if there is one, otherwise on the producer's output. Then
+:math:`g = 0` is exactly the unit's removal (a BatchNorm would otherwise turn a
+zeroed channel back into its shift). ``"output"``: always on the producer's
+output, i.e. scaling the unit's weights and bias by :math:`g` (the path as
+written in the paper). Gates are forward hooks multiplying the site's output;
+a gate on an affine BatchNorm is applied, equivalently and without an extra
+pass over the activations, by scaling the norm's weight and bias
+(:math:`g(\gamma \hat x + \beta)`) through :func:`torch.func.functional_call`. Coupled producers of one group (a residual sum, a
+concatenation) share the group's gate, mapped with
+:meth:`~xprune.units.UnitGroup.units_of`.
+
+Modes and cost (forward+backward passes per batch, K = ``n_steps``, L groups)
+---------------------------------------------------------------------------
+- ``mode="fast"``, ``scope="layer"`` (default): all units of one group move
+  together while every other group stays at 1: :math:`1 + (K-1) L` passes
+  (the :math:`a_0 = 1` point is shared by all groups). Each value is exact for
+  a model whose objective is linear in that group's gates, and approximates
+  the per-unit path otherwise (the other units of the layer shrink with it).
+- ``mode="fast"``, ``scope="network"``: the gates of all groups move together:
+  K passes. This is plain integrated gradients on the vector of all gates
+  with baseline 0, so completeness holds for the sum over the whole network,
+  but a unit is integrated along a path where the rest of the network shrinks
+  too; cheapest, least faithful to "this unit alone is removed".
+- ``mode="exact"``: every unit on its own path: :math:`1 + (K-1) U` passes
+  (U units). For validating the fast mode on small layers.
+
+Unit kinds
+----------
+``"channels"`` (conv channels and linear neurons). Other kinds plug in through
+:func:`register_gate_sites` (``"heads"``, ``"neurons"`` are expected to).
+
+Options
+-------
+n_steps : int, default 10
+    K, the number of points of the quadrature.
+path : {"uniform", "geometric"}
+mu : float in (0, 1), optional
+    Ratio of the geometric path (default :math:`0.01^{1/K}`).
+mode : {"fast", "exact"}
+scope : {"layer", "network"}
+    Only for ``mode="fast"``.
+objective : {"logit", "loss"}
+gate_at : {"after-norm", "output"}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .. import _inputs
+from ..errors import XpruneError
+from ..units import UnitGroup, UnitSet
+from .base import Criterion, register, resolve_target
+
+__all__ = ["SInGE", "GateSite", "gate_sites", "gated", "path_points", "register_gate_sites", "objective_value"]
+
+
+# --------------------------------------------------------------------------- where gates go
+
+
+@dataclass(frozen=True)
+class GateSite:
+    """One tensor a group's gate multiplies.
+
+    ``module``'s output is multiplied along ``unit_dim`` by ``gate[units]``
+    where ``units = group.units_of(producer, n)`` for its ``n`` channels.
+    """
+
+    module: nn.Module
+    producer: str
+    unit_dim: int
+
+
+GateSitesFn = Callable[[nn.Module, UnitSet, UnitGroup, str], list[GateSite]]
+_SITES: dict[str, GateSitesFn] = {}
+
+
+def register_gate_sites(kind: str) -> Callable[[GateSitesFn], GateSitesFn]:
+    """Register ``fn(model, units, group, gate_at) -> list[GateSite]`` for a unit kind.
+
+    This is how a new unit kind (``"heads"``, ``"neurons"``) becomes usable by
+    ``"singe"``: say which module outputs carry the group's units and along
+    which dimension.
+    """
+
+    def deco(fn: GateSitesFn) -> GateSitesFn:
+        _SITES[kind] = fn
+        return fn
+
+    return deco
+
+
+def gate_sites(model: nn.Module, units: UnitSet, group: UnitGroup, gate_at: str = "after-norm") -> list[GateSite]:
+    """The :class:`GateSite` list of ``group`` (dispatches on the group's kind)."""
+    if group.kind not in _SITES:
+        if group.kind == "weights":
+            raise XpruneError(
+                "criterion 'singe' gates unit outputs and does not score single weights; "
+                "use units='channels', or criterion 'taylor' for weights"
+            )
+        raise XpruneError(
+            f"criterion 'singe' does not support unit kind {group.kind!r} yet; register where its "
+            f"gates go with xprune.criteria.singe.register_gate_sites({group.kind!r}) "
+            f"(supported: {', '.join(sorted(_SITES))})"
+        )
+    return _SITES[group.kind](model, units, group, gate_at)
+
+
+@register_gate_sites("channels")
+def _channel_sites(model, units, group, gate_at):
+    modules = dict(model.named_modules())
+    graph = units.graph
+    sites = []
+    for p in group.producers:
+        producer = modules[p]
+        site = producer
+        if gate_at == "after-norm" and graph is not None and producer in graph.module2node:
+            outs = graph.module2node[producer].outputs
+            if len(outs) == 1 and isinstance(outs[0].module, nn.modules.batchnorm._BatchNorm):
+                site = outs[0].module
+        sites.append(GateSite(site, p, group.unit_dim(producer)))
+    return sites
+
+
+# --------------------------------------------------------------------------- gating
+
+
+class _Gates:
+    """The gates of a model: per group, the current 1-D gate tensor (``None`` = not gated, i.e. 1).
+
+    Sites are gated by forward hooks multiplying the site's output. With
+    ``fold=True`` a site that is an affine BatchNorm is gated instead by
+    scaling its weight and bias (``g (gamma x_hat + beta) = (g gamma) x_hat + g beta``),
+    passed to :func:`torch.func.functional_call` through :meth:`params`: the
+    same function without an extra pass over the activations.
+    """
+
+    def __init__(self, model: nn.Module, units: UnitSet, gate_at: str, groups: Iterable[UnitGroup] | None = None,
+                 fold: bool = False):
+        self.values: dict[str, torch.Tensor | None] = {}
+        self.handles = []
+        self.folded: list[tuple[UnitGroup, GateSite, str]] = []
+        self._index: dict[tuple[str, str, int], torch.Tensor] = {}
+        names = {m: n for n, m in model.named_modules()}
+        for group in (units if groups is None else groups):
+            self.values[group.name] = None
+            for site in gate_sites(model, units, group, gate_at):
+                m = site.module
+                if fold and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and m in names:
+                    self.folded.append((group, site, names[m]))
+                else:
+                    self.handles.append(m.register_forward_hook(self._hook(group, site)))
+
+    def _units(self, group: UnitGroup, producer: str, n: int, device) -> torch.Tensor:
+        key = (group.name, producer, n)
+        if key not in self._index:
+            self._index[key] = group.units_of(producer, n).to(device)
+        return self._index[key]
+
+    def _hook(self, group: UnitGroup, site: GateSite):
+        def hook(module, args, out):
+            g = self.values.get(group.name)
+            if g is None:
+                return None
+            dim = site.unit_dim % out.dim()
+            n = out.shape[dim]
+            shape = [1] * out.dim()
+            shape[dim] = n
+            return out * g.to(out.dtype)[self._units(group, site.producer, n, out.device)].reshape(shape)
+
+        return hook
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """Scaled affine parameters of the folded BatchNorm sites, for ``functional_call``."""
+        out = {}
+        for group, site, name in self.folded:
+            g = self.values.get(group.name)
+            if g is None:
+                continue
+            w, b = site.module.weight, site.module.bias
+            scale = g.to(w.dtype)[self._units(group, site.producer, w.shape[0], w.device)]
+            out[name + ".weight"] = w * scale
+            out[name + ".bias"] = b * scale
+        return out
+
+    def call(self, model: nn.Module, inputs: Any) -> Any:
+        """Run ``model`` on ``inputs`` with the current gates."""
+        params = self.params()
+        if not params:
+            return _inputs.call(model, inputs)
+        if isinstance(inputs, dict):
+            return torch.func.functional_call(model, params, (), inputs, strict=False)
+        args = inputs if isinstance(inputs, tuple) else (inputs,)
+        return torch.func.functional_call(model, params, args, strict=False)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+@contextlib.contextmanager
+def gated(model: nn.Module, units: UnitSet, values: Mapping[str, torch.Tensor], *, gate_at: str = "after-norm") -> Iterator[nn.Module]:
+    """Context manager running ``model`` with fixed gates on some groups.
+
+    ``values`` maps group names to 1-D tensors of ``group.size`` gates
+    (1 = unit as is, 0 = unit switched off). Used to check completeness, or
+    to see what switching units off softly does.
+    """
+    _check_gate_at(gate_at)
+    groups = [units[name] for name in values]
+    gates = _Gates(model, units, gate_at, groups)
+    for name, v in values.items():
+        v = torch.as_tensor(v, dtype=torch.float32)
+        if v.numel() != units[name].size:
+            raise XpruneError(f"gated: {name!r} has {units[name].size} units, got {v.numel()} gate values")
+        gates.values[name] = v.reshape(-1)
+    try:
+        yield model
+    finally:
+        gates.remove()
+
+
+def objective_value(output: torch.Tensor, classes: torch.Tensor, objective: str = "logit") -> torch.Tensor:
+    """The objective summed over the batch: target logits, or minus the summed cross-entropy.
+
+    For outputs ``[N, ..., C]`` (token sequences) the last position is explained,
+    as in :meth:`~xprune.criteria.HookedCriterion.seed`.
+    """
+    out = output.reshape(output.shape[0], -1, output.shape[-1])[:, -1]
+    if objective == "logit":
+        return out.gather(1, classes.view(-1, 1)).sum()
+    return -torch.nn.functional.cross_entropy(out, classes, reduction="sum")
+
+
+def path_points(n_steps: int, path: str = "uniform", mu: float | None = None) -> tuple[list[float], list[float]]:
+    """Points :math:`a_k` (from 1 down) and weights :math:`w_k` (summing to 1) of the gate path."""
+    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
+        raise XpruneError(f"n_steps must be a positive int, got {n_steps!r}")
+    if path == "uniform":
+        return [1.0 - k / n_steps for k in range(n_steps)], [1.0 / n_steps] * n_steps
+    if path == "geometric":
+        if mu is None:
+            mu = 0.01 ** (1.0 / n_steps)
+        if not 0 < mu < 1:
+            raise XpruneError(f"mu must be in (0, 1), got {mu!r}")
+        points = [mu**k for k in range(n_steps)]
+        weights = [points[k] - (points[k + 1] if k + 1 < n_steps else 0.0) for k in range(n_steps)]
+        return points, weights
+    raise XpruneError(f"path must be 'uniform' or 'geometric', got {path!r}")
+
+
+def _check_gate_at(gate_at: str) -> None:
+    if gate_at not in ("after-norm", "output"):
+        raise XpruneError(f"gate_at must be 'after-norm' or 'output', got {gate_at!r}")
+
+
+# --------------------------------------------------------------------------- criterion
+
+
+@register("singe")
+class SInGE(Criterion):
+    """|integrated gradient of the objective on each unit's gate, path 1 -> 0| (Yvinec et al. 2022).
+
+    See the module documentation for the formula, the quadrature and the
+    modes. After :meth:`compute`, ``passes`` holds the number of
+    forward+backward passes made (summed over batches).
+    """
+
+    default_normalize: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        n_steps: int = 10,
+        path: str = "uniform",
+        mu: float | None = None,
+        mode: str = "fast",
+        scope: str = "layer",
+        objective: str = "logit",
+        gate_at: str = "after-norm",
+    ):
+        self.points, self.weights = path_points(n_steps, path, mu)
+        if mode not in ("fast", "exact"):
+            raise XpruneError(f"mode must be 'fast' or 'exact', got {mode!r}")
+        if scope not in ("layer", "network"):
+            raise XpruneError(f"scope must be 'layer' or 'network', got {scope!r}")
+        if objective not in ("logit", "loss"):
+            raise XpruneError(f"objective must be 'logit' or 'loss', got {objective!r}")
+        _check_gate_at(gate_at)
+        self.n_steps, self.path, self.mu = n_steps, path, mu
+        self.mode, self.scope, self.objective, self.gate_at = mode, scope, objective, gate_at
+        self.passes = 0
+
+    def compute(self, model, units, data, *, target="label"):
+        return {k: v.abs() for k, v in self.integrals(model, units, data, target=target).items()}
+
+    def integrals(self, model: nn.Module, units: UnitSet, data: Iterable, *, target: Any = "label") -> dict[str, torch.Tensor]:
+        """Signed :math:`\\mathrm{IG}_c` summed over the samples, keyed by group name (float64)."""
+        for group in units:
+            gate_sites(model, units, group, self.gate_at)  # fail early on unsupported kinds
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        totals = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in units}
+        gates = _Gates(model, units, self.gate_at, fold=True)
+        self.passes = 0
+        try:
+            for inputs, labels in data:
+                inputs = _inputs.to_device(inputs, device)
+                self._batch(model, units, gates, inputs, labels, target, totals, dtype, device)
+        finally:
+            gates.remove()
+        return totals
+
+    # one forward+backward with the given gates; d objective / d gate for the wanted groups
+    def _pass(self, model, gates, values, wanted, inputs, classes, labels=None, target=None):
+        gates.values.update(values)
+        leaves = [values[n] for n in wanted]
+        with torch.enable_grad():
+            for t in leaves:
+                t.requires_grad_(True)
+            output = _inputs.logits(gates.call(model, inputs))
+            if classes is None:  # the first pass is the present model: the target is read there
+                classes = resolve_target(target, output, labels)
+            grads = torch.autograd.grad(objective_value(output, classes, self.objective), leaves, allow_unused=True)
+        self.passes += 1
+        return {n: (torch.zeros_like(values[n]) if g is None else g.detach()) for n, g in zip(wanted, grads)}, classes
+
+    def _batch(self, model, units, gates, inputs, labels, target, totals, dtype, device):
+        names = [g.name for g in units]
+        ones = lambda g: torch.ones(g.size, dtype=dtype, device=device)  # noqa: E731
+        # a_0 = 1 for every rule: the present model, shared by all groups, units and scopes
+        first, classes = self._pass(model, gates, {g.name: ones(g) for g in units}, names, inputs, None, labels, target)
+        for n in names:
+            totals[n] += self.weights[0] * first[n].double().cpu()
+        rest = list(zip(self.points[1:], self.weights[1:]))
+        if not rest:
+            return
+        if self.mode == "fast" and self.scope == "network":
+            for a, w in rest:
+                grads, _ = self._pass(model, gates, {g.name: a * ones(g) for g in units}, names, inputs, classes)
+                for n in names:
+                    totals[n] += w * grads[n].double().cpu()
+            return
+        for group in units:
+            base = {g.name: None for g in units if g.name != group.name}  # others ungated (= 1)
+            if self.mode == "fast":
+                for a, w in rest:
+                    values = dict(base, **{group.name: a * ones(group)})
+                    grad, _ = self._pass(model, gates, values, [group.name], inputs, classes)
+                    totals[group.name] += w * grad[group.name].double().cpu()
+            else:
+                for c in range(group.size):
+                    for a, w in rest:
+                        g = ones(group)
+                        g[c] = a
+                        grad, _ = self._pass(model, gates, dict(base, **{group.name: g}), [group.name], inputs, classes)
+                        totals[group.name][c] += w * float(grad[group.name][c])
+
+    def __repr__(self) -> str:
+        return (f"SInGE(n_steps={self.n_steps}, path={self.path!r}, mode={self.mode!r}, scope={self.scope!r}, "
+                f"objective={self.objective!r}, gate_at={self.gate_at!r})")
