@@ -45,11 +45,13 @@ def accuracy(model: nn.Module, data: Any, *, classes: Sequence[int] | None = Non
         prediction is the arg-max over their logits (the other logits are
         suppressed, as in PXP's domain restriction).
     """
+    from . import distributed  # in a process group: each rank evaluates its share, counts are summed
+
     correct = total = 0
     keep = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with _inputs.preserved_state(model):
-        for x, y in _inputs.batches(data, batch_size):
+        for x, y in distributed.batches(data, batch_size):
             x, y = _inputs.to_device(x, device), torch.as_tensor(y).to(device)
             out = _inputs.logits(_inputs.call(model, x))
             if keep is None:
@@ -63,6 +65,7 @@ def accuracy(model: nn.Module, data: Any, *, classes: Sequence[int] | None = Non
                 pred = k[out[:, k].argmax(-1)]
             correct += int((pred == y).sum())
             total += int(y.numel())
+    correct, total = distributed.sum_counts(correct, total)
     if total == 0:
         raise DataError("accuracy needs at least one sample" + ("" if classes is None else " of the given classes"))
     return correct / total
@@ -135,6 +138,7 @@ def curve(
     fine_tune: Callable[[nn.Module], nn.Module | None] | None = None,
     mode: str = "mask",
     progress: bool = False,
+    device: Any = None,
     **options: Any,
 ) -> Curve:
     """Accuracy of ``model`` pruned at each rate, without fine-tuning (unless ``fine_tune`` is given).
@@ -157,28 +161,35 @@ def curve(
     fine_tune : callable, optional
         ``fine_tune(pruned_model)`` applied after pruning at each rate (the
         evaluation hook schedules use); may return a new model.
+    device : str or torch.device, optional
+        Score and evaluate on this device (the model is moved there for the
+        call and back afterwards). In a process group the test samples are
+        split across ranks (see :mod:`xprune.distributed`).
     **options :
         Passed to :func:`xprune.score` (criterion options, ``target``, ``normalize``).
     """
     rates = [float(r) for r in rates]
     if not rates or any(not 0 <= r < 1 for r in rates):
         raise XpruneError(f"rates must be numbers in [0, 1), got {rates}")
-    if scores is None:
-        scores = score(model, reference, criterion, units, **options)
-    name = scores.criterion if not isinstance(criterion, str) else criterion
-    accs, removed = [], []
-    iterator = rates
-    if progress:
-        from rich.progress import track
+    from . import distributed
 
-        iterator = track(rates, description=f"curve ({name})", transient=True)
-    for r in iterator:
-        plan = select(scores, r, scope=scope)
-        # an empty plan still copies when fine-tuning follows: the caller's model must not change
-        pruned = apply(model, plan, mode) if plan.n_removed or fine_tune is not None else model
-        if fine_tune is not None:
-            tuned = fine_tune(pruned)
-            pruned = tuned if tuned is not None else pruned
-        accs.append(accuracy(pruned, test, classes=classes))
-        removed.append(plan.n_removed)
+    with distributed.on_device(model, device):
+        if scores is None:
+            scores = score(model, reference, criterion, units, **options)
+        name = scores.criterion if not isinstance(criterion, str) else criterion
+        accs, removed = [], []
+        iterator = rates
+        if progress and distributed.is_main():
+            from rich.progress import track
+
+            iterator = track(rates, description=f"curve ({name})", transient=True)
+        for r in iterator:
+            plan = select(scores, r, scope=scope)
+            # an empty plan still copies when fine-tuning follows: the caller's model must not change
+            pruned = apply(model, plan, mode) if plan.n_removed or fine_tune is not None else model
+            if fine_tune is not None:
+                tuned = fine_tune(pruned)
+                pruned = tuned if tuned is not None else pruned
+            accs.append(accuracy(pruned, test, classes=classes))
+            removed.append(plan.n_removed)
     return Curve(name, rates, accs, removed, {"units": scores.kind, "scope": scope, "total": scores.total})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterator
@@ -165,6 +167,8 @@ def score(
     ignore=(),
     batch_size: int = 128,
     progress: bool = False,
+    device: Any = None,
+    precision: str | None = None,
     **options: Any,
 ) -> Scores:
     """Score every prunable unit of ``model``.
@@ -193,32 +197,34 @@ def score(
     include_output, ignore :
         See :func:`xprune.units.discover`.
     progress : bool
-        Show a progress bar over batches.
+        Show a progress bar over batches (on rank 0 only in a process group).
+    device : str or torch.device, optional
+        Score on this device (e.g. ``"cuda"``): the model is moved there for
+        the call and back afterwards, every batch is moved there. Default: the
+        model's device.
+    precision : "fp32" or "bf16", optional
+        ``"bf16"`` runs the passes under bf16 autocast for the criteria whose
+        rule allows it (see :mod:`xprune.distributed`); sums stay float64.
     **options :
         Options of the criterion (e.g. ``seed`` for random, ``composite`` for lrp).
 
     Returns
     -------
     Scores
+
+    Notes
+    -----
+    Inside an initialised ``torch.distributed`` process group, pass the same
+    data on every rank: each rank scores its share and the per-unit sums are
+    all-reduced, giving the single-process scores (see :mod:`xprune.distributed`).
     """
+    from . import distributed
+
     crit = criteria.get(criterion, **options)
-    stream = None
-    if data is not None:
-        (x0, y0), stream = _inputs.peek(data, batch_size)
-        if example_inputs is None:
-            example_inputs = _inputs.first_sample(x0)
-        _check_labels(model, x0, y0)
-        stream = _checked(stream)
-    elif crit.requires_data:
-        raise DataError(f"criterion {crit.name!r} needs data: pass reference samples as (X, y) or a DataLoader")
-    elif example_inputs is None and not isinstance(units, UnitSet):
-        raise DataError("pass example_inputs (or data) so the model can be traced to find its units")
-    unit_set = units if isinstance(units, UnitSet) else discover(
-        model, example_inputs, units, include_output=include_output, ignore=ignore)
-    if stream is not None and progress:
-        stream = _progress(stream, f"scoring ({crit.name})")
-    with _inputs.preserved_state(model):
-        raw = crit.compute(model, unit_set, stream if crit.requires_data else None, target=target)
+    with distributed.on_device(model, device) as dev:
+        raw, unit_set, used = _compute(model, data, crit, units, dev, target=target, example_inputs=example_inputs,
+                                       include_output=include_output, ignore=ignore, batch_size=batch_size,
+                                       progress=progress, precision=precision)
     for g in unit_set:
         if g.name not in raw or raw[g.name].numel() != g.size:
             raise XpruneError(f"criterion {crit.name!r} returned no/incorrectly sized scores for {g.name!r}")
@@ -231,8 +237,54 @@ def score(
         )
     how = crit.default_normalize if normalize == "default" else normalize
     values = {g.name: _normalize_one(raw[g.name], how) for g in unit_set}
-    return Scores.from_units(values, unit_set, criterion=crit.name,
-                             meta={"normalize": how, "target": target if isinstance(target, (str, int)) else "callable"})
+    meta = {"normalize": how, "target": target if isinstance(target, (str, int)) else "callable"}
+    meta.update(used)
+    return Scores.from_units(values, unit_set, criterion=crit.name, meta=meta)
+
+
+def _compute(model, data, crit, units, dev, *, target, example_inputs, include_output, ignore, batch_size,
+             progress, precision):
+    """Raw scores of ``crit`` (split across ranks in a process group), the units, and what was used."""
+    from . import distributed
+
+    stream = None
+    if data is not None:
+        (x0, y0), stream = _inputs.peek(data, batch_size)
+        x0 = _inputs.to_device(x0, dev)
+        if example_inputs is None:
+            example_inputs = _inputs.first_sample(x0)
+        _check_labels(model, x0, y0)
+    elif crit.requires_data:
+        raise DataError(f"criterion {crit.name!r} needs data: pass reference samples as (X, y) or a DataLoader")
+    elif example_inputs is None and not isinstance(units, UnitSet):
+        raise DataError("pass example_inputs (or data) so the model can be traced to find its units")
+    unit_set = units if isinstance(units, UnitSet) else discover(
+        model, _inputs.to_device(example_inputs, dev), units, include_output=include_output, ignore=ignore)
+    how = distributed.mode(crit, unit_set.kind)
+    used = {} if how is None else {"distributed": how, "world_size": distributed.world_size()}
+    if how == "fallback":
+        warnings.warn(f"criterion {crit.name!r} on unit kind {unit_set.kind!r} cannot reduce its sums across "
+                      "ranks: every rank scores all the reference data (exact, no speed-up)", stacklevel=3)
+    if stream is not None:
+        if how == "shard":
+            stream = distributed.shard(data, batch_size, stream)
+        stream = _checked(_moved(stream, dev))
+        if progress and distributed.is_main():
+            stream = _progress(stream, f"scoring ({crit.name})")
+    autocast, used["precision"] = distributed.precision_context(crit, precision, dev)
+    if used["precision"] == "fp32" and precision is None:
+        del used["precision"]
+    session = distributed.sharded_session(crit) if how == "shard" else contextlib.nullcontext()
+    with _inputs.preserved_state(model), session, autocast:
+        raw = crit.compute(model, unit_set, stream if crit.requires_data else None, target=target)
+    if how in ("replicate", "fallback"):  # identical on every rank, whatever the criterion's randomness
+        raw = distributed.broadcast({g.name: torch.as_tensor(raw[g.name]) for g in unit_set if g.name in raw})
+    return raw, unit_set, used
+
+
+def _moved(stream, device):
+    for x, y in stream:
+        yield _inputs.to_device(x, device), _inputs.to_device(y, device)
 
 
 def _normalize_one(v, how):

@@ -125,6 +125,17 @@ class Criterion:
         """Raw per-unit scores, keyed by group name (one 1-D tensor of ``group.size`` values)."""
         raise NotImplementedError
 
+    def distributed_sums(self, kind: str) -> bool:
+        """Whether :meth:`compute` on unit kind ``kind`` all-reduces its per-unit sums across ranks.
+
+        True means :meth:`compute` passes its running sums through
+        :func:`xprune.distributed.all_reduce_sums` before any non-linear
+        finalisation, so that :func:`xprune.score` may give each rank a shard of
+        the data. False (the default): in a process group every rank scores
+        all the data (exact, no speed-up).
+        """
+        return False
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
@@ -178,6 +189,10 @@ class HookedCriterion(Criterion):
         """Scores from the summed contributions (``count`` = values summed per unit)."""
         return total
 
+    def distributed_sums(self, kind: str) -> bool:
+        # channels go through the batch loop of compute(), which reduces totals/counts before finalize()
+        return kind == "channels"
+
     def compute_weights(self, model, units, data, *, target="label"):
         """Scores of single weights (kind ``"weights"``); criteria that support it override this."""
         raise XpruneError(f"criterion {self.name!r} does not support unit kind 'weights'")
@@ -223,6 +238,9 @@ class HookedCriterion(Criterion):
                     contrib = self.reduce(a, g, dim).detach()
                     totals[key] = totals.get(key, 0) + contrib
                     counts[key] = counts.get(key, 0) + a.shape[0] * a.shape[1]
+        from .. import distributed  # sums over all ranks' shards (a no-op outside distributed scoring)
+
+        totals, counts = distributed.all_reduce_sums(totals, counts)
         return self._combine(units, names, totals, counts)
 
     def _combine(self, units, names, totals, counts) -> dict[str, torch.Tensor]:
