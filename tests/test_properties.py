@@ -55,7 +55,7 @@ class RandomNet(nn.Module):
 
 blocks = st.lists(st.tuples(st.sampled_from(["conv", "residual", "concat", "depthwise"]), st.integers(2, 6)),
                   min_size=1, max_size=4)
-SETTINGS = dict(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = dict(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def _net(spec, seed):

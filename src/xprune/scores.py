@@ -79,7 +79,7 @@ class Scores(Mapping):
     def from_units(cls, values, units: UnitSet, **kw) -> "Scores":
         return cls(values, kind=units.kind, members={g.name: g.members for g in units},
                    roots={g.name: g.root for g in units}, example=units.example,
-                   parts={g.name: list(g.index.values()) for g in units if g.index}, **kw)
+                   parts={g.name: [[u for u in m if u >= 0] for m in g.index.values()] for g in units if g.index}, **kw)
 
     def __getitem__(self, key: str) -> torch.Tensor:
         return self._values[key]

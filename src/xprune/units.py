@@ -67,10 +67,33 @@ class UnitGroup:
     index: dict = field(default_factory=dict, compare=False, hash=False)
 
     def units_of(self, producer: str, n_channels: int) -> torch.Tensor:
-        """Unit index of each of ``producer``'s ``n_channels`` output channels."""
-        if producer in self.index:
-            return torch.as_tensor(self.index[producer], dtype=torch.long)
-        return torch.arange(n_channels)
+        """Unit index of each of ``producer``'s ``n_channels`` output channels.
+
+        ``-1`` marks channels that belong to another group (a producer whose
+        output is split between groups, e.g. a conv whose output is added to
+        a concatenation of two branches).
+        """
+        if producer not in self.index:
+            return torch.arange(n_channels)
+        mapping = torch.full((n_channels,), -1, dtype=torch.long)
+        known = torch.as_tensor(self.index[producer], dtype=torch.long)[:n_channels]
+        mapping[: len(known)] = known
+        return mapping
+
+    def scatter_add(self, target: torch.Tensor, producer: str, per_channel: torch.Tensor) -> torch.Tensor:
+        """Add ``per_channel`` (last dim: the producer's channels) into ``target`` (last dim: units)."""
+        idx = self.units_of(producer, per_channel.shape[-1]).to(per_channel.device)
+        keep = idx >= 0
+        return target.index_add_(target.dim() - 1, idx[keep].to(target.device),
+                                 per_channel[..., keep].to(target.dtype).to(target.device))
+
+    def gather(self, values: torch.Tensor, producer: str, n_channels: int, fill: float = 1.0) -> torch.Tensor:
+        """Per-channel view of per-unit ``values`` (last dim), ``fill`` for channels of other groups."""
+        idx = self.units_of(producer, n_channels).to(values.device)
+        out = torch.full((*values.shape[:-1], n_channels), fill, dtype=values.dtype, device=values.device)
+        keep = idx >= 0
+        out[..., keep] = values[..., idx[keep]]
+        return out
 
     def unit_dim(self, module: nn.Module) -> int:
         """Dimension of ``module``'s output that indexes the units (1 for convs, -1 otherwise)."""
@@ -255,18 +278,25 @@ def _fixed_coupled(group) -> bool:
     """True when the group's channels meet a tensor xprune cannot shrink (the model input, a buffer).
 
     E.g. a residual block whose skip path starts at the input image: its
-    channels are added to the input's, which has a fixed number of channels.
+    channels are added to the input's, which has a fixed number of channels;
+    or a depthwise conv applied to the input image.
     In the traced graph such an operand has no ``grad_fn`` (``None`` among
     the operation's ``next_functions``).
     """
     for item in group:
         node = item.dep.target
-        if node.type not in (tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.CONCAT):
-            continue
         nexts = getattr(node.grad_fn, "next_functions", ())
-        if len(nexts) >= 2 and any(f is None for f, _ in nexts):
-            return True
+        if node.type in (tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.CONCAT):
+            if len(nexts) >= 2 and any(f is None for f, _ in nexts):
+                return True
+        elif _is_depthwise(node.module) and nexts and nexts[0][0] is None:
+            return True  # a depthwise conv ties its output channels to its input's
     return False
+
+
+def _is_depthwise(module) -> bool:
+    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels)
 
 
 @register_kind("channels")
@@ -296,8 +326,9 @@ def _discover_channels(model, example_inputs, *, include_output=False, ignore=()
                     producers.append(name)
                     local = list(item.idxs)
                     root_idxs = list(item.root_idxs)
-                    if local != root_idxs or len(local) != len(group[0].idxs):
-                        mapping = [0] * (max(local) + 1)
+                    n_out = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
+                    if local != root_idxs or len(local) != len(group[0].idxs) or n_out != len(local):
+                        mapping = [-1] * (max(local) + 1)
                         for j, r in zip(local, root_idxs):
                             mapping[j] = r
                         index[name] = tuple(mapping)

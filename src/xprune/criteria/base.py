@@ -252,7 +252,7 @@ class HookedCriterion(Criterion):
                 if key not in totals:
                     continue
                 per_channel = self.finalize(totals[key], counts[key]).double().cpu()
-                s.index_add_(0, group.units_of(p, per_channel.numel()), per_channel)
+                group.scatter_add(s, p, per_channel)
             scores[group.name] = s
         return scores
 
@@ -293,7 +293,7 @@ class WeightCriterion(Criterion):
             s = torch.zeros(group.size, dtype=torch.float64)
             for p in group.producers:
                 per_channel = self.channel_score(weight_slices(names[p]).double()).cpu()
-                s.index_add_(0, group.units_of(p, per_channel.numel()), self.combine_term(per_channel))
+                group.scatter_add(s, p, self.combine_term(per_channel))
             scores[group.name] = self.combine_finish(s)
         return scores
 

@@ -185,11 +185,10 @@ class IntegratedGradients(Criterion):
                         # interval [t_k, t_k+1]: z(t_k+1) = prev_z, G(t_k) = g
                         gbar = g[i] if self.rule == "left" else 0.5 * (prev_g[i] + g[i])
                         contrib = ((prev_z[i] - z[i]) * gbar).sum(1).cpu()  # [N, channels]
-                        idx = group.units_of(p, contrib.shape[1])
                         acc = batch[group.name]
                         if acc is None:
                             acc = batch[group.name] = torch.zeros(contrib.shape[0], group.size, dtype=torch.float64)
-                        acc.index_add_(1, idx, contrib)
+                        group.scatter_add(acc, p, contrib)
                 prev_z, prev_g = z, g
             for group in units:
                 if batch[group.name] is not None:

@@ -199,7 +199,6 @@ class _Gates:
         self.values: dict[str, torch.Tensor | None] = {}
         self.handles = []
         self.folded: list[tuple[UnitGroup, GateSite, str]] = []
-        self._index: dict[tuple[str, str, int], torch.Tensor] = {}
         names = {m: n for n, m in model.named_modules()}
         for group in (units if groups is None else groups):
             self.values[group.name] = None
@@ -210,12 +209,6 @@ class _Gates:
                 else:
                     self.handles.append(m.register_forward_hook(self._hook(group, site)))
 
-    def _units(self, group: UnitGroup, producer: str, n: int, device) -> torch.Tensor:
-        key = (group.name, producer, n)
-        if key not in self._index:
-            self._index[key] = group.units_of(producer, n).to(device)
-        return self._index[key]
-
     def _hook(self, group: UnitGroup, site: GateSite):
         def hook(module, args, out):
             g = self.values.get(group.name)
@@ -225,7 +218,7 @@ class _Gates:
             n = out.shape[dim]
             shape = [1] * out.dim()
             shape[dim] = n
-            return out * g.to(out.dtype)[self._units(group, site.producer, n, out.device)].reshape(shape)
+            return out * group.gather(g.to(out.dtype), site.producer, n, fill=1.0).reshape(shape)
 
         return hook
 
@@ -237,7 +230,7 @@ class _Gates:
             if g is None:
                 continue
             w, b = site.module.weight, site.module.bias
-            scale = g.to(w.dtype)[self._units(group, site.producer, w.shape[0], w.device)]
+            scale = group.gather(g.to(w.dtype), site.producer, w.shape[0], fill=1.0)
             out[name + ".weight"] = w * scale
             out[name + ".bias"] = b * scale
         return out

@@ -160,7 +160,7 @@ class ChannelGates(nn.Module):
             v = self._values[group.name]
             dim = site.unit_dim % out.dim()
             n = out.shape[dim]
-            gv = v[:, group.units_of(site.producer, n).to(v.device)]
+            gv = group.gather(v, site.producer, n, fill=1.0)
             shape = [gv.shape[0]] + [1] * (out.dim() - 1)
             shape[dim] = n
             return out * gv.reshape(shape).to(out.dtype)
