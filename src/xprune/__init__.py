@@ -23,6 +23,7 @@ from .select import Plan, select
 from .io import export_onnx, load, save
 from .lrp import explain
 from .surgery import apply, history, prune, unit_costs
+from .tune import TuneResult, tune  # optuna is imported only when tune() runs
 from .units import UnitGroup, UnitSet, discover
 
 __version__ = "0.1.0"
@@ -30,5 +31,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Criterion", "DataError", "RateChoice", "calibration_size", "choose_rate", "guarantee", "explain", "lrp", "HookedCriterion", "NothingToPrune", "Plan", "Scores", "UnitGroup", "UnitSet",
     "XpruneError", "apply", "criteria", "discover", "export_onnx", "history", "load", "prune", "register", "save",
-    "score", "select", "unit_costs", "units",
+    "score", "select", "unit_costs", "units", "tune", "TuneResult",
 ]

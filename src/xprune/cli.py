@@ -137,11 +137,12 @@ def cmd_prune(args) -> int:
     from rich.console import Console
 
     from . import demo, report
+    from .distributed import is_main
     from .scores import score
     from .select import select
     from .surgery import apply
 
-    console = Console()
+    console = Console(quiet=not is_main())  # in a process group only rank 0 prints and writes
     guaranteed = args.max_drop is not None
     if args.ratio is None and not guaranteed:
         raise XpruneError("give --ratio, or --max-drop (with --confidence) to choose the largest safe ratio")
@@ -153,7 +154,8 @@ def cmd_prune(args) -> int:
     model = load_model(args.model, weights=args.weights, dataset=args.data, seed=args.seed)
     reference = _reference(ds, args.n_per_class, args.seed)
     options = {"seed": args.seed} if args.criterion == "random" else {}
-    scores = score(model, reference, args.criterion, args.units, progress=True, **options)
+    scores = score(model, reference, args.criterion, args.units, progress=True, device=args.device,
+                   precision=args.precision, **options)
     ratio, choice = args.ratio, None
     if guaranteed:
         from .guarantee import choose_rate
@@ -178,6 +180,8 @@ def cmd_prune(args) -> int:
     example = ds.test.X[:64]
     console.print(report.comparison_table(demo.measure(model, ds.test, example),
                                           demo.measure(pruned, ds.test, example)))
+    if not is_main():
+        return 0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -192,8 +196,9 @@ def cmd_curve(args) -> int:
     from rich.console import Console
 
     from . import evaluate, report
+    from .distributed import is_main
 
-    console = Console()
+    console = Console(quiet=not is_main())  # in a process group only rank 0 prints and writes
     ds = load_data(args.data, seed=0, root=args.data_root)
     model = load_model(args.model, weights=args.weights, dataset=args.data)
     curves = []
@@ -202,10 +207,13 @@ def cmd_curve(args) -> int:
         for name in _csv(args.criteria):
             options = {"seed": seed} if name == "random" else {}
             curves.append(evaluate.curve(model, reference, ds.test, name, units=args.units, scope=args.scope,
-                                         progress=True, **options))
+                                         progress=True, device=args.device, precision=args.precision, **options))
     console.print(report.curves_table(curves))
+    baseline = evaluate.accuracy(model, ds.test)  # a collective in a process group: every rank calls it
+    if not is_main():
+        return 0
     out = Path(args.out)
-    report.plot_curves(curves, out / "curves.png", baseline=evaluate.accuracy(model, ds.test))
+    report.plot_curves(curves, out / "curves.png", baseline=baseline)
     report.save_json({"curves": curves}, out / "curves.json")
     (out / "curves.md").write_text(report.curves_markdown(curves) + "\n")
     console.print(f"wrote {out / 'curves.png'}, {out / 'curves.json'}, {out / 'curves.md'}")
@@ -301,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="reference samples per class drawn from the training split (default 10)")
         p.add_argument("--units", default="channels", help="unit kind: channels or weights (default channels)")
         p.add_argument("--scope", default="global", choices=["global", "local"], help="ranking scope (default global)")
+        p.add_argument("--device", help="score and evaluate on this device, e.g. cuda or cuda:1 (default cpu); "
+                                        "under torchrun, cuda selects NCCL and the GPU of LOCAL_RANK")
+        p.add_argument("--precision", choices=["fp32", "bf16"],
+                       help="bf16: score under bf16 autocast where the criterion's rule allows it (default fp32)")
 
     p = sub.add_parser("prune", help="prune a model and save it",
                        description="Score the units of a model on reference samples, remove the least important, "
@@ -374,11 +386,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if getattr(args, "min_keep", None) is not None and args.min_keep >= 1:
         args.min_keep = int(args.min_keep)
+    from . import distributed
+
+    started = False
     try:
+        # under torchrun (WORLD_SIZE > 1): join the process group; scoring and evaluation split across ranks
+        started = distributed.init_from_env(device=getattr(args, "device", None))
         return args.func(args)
     except (XpruneError, ValueError, FileNotFoundError) as e:
-        print(f"xprune: error: {e}", file=sys.stderr)
+        prefix = f"xprune: error (rank {distributed.rank()}): " if distributed.world_size() > 1 else "xprune: error: "
+        print(f"{prefix}{e}", file=sys.stderr)
         return 2
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover

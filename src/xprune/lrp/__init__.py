@@ -8,13 +8,15 @@ the preceding layer and give residual sums the norm rule, without ever
 touching the model's parameters.
 
 Main entry points: :func:`relevance`, :func:`explain`, :func:`weight_relevance`,
-:func:`attribution` (context manager), :func:`composite` (resolver),
+:func:`attribution` (context manager), :func:`composite` (resolver; also
+reads composite files, :func:`save_composite`/:func:`load_composite`),
 :func:`save_heatmap`.
 """
 
 from .canonizers import Canonizer, MergeBatchNorm, Plan, ResidualNorm, default_canonizers
 from .composites import PRESETS, TYPE_GROUPS, Composite, GroupComposite, composite, conv_groups
 from .core import Attribution, attribution, explain, relevance, start_seed, weight_relevance
+from .files import load_composite, save_composite
 from .heatmap import heatmap_array, save_heatmap
 from .rules import (
     RULES,
@@ -40,5 +42,5 @@ __all__ = [
     "Canonizer", "MergeBatchNorm", "ResidualNorm", "Plan", "default_canonizers",
     "Rule", "LayerCall", "Gradient", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "Flat", "WSquare", "ZBox",
     "Pass", "Norm", "RULES", "make_rule", "stabilize",
-    "heatmap_array", "save_heatmap",
+    "heatmap_array", "save_heatmap", "load_composite", "save_composite",
 ]  # fmt: skip

@@ -367,11 +367,12 @@ def composite(spec: Any = "epsilon-plus", **kwargs: Any) -> Composite:
 
     Parameters
     ----------
-    spec : str, (str, dict), dict or Composite
+    spec : str, path, (str, dict), dict or Composite
         A preset name from :data:`PRESETS` (``_`` and ``-`` are
-        interchangeable), a pair ``(preset name, kwargs)``, a dict of layer
-        groups to rules (:class:`GroupComposite`), or a :class:`Composite`
-        (returned as is).
+        interchangeable), the path of a composite file (``*.json``, see
+        :mod:`xprune.lrp.files`), a pair ``(preset name, kwargs)``, a dict of
+        layer groups to rules (:class:`GroupComposite`), or a
+        :class:`Composite` (returned as is).
     **kwargs
         Keyword arguments for the preset factory or :class:`GroupComposite`
         (e.g. ``epsilon=``, ``stabilizer=``, ``gamma=``, ``low=``/``high=``,
@@ -381,6 +382,10 @@ def composite(spec: Any = "epsilon-plus", **kwargs: Any) -> Composite:
         if kwargs:
             raise XpruneError("keyword arguments cannot be combined with a Composite instance")
         return spec
+    from .files import is_composite_path, load_composite
+
+    if is_composite_path(spec):  # a composite file (e.g. written by xprune.tune)
+        return load_composite(spec, **kwargs)
     if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict):
         return composite(spec[0], **{**spec[1], **kwargs})
     if isinstance(spec, Mapping):
