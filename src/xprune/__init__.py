@@ -26,6 +26,8 @@ from .surgery import apply, history, prune, unit_costs
 from .tune import TuneResult, tune  # optuna is imported only when tune() runs
 from .units import UnitGroup, UnitSet, discover
 
+from . import transformers as _transformers  # noqa: E402,F401  (registers the "heads"/"neurons" kinds)
+
 __version__ = "0.1.0"
 
 __all__ = [
