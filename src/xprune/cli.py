@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-per-class", type=int, default=10, help="reference samples per class (default 10)")
     p.add_argument("--criteria", help="comma-separated criteria to compare (default: all built-in)")
     p.add_argument("--criterion", help="criterion used for the final pruning (default: best AUC)")
-    p.add_argument("--ratio", type=_ratio, default=0.3, help="fraction of channels removed at the end (default 0.3)")
+    p.add_argument("--ratio", type=_ratio, default=0.5, help="fraction of channels removed at the end (default 0.5)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds for the reference samples (default 0,1,2)")
     p.add_argument("--out", default="xprune-demo", help="output folder (default ./xprune-demo)")
     p.set_defaults(func=cmd_demo)

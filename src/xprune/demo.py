@@ -51,7 +51,7 @@ def run(
     dataset: str = "digits",
     n_per_class: int = 10,
     criteria: Sequence[str] | None = None,
-    ratio: float = 0.3,
+    ratio: float = 0.5,
     criterion: str | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     out: str | Path = "xprune-demo",

@@ -31,9 +31,9 @@ def curves_table(curves: Iterable[Curve], *, at: Sequence[float] = (0.25, 0.5, 0
     grouped = group_curves(curves)
     table = Table(title=title)
     table.add_column("criterion")
-    table.add_column("AUC", justify="right")
+    table.add_column("AUC", justify="right", no_wrap=True)
     for r in at:
-        table.add_column(f"acc@{int(round(100 * r))}%", justify="right")
+        table.add_column(f"acc@{int(round(100 * r))}%", justify="right", no_wrap=True)
     table.add_column("seeds", justify="right")
     rows = []
     for name, cs in grouped.items():
@@ -41,7 +41,7 @@ def curves_table(curves: Iterable[Curve], *, at: Sequence[float] = (0.25, 0.5, 0
         accs = [_mean_std(c.at(r) for c in cs) for r in at]
         rows.append((auc[0], name, auc, accs, len(cs)))
     for _, name, auc, accs, n in sorted(rows, key=lambda t: -t[0]):
-        fmt = (lambda m, s: f"{m:.3f} ± {s:.3f}") if n > 1 else (lambda m, s: f"{m:.3f}")
+        fmt = (lambda m, s: f"{m:.3f}±{s:.3f}") if n > 1 else (lambda m, s: f"{m:.3f}")
         table.add_row(name, fmt(*auc), *[fmt(*a) for a in accs], str(n))
     return table
 
