@@ -34,6 +34,28 @@ DEFAULT_RATES = tuple(round(0.05 * i, 2) for i in range(20))
 
 
 @torch.no_grad()
+def predictions(model: nn.Module, batches: Any, *, classes: Sequence[int] | None = None):
+    """Yield ``(predicted class, label)`` tensors per batch, in eval mode (flags restored after).
+
+    With ``classes``, only samples of those classes are kept and the
+    prediction is the arg-max over their logits (the other logits suppressed).
+    """
+    keep = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with _inputs.preserved_state(model):
+        for x, y in batches:
+            x, y = _inputs.to_device(x, device), torch.as_tensor(y).to(device)
+            out = _inputs.logits(_inputs.call(model, x))
+            if keep is None:
+                yield out.argmax(-1), y
+                continue
+            k = keep.to(device)
+            mask = torch.isin(y, k)
+            if mask.any():
+                yield k[out[mask][:, k].argmax(-1)], y[mask]
+
+
+@torch.no_grad()
 def accuracy(model: nn.Module, data: Any, *, classes: Sequence[int] | None = None, batch_size: int = 256) -> float:
     """Top-1 accuracy in eval mode (the model's train/eval flags are restored).
 
@@ -48,23 +70,9 @@ def accuracy(model: nn.Module, data: Any, *, classes: Sequence[int] | None = Non
     from . import distributed  # in a process group: each rank evaluates its share, counts are summed
 
     correct = total = 0
-    keep = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    with _inputs.preserved_state(model):
-        for x, y in distributed.batches(data, batch_size):
-            x, y = _inputs.to_device(x, device), torch.as_tensor(y).to(device)
-            out = _inputs.logits(_inputs.call(model, x))
-            if keep is None:
-                pred = out.argmax(-1)
-            else:
-                k = keep.to(device)
-                mask = torch.isin(y, k)
-                if not mask.any():
-                    continue
-                out, y = out[mask], y[mask]
-                pred = k[out[:, k].argmax(-1)]
-            correct += int((pred == y).sum())
-            total += int(y.numel())
+    for pred, y in predictions(model, distributed.batches(data, batch_size), classes=classes):
+        correct += int((pred == y).sum())
+        total += int(y.numel())
     correct, total = distributed.sum_counts(correct, total)
     if total == 0:
         raise DataError("accuracy needs at least one sample" + ("" if classes is None else " of the given classes"))

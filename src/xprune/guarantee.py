@@ -576,21 +576,9 @@ def correctness(model: nn.Module, data: Any, *, classes: Sequence[int] | None = 
     With ``classes``, only samples of those classes are kept and the prediction
     is the arg-max over their logits.
     """
-    out_all = []
-    keep = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    with _inputs.preserved_state(model):
-        for x, y in _inputs.batches(data, batch_size):
-            x, y = _inputs.to_device(x, device), torch.as_tensor(y).to(device)
-            out = _inputs.logits(_inputs.call(model, x))
-            if keep is None:
-                pred = out.argmax(-1)
-            else:
-                k = keep.to(device)
-                mask = torch.isin(y, k)
-                out, y = out[mask], y[mask]
-                pred = k[out[:, k].argmax(-1)]
-            out_all.append((pred == y).cpu())
+    from .evaluate import predictions
+
+    out_all = [(pred == y).cpu() for pred, y in predictions(model, _inputs.batches(data, batch_size), classes=classes)]
     return torch.cat(out_all) if out_all else torch.zeros(0, dtype=torch.bool)
 
 
