@@ -23,9 +23,12 @@ from torch import nn
 from xprune.models.layers import Add
 
 
-def _install_torchvision_stub() -> None:
+_STUB = ("torchvision", "torchvision.models", "torchvision.models.resnet")
+
+
+def _install_torchvision_stub() -> bool:
     if "torchvision" in sys.modules:
-        return
+        return False
     tv = types.ModuleType("torchvision")
     models = types.ModuleType("torchvision.models")
     resnet = types.ModuleType("torchvision.models.resnet")
@@ -41,15 +44,23 @@ def _install_torchvision_stub() -> None:
     tv.__path__ = []  # mark as package
     models.__path__ = []
     sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet})
+    return True
 
 
-_install_torchvision_stub()
-zennit = pytest.importorskip("zennit")
-from zennit import canonizers as zc  # noqa: E402
-from zennit import composites as zcomp  # noqa: E402
-from zennit import rules as zr  # noqa: E402
-from zennit.layer import Sum  # noqa: E402
-from zennit.types import Convolution, Linear as ZLinear  # noqa: E402
+_stubbed = _install_torchvision_stub()
+try:
+    zennit = pytest.importorskip("zennit")
+    from zennit import canonizers as zc  # noqa: E402
+    from zennit import composites as zcomp  # noqa: E402
+    from zennit import rules as zr  # noqa: E402
+    from zennit.layer import Sum  # noqa: E402
+    from zennit.types import Convolution, Linear as ZLinear  # noqa: E402
+finally:
+    # zennit holds its references now; other libraries (transformers) probe for torchvision
+    # with importlib.util.find_spec, which a stub without a spec would break
+    if _stubbed:
+        for name in _STUB:
+            sys.modules.pop(name, None)
 
 
 class StackSum(nn.Module):
