@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,11 +44,39 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _device(text: str) -> str:
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise argparse.ArgumentTypeError(f"not a device: {text!r}; use cpu, cuda or cuda:N")
+    return text
+
+
 def _level(text: str) -> float:
     value = float(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {value}")
     return value
+
+
+def _refuse_existing(paths: Sequence[Path], what: str = "") -> None:
+    """Refuse to replace the user's files: name them and say how to go on."""
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if existing:
+        raise XpruneError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}{what}; "
+                          "pass --overwrite to replace, or choose another --out")
+
+
+def _out_file(spec: str, overwrite: bool, *extra_suffixes: str) -> Path:
+    """The output file ``spec`` (and its companions), checked before any work is done."""
+    out = Path(spec)
+    if out.is_dir():
+        raise XpruneError(f"--out {spec} is a folder; give a file name inside it, e.g. {out / 'pruned.pt'}")
+    if not overwrite:
+        _refuse_existing([out] + [out.with_suffix(s) for s in extra_suffixes])
+    return out
 
 
 def load_data(spec: str, *, seed: int = 0, root: str | None = None):
@@ -63,6 +92,19 @@ def load_data(spec: str, *, seed: int = 0, root: str | None = None):
     return xdata.load(spec, seed=seed, **kwargs)
 
 
+def _read(path: Path, reader, what: str):
+    """Run ``reader()``; a file that is not what it should be gives a clear error, not a traceback."""
+    if path.is_dir():
+        raise XpruneError(f"{path} is a folder, not {what} file")
+    try:
+        return reader()
+    except XpruneError:
+        raise
+    except Exception as e:  # zip, pickle and safetensors errors of a damaged or foreign file
+        raise XpruneError(f"{path} cannot be read as {what} (truncated, corrupt or another format?): "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+
 def load_model(spec: str, *, weights: str | None = None, dataset: str | None = None, seed: int = 0):
     """A model from ``builtin:ARCH`` (trained on ``dataset``, cached), a saved module file, or ``module:factory``."""
     if spec.startswith("builtin:"):
@@ -74,7 +116,7 @@ def load_model(spec: str, *, weights: str | None = None, dataset: str | None = N
         return model
     path = Path(spec)
     if path.exists():
-        model = torch.load(path, map_location="cpu", weights_only=False)
+        model = _read(path, lambda: torch.load(path, map_location="cpu", weights_only=False), "a saved module")
         if isinstance(model, dict):
             raise XpruneError(f"{path} holds a state dict, not a module: pass --model module:factory --weights {path}")
     elif ":" in spec:
@@ -95,9 +137,11 @@ def load_model(spec: str, *, weights: str | None = None, dataset: str | None = N
         if wpath.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(wpath))
+            state = _read(wpath, lambda: load_file(str(wpath)), "a state dict")
         else:
-            state = torch.load(wpath, map_location="cpu", weights_only=True)
+            state = _read(wpath, lambda: torch.load(wpath, map_location="cpu", weights_only=True), "a state dict")
+        if not isinstance(state, dict):
+            raise XpruneError(f"--weights {weights} holds a {type(state).__name__}, not a state dict")
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise XpruneError(f"--weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -150,6 +194,7 @@ def cmd_prune(args) -> int:
         raise XpruneError("give either --ratio or --max-drop, not both: --max-drop chooses the ratio")
     if args.confidence is not None and not guaranteed:
         raise XpruneError("--confidence goes with --max-drop")
+    out = _out_file(args.out, args.overwrite, ".plan.json")
     ds = load_data(args.data, seed=args.seed, root=args.data_root)
     model = load_model(args.model, weights=args.weights, dataset=args.data, seed=args.seed)
     reference = _reference(ds, args.n_per_class, args.seed)
@@ -182,11 +227,13 @@ def cmd_prune(args) -> int:
                                           demo.measure(pruned, ds.test, example)))
     if not is_main():
         return 0
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(pruned, tmp)
-    tmp.replace(out)
+    import io
+
+    from ._io import atomic_write
+
+    buf = io.BytesIO()
+    torch.save(pruned, buf)
+    atomic_write(out, buf.getvalue())
     plan.save(out.with_suffix(".plan.json"))
     console.print(f"wrote {out} (whole module, torch.load(..., weights_only=False)) and {out.with_suffix('.plan.json')}")
     return 0
@@ -199,23 +246,42 @@ def cmd_curve(args) -> int:
     from .distributed import is_main
 
     console = Console(quiet=not is_main())  # in a process group only rank 0 prints and writes
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise XpruneError(f"--out {out} is a file; curve writes a folder (curves.json, .png, .md)")
+    seeds, names = _ints(args.seeds), _csv(args.criteria)
+    if not seeds or not names:
+        raise XpruneError("--seeds and --criteria need at least one value each, e.g. --seeds 0 --criteria lrp")
+    checkpoints = out / "checkpoints"
+    started = sorted(checkpoints.glob("curve-*.json")) if checkpoints.is_dir() else []
+    if args.overwrite:
+        for f in started:  # start afresh: only the checkpoints of earlier curve runs go
+            f.unlink()
+    elif not args.resume:
+        _refuse_existing([out / n for n in ("curves.json", "curves.png", "curves.md")])
+        if started:
+            raise XpruneError(f"{out} holds an interrupted curve run ({len(started)} checkpoint(s) in "
+                              f"{checkpoints}); pass --resume to continue it, or --overwrite to start afresh")
     ds = load_data(args.data, seed=0, root=args.data_root)
     model = load_model(args.model, weights=args.weights, dataset=args.data)
     curves = []
-    for seed in _ints(args.seeds):
+    for seed in seeds:
         reference = _reference(ds, args.n_per_class, seed)
-        for name in _csv(args.criteria):
+        for name in names:
             options = {"seed": seed} if name == "random" else {}
+            checkpoint = checkpoints / f"curve-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-seed{seed}.json"
             curves.append(evaluate.curve(model, reference, ds.test, name, units=args.units, scope=args.scope,
-                                         progress=True, device=args.device, precision=args.precision, **options))
+                                         progress=True, device=args.device, precision=args.precision,
+                                         checkpoint=checkpoint, resume=args.resume, **options))
     console.print(report.curves_table(curves))
     baseline = evaluate.accuracy(model, ds.test)  # a collective in a process group: every rank calls it
     if not is_main():
         return 0
-    out = Path(args.out)
     report.plot_curves(curves, out / "curves.png", baseline=baseline)
     report.save_json({"curves": curves}, out / "curves.json")
-    (out / "curves.md").write_text(report.curves_markdown(curves) + "\n")
+    from ._io import atomic_write
+
+    atomic_write(out / "curves.md", report.curves_markdown(curves) + "\n")
     console.print(f"wrote {out / 'curves.png'}, {out / 'curves.json'}, {out / 'curves.md'}")
     return 0
 
@@ -223,6 +289,7 @@ def cmd_curve(args) -> int:
 def cmd_export(args) -> int:
     from .io import export_onnx
 
+    _out_file(args.out, args.overwrite)
     model = load_model(args.model, weights=args.weights)
     shape = _ints(args.input_shape)
     if len(shape) < 2:
@@ -236,6 +303,16 @@ def cmd_tune(args) -> int:
     from . import data as xdata
     from .tune import tune
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise XpruneError(f"--out {out} is a file; tune writes a folder (study.db, best_composite.json, ...)")
+    held = [out / n for n in ("study.db", "best_composite.json", "summary.json")]
+    if args.overwrite:
+        if args.storage is None:  # a new study: the old one in OUT/study.db goes
+            (out / "study.db").unlink(missing_ok=True)
+    elif not args.resume and any(p.exists() for p in held):
+        raise XpruneError(f"{out} already holds a tuning study or its results; pass --resume to continue the "
+                          "study (up to --trials finished trials) or --overwrite to start a new one")
     ds = load_data(args.data, seed=0, root=args.data_root)
     model = load_model(args.model, weights=args.weights, dataset=args.data)
     if args.units in ("heads", "neurons"):
@@ -268,6 +345,18 @@ def cmd_tune(args) -> int:
         print(f"test AUC of the tuned composite: {c.auc:.4f}")
     print(f"use it: xprune.score(model, data, 'lrp', composite={str(result.composite)!r}, "
           f"aggregate={result.options['aggregate']!r}, normalize={result.options['normalize']!r})")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    seeds = _ints(args.seeds) if args.seeds else None
+    if args.page_only:
+        print(f"wrote {bench.results_page(args.out, args.page or 'docs/results.md')}")
+        return 0
+    bench.run(args.scenario or None, out=args.out, quick=args.quick, seeds=seeds, page=args.page)
+    print(f"wrote {args.out}" + (f" and {args.page}" if args.page else ""))
     return 0
 
 
@@ -309,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="reference samples per class drawn from the training split (default 10)")
         p.add_argument("--units", default="channels", help="unit kind: channels or weights (default channels)")
         p.add_argument("--scope", default="global", choices=["global", "local"], help="ranking scope (default global)")
-        p.add_argument("--device", help="score and evaluate on this device, e.g. cuda or cuda:1 (default cpu); "
+        p.add_argument("--device", type=_device, help="score and evaluate on this device, e.g. cuda or cuda:1 (default cpu); "
                                         "under torchrun, cuda selects NCCL and the GPU of LOCAL_RANK")
         p.add_argument("--precision", choices=["fp32", "bf16"],
                        help="bf16: score under bf16 autocast where the criterion's rule allows it (default fp32)")
@@ -332,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=int, help="round kept channels per layer to a multiple of this")
     p.add_argument("--seed", type=int, default=0, help="seed for data split and reference samples (default 0)")
     p.add_argument("--out", required=True, help="where to write the pruned model (.pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out (and its .plan.json) if they exist")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("curve", help="accuracy vs pruning rate for several criteria",
@@ -341,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criteria", default="lrp,taylor,weight,random", help="comma-separated criteria")
     p.add_argument("--seeds", default="0", help="comma-separated seeds for the reference samples")
     p.add_argument("--out", default="xprune-curves", help="output folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT/checkpoints (rates already measured are skipped)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results (and checkpoints) in --out")
     p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("tune", help="tune the LRP composite for pruning (PXP, Bayesian optimisation)",
@@ -364,6 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", action="store_true", help="also report the tuned composite's AUC on the test split")
     p.add_argument("--seed", type=int, default=0, help="seed for reference samples, validation subset and sampler")
     p.add_argument("--out", default="xprune-tune", help="output folder (default ./xprune-tune)")
+    p.add_argument("--resume", action="store_true", help="continue the study in --out (or --storage)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new study, replacing OUT/study.db and the results in --out")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("export", help="export a (pruned) model to ONNX, checked in onnxruntime",
@@ -374,7 +470,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", required=True, help="example input shape, batch first, e.g. 1,1,28,28")
     p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |onnxruntime - torch| (default 1e-4)")
     p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="run the benchmark suite (criteria compared on named scenarios)",
+                       description="Run named benchmark scenarios; each writes NAME.json, NAME.md and plots "
+                                   "into --out. Scenarios: toy, transfer, resnet, vit, minilm, perf, heatmaps "
+                                   "(default: all; with --quick: toy, transfer, perf, heatmaps).")
+    p.add_argument("scenario", nargs="*", help="scenarios to run (default: all)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and one seed: a smoke test (about a minute)")
+    p.add_argument("--seeds", help="comma-separated seeds (default 0 with --quick, else 0,1,2)")
+    p.add_argument("--out", default="docs/bench", help="output folder (default docs/bench)")
+    p.add_argument("--page", help="also write the results page here (e.g. docs/results.md)")
+    p.add_argument("--page-only", action="store_true", help="only regenerate --page from the outputs in --out")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -147,6 +148,8 @@ def curve(
     mode: str = "mask",
     progress: bool = False,
     device: Any = None,
+    checkpoint: Any = None,
+    resume: bool = False,
     **options: Any,
 ) -> Curve:
     """Accuracy of ``model`` pruned at each rate, without fine-tuning (unless ``fine_tune`` is given).
@@ -173,6 +176,14 @@ def curve(
         Score and evaluate on this device (the model is moved there for the
         call and back afterwards). In a process group the test samples are
         split across ranks (see :mod:`xprune.distributed`).
+    checkpoint : str or path, optional
+        A JSON file where the accuracy at each rate is saved (atomically) as
+        soon as it is measured, so an interrupted curve can be resumed.
+    resume : bool
+        Continue the curve saved in ``checkpoint``: the rates already measured
+        are skipped (the settings must match; scoring is deterministic on the
+        CPU, so the result equals an uninterrupted run). Without ``resume`` an
+        existing checkpoint is an error, never overwritten.
     **options :
         Passed to :func:`xprune.score` (criterion options, ``target``, ``normalize``).
     """
@@ -181,10 +192,21 @@ def curve(
         raise XpruneError(f"rates must be numbers in [0, 1), got {rates}")
     from . import distributed
 
+    ckpt = _CurveCheckpoint(checkpoint, resume, criterion, scores, units=units, scope=scope, mode=mode,
+                            classes=None if classes is None else [int(c) for c in classes],
+                            fine_tune=fine_tune is not None, options=options)
     with distributed.on_device(model, device):
-        if scores is None:
-            scores = score(model, reference, criterion, units, **options)
-        name = scores.criterion if not isinstance(criterion, str) else criterion
+        if scores is None and not ckpt.complete(rates):
+            if classes is not None:
+                _check_reference_classes(reference, classes)
+            with warnings.catch_warnings():
+                if classes is not None:  # a domain restriction: classes outside it are meant to be missing
+                    warnings.filterwarnings("ignore", message="the reference samples cover")
+                scores = score(model, reference, criterion, units, **options)
+        if scores is not None:
+            ckpt.meta = {"name": scores.criterion if not isinstance(criterion, str) else criterion,
+                         "units": scores.kind, "total": scores.total}
+        name = ckpt.meta["name"]
         accs, removed = [], []
         iterator = rates
         if progress and distributed.is_main():
@@ -192,12 +214,85 @@ def curve(
 
             iterator = track(rates, description=f"curve ({name})", transient=True)
         for r in iterator:
-            plan = select(scores, r, scope=scope)
-            # an empty plan still copies when fine-tuning follows: the caller's model must not change
-            pruned = apply(model, plan, mode) if plan.n_removed or fine_tune is not None else model
-            if fine_tune is not None:
-                tuned = fine_tune(pruned)
-                pruned = tuned if tuned is not None else pruned
-            accs.append(accuracy(pruned, test, classes=classes))
-            removed.append(plan.n_removed)
-    return Curve(name, rates, accs, removed, {"units": scores.kind, "scope": scope, "total": scores.total})
+            if r in ckpt.done:
+                acc, n_removed = ckpt.done[r]
+            else:
+                plan = select(scores, r, scope=scope)
+                # an empty plan still copies when fine-tuning follows: the caller's model must not change
+                pruned = apply(model, plan, mode) if plan.n_removed or fine_tune is not None else model
+                if fine_tune is not None:
+                    tuned = fine_tune(pruned)
+                    pruned = tuned if tuned is not None else pruned
+                acc, n_removed = accuracy(pruned, test, classes=classes), plan.n_removed
+                ckpt.record(r, acc, n_removed)
+            accs.append(acc)
+            removed.append(n_removed)
+    return Curve(name, rates, accs, removed, {"units": ckpt.meta["units"], "scope": scope,
+                                              "total": ckpt.meta["total"]})
+
+
+def _check_reference_classes(reference: Any, classes: Sequence[int]) -> None:
+    """Refuse a domain restriction naming classes the reference samples do not contain."""
+    seen: set[int] = set()
+    for _, y in _inputs.batches(reference, 1024):
+        seen.update(torch.as_tensor(y).reshape(-1).tolist())
+    missing = sorted(set(int(c) for c in classes) - seen)
+    if missing:
+        raise DataError(f"the domain restriction names classes {missing} but the reference samples hold none "
+                        "of them, so their relevance cannot be measured; draw reference samples of those "
+                        "classes, e.g. xprune.data.reference_samples(split, n_per_class, classes=classes)")
+
+
+class _CurveCheckpoint:
+    """Per-rate results of :func:`curve` saved to a JSON file (atomically, on rank 0) as they come."""
+
+    def __init__(self, path, resume, criterion, scores, **settings):
+        import json
+        from pathlib import Path
+
+        self.path = None if path is None else Path(path)
+        self.done: dict[float, tuple[float, int]] = {}
+        self.meta: dict[str, Any] = {}
+        crit = scores.criterion if scores is not None else (
+            criterion if isinstance(criterion, str) else type(criterion).__name__)
+        settings["options"] = json.loads(json.dumps(settings["options"], default=repr))
+        self.settings = {"criterion": crit, **settings}
+        if self.path is None:
+            if resume:
+                raise XpruneError("resume=True needs the checkpoint= file of the curve to continue")
+            return
+        if not self.path.exists():
+            return
+        if not resume:
+            raise XpruneError(f"{self.path} holds a curve in progress; pass resume=True (CLI: --resume) to "
+                              "continue it, or delete it to start afresh")
+        try:
+            saved = json.loads(self.path.read_text())
+            if saved.get("xprune") != "curve-checkpoint":
+                raise ValueError("not a curve checkpoint")
+            diff = {k: (saved["settings"].get(k), v) for k, v in self.settings.items()
+                    if saved["settings"].get(k) != v}
+            done = {float(r): (float(a), int(n)) for r, (a, n) in saved["done"].items()}
+            meta = dict(saved["meta"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise XpruneError(f"curve checkpoint {self.path} cannot be read ({e}): it is damaged or not "
+                              "xprune's; delete it to start afresh") from e
+        if diff:
+            raise XpruneError(f"the curve in {self.path} was made with other settings (saved, given): {diff}; "
+                              "resume with the same settings or use another checkpoint")
+        self.done, self.meta = done, meta
+
+    def complete(self, rates) -> bool:
+        return bool(self.meta) and all(r in self.done for r in rates)
+
+    def record(self, rate: float, acc: float, n_removed: int) -> None:
+        import json
+
+        from . import distributed
+        from ._io import atomic_write
+
+        self.done[rate] = (acc, n_removed)
+        if self.path is not None and distributed.is_main():
+            atomic_write(self.path, json.dumps({"xprune": "curve-checkpoint", "settings": self.settings,
+                                                "meta": self.meta,
+                                                "done": {repr(r): v for r, v in self.done.items()}}, indent=1))

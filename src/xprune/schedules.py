@@ -93,6 +93,9 @@ def iterative(
     fine_tune: FineTune | None = None,
     evaluate: Callable[[nn.Module], float] | None = None,
     progress: bool = False,
+    checkpoint_dir: Any = None,
+    resume: bool = False,
+    seed: int | None = None,
     **options: Any,
 ) -> ScheduleResult:
     """Prune in steps of ``step`` x the remaining units, rescoring after each step.
@@ -108,56 +111,196 @@ def iterative(
         data); may return a new model.
     evaluate : callable, optional
         ``evaluate(model) -> float`` recorded after each step (e.g. test accuracy).
+    checkpoint_dir : str or path, optional
+        After every step the model (``torch.save`` of the whole module,
+        ``model-stepN.pt``) and a JSON state (``iterative.json``: step, plans,
+        history, settings) are written there atomically, the model first (as
+        :func:`entwined` does).
+    resume : bool
+        Continue the run saved in ``checkpoint_dir`` from its last complete
+        step (the settings must match); with no saved run, start afresh.
+        Without ``resume`` an existing run there is an error, never overwritten.
+    seed : int, optional
+        Seed torch's global random state before every step (criteria such as
+        ``"random"`` and the fine-tuning draw from it; the caller's random
+        state is left as it was). With a seed, and a ``fine_tune`` that keeps
+        no state between calls, a resumed run gives the same model as an
+        uninterrupted one.
     **options :
         Passed to :func:`xprune.score`.
+
+    Notes
+    -----
+    Determinism: on the CPU the same model, data and seed give bit-identical
+    scores, plans and pruned models. On GPUs some cuDNN/cuBLAS kernels and
+    atomic additions in backward passes are not deterministic, so scores may
+    differ in their last bits between runs (and near-ties may rank
+    differently); ``torch.use_deterministic_algorithms(True)`` with
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` makes GPU runs reproducible.
     """
+    from pathlib import Path
+
     _check_ratio(ratio)
-    if not 0 < step < 1:
+    if not isinstance(step, (int, float)) or not 0 < step < 1:
         raise XpruneError(f"step must be in (0, 1), got {step!r}")
+    if resume and checkpoint_dir is None:
+        raise XpruneError("resume=True needs the checkpoint_dir of the run to continue")
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    settings = _settings(criterion, options, ratio=ratio, step=step, units=units, scope=scope, seed=seed)
     current = model
     result = ScheduleResult(model)
     original_total = None
     target = None
     bar = None
-    while True:
-        scores = score(current, data, criterion, units, **options)
-        if original_total is None:
-            original_total = scores.total
-            target = math.floor(ratio * original_total + 1e-9)
-            if progress:
-                from rich.progress import Progress
+    state = _resume_state(folder, _ITERATIVE, settings, resume, "an iterative")
+    if state is not None:
+        current = _load_model(folder, state)
+        result.plans = [Plan.from_dict(p) for p in state["plans"]]
+        result.history = list(state["history"])
+        original_total, target = state["units0"], state["target"]
+    try:
+        while True:
+            with _seeded(seed, len(result.plans) + 1):
+                scores = score(current, data, criterion, units, **options)
+                if original_total is None:
+                    original_total = scores.total
+                    target = math.floor(ratio * original_total + 1e-9)
+                if progress and bar is None:
+                    from rich.progress import Progress
 
-                bar = Progress(transient=True)
-                bar.start()
-                task = bar.add_task(f"iterative pruning ({scores.criterion})", total=target)
-        left = target - result.removed
-        if left <= 0:
-            break
-        k = min(left, max(1, math.ceil(step * scores.total)))
-        if scores.kind == "weights":
-            # masked weights stay in the model: rank them first so each step masks k new ones
-            for name, idxs in (result.plans[-1].remove.items() if result.plans else ()):
-                scores[name][idxs] = -float("inf")
-            plan = select(scores, (result.removed + k) / scores.total, scope=scope)
-            new = plan.n_removed - result.removed
-        else:
-            plan = select(scores, k / scores.total, scope=scope)
-            new = plan.n_removed
-        if new <= 0:  # every layer at its floor
-            break
-        current = _tune(apply(current, plan, "mask" if plan.kind == "weights" else "remove"), fine_tune)
-        result.plans.append(plan)
-        record = {"step": len(result.plans), "removed": result.removed, "total": original_total,
-                  "ratio": result.removed / original_total}
-        if evaluate is not None:
-            record["accuracy"] = evaluate(current)
-        result.history.append(record)
+                    bar = Progress(transient=True)
+                    bar.start()
+                    task = bar.add_task(f"iterative pruning ({scores.criterion})", total=target,
+                                        completed=result.removed)
+                left = target - result.removed
+                if left <= 0:
+                    break
+                k = min(left, max(1, math.ceil(step * scores.total)))
+                if scores.kind == "weights":
+                    # masked weights stay in the model: rank them first so each step masks k new ones
+                    for name, idxs in (result.plans[-1].remove.items() if result.plans else ()):
+                        scores[name][idxs] = -float("inf")
+                    plan = select(scores, (result.removed + k) / scores.total, scope=scope)
+                    new = plan.n_removed - result.removed
+                else:
+                    plan = select(scores, k / scores.total, scope=scope)
+                    new = plan.n_removed
+                if new <= 0:  # every layer at its floor
+                    break
+                current = _tune(apply(current, plan, "mask" if plan.kind == "weights" else "remove"), fine_tune)
+                result.plans.append(plan)
+                record = {"step": len(result.plans), "removed": result.removed, "total": original_total,
+                          "ratio": result.removed / original_total}
+                if evaluate is not None:
+                    record["accuracy"] = evaluate(current)
+                result.history.append(record)
+            if folder is not None:
+                _save_checkpoint(folder, _ITERATIVE, len(result.plans), current,
+                                 {"settings": settings, "units0": original_total, "target": target,
+                                  "plans": [p.to_dict() for p in result.plans], "history": result.history})
+            if bar is not None:
+                bar.update(task, completed=result.removed)
+    finally:
         if bar is not None:
-            bar.update(task, completed=result.removed)
-    if bar is not None:
-        bar.stop()
+            bar.stop()
     result.model = current
     return result
+
+
+_ITERATIVE = "iterative.json"
+
+
+def _seeded(seed: int | None, step: int):
+    """Fork torch's CPU random state and seed it for ``step`` (a no-op without a seed)."""
+    import contextlib
+
+    import torch
+
+    if seed is None:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def ctx():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed * 1_000_003 + step)
+            yield
+
+    return ctx()
+
+
+# --------------------------------------------------------------------------- checkpoints (iterative, entwined)
+
+
+def _settings(criterion: Any, options: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    """JSON-able settings of a run: what must match to resume it."""
+    import json
+
+    return {"criterion": criterion if isinstance(criterion, str) else type(criterion).__name__, **kw,
+            "options": json.loads(json.dumps(options, default=repr))}
+
+
+def _resume_state(folder: Any, state_file: str, settings: dict[str, Any], resume: bool, what: str):
+    """The saved state of the run in ``folder`` (``None`` if there is none), checked against ``settings``.
+
+    Without ``resume`` an existing run is an error (it is never overwritten).
+    Hidden temporary files left by an interrupted atomic write are removed.
+    """
+    import json
+
+    if folder is None or not (folder / state_file).exists():
+        return None
+    if not resume:
+        raise XpruneError(f"{folder} already holds {what} run; pass resume=True to continue it, "
+                          "or choose an empty checkpoint_dir")
+    try:
+        state = json.loads((folder / state_file).read_text())
+        saved = state["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise XpruneError(f"{folder / state_file} cannot be read ({e}): it is damaged or not xprune's; "
+                          "start afresh in an empty checkpoint_dir") from e
+    diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+    if diff:
+        raise XpruneError(f"the run in {folder} was made with other settings (saved, given): {diff}; "
+                          "resume with the same settings or use another checkpoint_dir")
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return state
+
+
+def _load_model(folder: Any, state: dict[str, Any]) -> nn.Module:
+    """The model of a saved step (a clear error when the file is damaged)."""
+    import torch
+
+    path = folder / state["model"]
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # zip/pickle errors of a truncated or corrupt file
+        raise XpruneError(f"checkpoint {path} cannot be read (truncated or corrupt?): {e}; "
+                          "start afresh in an empty checkpoint_dir") from e
+
+
+def _save_checkpoint(folder: Any, state_file: str, step: int, model: nn.Module, state: dict[str, Any]) -> None:
+    """Write ``model-step{step}.pt``, then the JSON state naming it, both atomically; drop older models.
+
+    Killed at any moment, the folder holds the state of the last complete
+    step and the model it names (and at most a hidden ``.*.tmp`` file).
+    """
+    import io
+    import json
+
+    import torch
+
+    from ._io import atomic_write
+
+    name = f"model-step{step}.pt"
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    atomic_write(folder / name, buf.getvalue())
+    state.update(step=step, model=name)
+    atomic_write(folder / state_file, json.dumps(state, indent=1, default=str))
+    for old in folder.glob("model-step*.pt"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- entwined
@@ -270,14 +413,10 @@ def entwined(
         (this step's share) and ``fine_tune_total`` (used so far), and
         ``accuracy`` when ``evaluate`` is given.
     """
-    import json
     import warnings
     from pathlib import Path
 
-    import torch
-
     from . import _inputs
-    from ._io import atomic_write
 
     _check_ratio(ratio)
     if by not in ("units", "macs"):
@@ -293,28 +432,18 @@ def entwined(
     if resume and checkpoint_dir is None:
         raise XpruneError("resume=True needs the checkpoint_dir of the run to continue")
 
-    settings = {"criterion": criterion if isinstance(criterion, str) else type(criterion).__name__,
-                "ratio": ratio, "by": by, "steps": steps, "fine_tune_budget": fine_tune_budget,
-                "units": units, "scope": scope, "seed": seed,
-                "options": json.loads(json.dumps(options, default=repr))}
+    settings = _settings(criterion, options, ratio=ratio, by=by, steps=steps, fine_tune_budget=fine_tune_budget,
+                         units=units, scope=scope, seed=seed)
     shares = _budget_shares(fine_tune_budget, steps)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     import copy
 
     current = copy.deepcopy(model)  # fine-tuning trains in place: never the caller's model
     result = ScheduleResult(model)
-    state: dict[str, Any] = {}
     start = 1
-    if folder is not None and (folder / _STATE).exists():
-        if not resume:
-            raise XpruneError(f"{folder} already holds an entwined run; pass resume=True to continue it, "
-                              "or choose an empty checkpoint_dir")
-        state = json.loads((folder / _STATE).read_text())
-        diff = {k: (state["settings"].get(k), v) for k, v in settings.items() if state["settings"].get(k) != v}
-        if diff:
-            raise XpruneError(f"the run in {folder} was made with other settings (saved, given): {diff}; "
-                              "resume with the same settings or use another checkpoint_dir")
-        current = torch.load(folder / state["model"], map_location="cpu", weights_only=False)
+    state: dict[str, Any] = _resume_state(folder, _STATE, settings, resume, "an entwined") or {}
+    if state:
+        current = _load_model(folder, state)
         result.plans = [Plan.from_dict(p) for p in state["plans"]]
         result.history = list(state["history"])
         start = state["step"] + 1
@@ -328,8 +457,7 @@ def entwined(
         task = bar.add_task(f"entwined ({settings['criterion']})", total=steps, completed=start - 1)
     try:
         for i in range(start, steps + 1):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed * 1_000_003 + i)
+            with _seeded(seed, i):
                 scores = score(current, data, criterion, units, **options)
                 example = _inputs.from_spec(scores.example)
                 if not state:
@@ -362,18 +490,8 @@ def entwined(
                     record["accuracy"] = evaluate(current)
                 result.history.append(record)
             if folder is not None:
-                import io
-
-                name = f"model-step{i}.pt"
-                buf = io.BytesIO()
-                torch.save(current, buf)
-                atomic_write(folder / name, buf.getvalue())
-                state.update(step=i, model=name, settings=settings, plans=[p.to_dict() for p in result.plans],
-                             history=result.history)
-                atomic_write(folder / _STATE, json.dumps(state, indent=1, default=str))
-                for old in folder.glob("model-step*.pt"):
-                    if old.name != name:
-                        old.unlink(missing_ok=True)
+                state.update(settings=settings, plans=[p.to_dict() for p in result.plans], history=result.history)
+                _save_checkpoint(folder, _STATE, i, current, state)
             if bar is not None:
                 bar.update(task, completed=i, description=(
                     f"entwined ({settings['criterion']}): removed {100 * record['ratio']:.0f}% units, "

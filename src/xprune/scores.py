@@ -133,22 +133,30 @@ class Scores(Mapping):
         path = Path(path)
         if not path.exists():
             raise XpruneError(f"no scores file at {path}")
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
 
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                values = {k: f.get_tensor(k) for k in f.keys()}
-        else:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            header, values = blob["header"], blob["values"]
-        if header.get("xprune") != "scores":
-            raise XpruneError(f"{path} is not an xprune scores file")
-        values = {k: values[k] for k in json.loads(header.get("order", "[]")) or values}  # forward order
-        return cls(values, kind=header["kind"], criterion=header["criterion"],
-                   members=json.loads(header["members"]), roots=json.loads(header["roots"]),
-                   example=json.loads(header["example"]), meta=json.loads(header["meta"]),
-                   parts=json.loads(header.get("parts", "{}")))
+                with safe_open(str(path), framework="pt") as f:
+                    header = f.metadata() or {}
+                    values = {k: f.get_tensor(k) for k in f.keys()}
+            else:
+                blob = torch.load(path, map_location="cpu", weights_only=True)
+                header, values = blob["header"], blob["values"]
+        except Exception as e:  # safetensors, zip and unpickling errors of a damaged file
+            raise XpruneError(f"{path} cannot be read as a scores file (truncated or corrupt?): "
+                              f"{type(e).__name__}: {e}. Recompute the scores with xprune.score") from e
+        if not isinstance(header, dict) or header.get("xprune") != "scores":
+            raise XpruneError(f"{path} is not an xprune scores file (written by Scores.save)")
+        try:
+            values = {k: values[k] for k in json.loads(header.get("order", "[]")) or values}  # forward order
+            return cls(values, kind=header["kind"], criterion=header["criterion"],
+                       members=json.loads(header["members"]), roots=json.loads(header["roots"]),
+                       example=json.loads(header["example"]), meta=json.loads(header["meta"]),
+                       parts=json.loads(header.get("parts", "{}")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise XpruneError(f"{path} is a damaged scores file ({type(e).__name__}: {e}); "
+                              "recompute the scores with xprune.score") from e
 
     def __repr__(self) -> str:
         return f"Scores(criterion={self.criterion!r}, kind={self.kind!r}, groups={len(self)}, units={self.total})"
@@ -253,7 +261,7 @@ def _compute(model, data, crit, units, dev, *, target, example_inputs, include_o
         x0 = _inputs.to_device(x0, dev)
         if example_inputs is None:
             example_inputs = _inputs.first_sample(x0)
-        _check_labels(model, x0, y0)
+        n_classes = _check_labels(model, x0, y0)
     elif crit.requires_data:
         raise DataError(f"criterion {crit.name!r} needs data: pass reference samples as (X, y) or a DataLoader")
     elif example_inputs is None and not isinstance(units, UnitSet):
@@ -265,10 +273,12 @@ def _compute(model, data, crit, units, dev, *, target, example_inputs, include_o
     if how == "fallback":
         warnings.warn(f"criterion {crit.name!r} on unit kind {unit_set.kind!r} cannot reduce its sums across "
                       "ranks: every rank scores all the reference data (exact, no speed-up)", stacklevel=3)
+    seen = set() if stream is not None and how is None and isinstance(target, str) and target == "label" and n_classes \
+        else None
     if stream is not None:
         if how == "shard":
             stream = distributed.shard(data, batch_size, stream)
-        stream = _checked(_moved(stream, dev))
+        stream = _checked(_moved(stream, dev), seen)
         if progress and distributed.is_main():
             stream = _progress(stream, f"scoring ({crit.name})")
     autocast, used["precision"] = distributed.precision_context(crit, precision, dev)
@@ -277,6 +287,8 @@ def _compute(model, data, crit, units, dev, *, target, example_inputs, include_o
     session = distributed.sharded_session(crit) if how == "shard" else contextlib.nullcontext()
     with _inputs.preserved_state(model), session, autocast:
         raw = crit.compute(model, unit_set, stream if crit.requires_data else None, target=target)
+    if seen is not None and crit.requires_data:
+        _warn_missing_classes(seen, n_classes)
     if how in ("replicate", "fallback"):  # identical on every rank, whatever the criterion's randomness
         raw = distributed.broadcast({g.name: torch.as_tensor(raw[g.name]) for g in unit_set if g.name in raw})
     return raw, unit_set, used
@@ -291,28 +303,42 @@ def _normalize_one(v, how):
     return normalize(torch.as_tensor(v).double(), how)
 
 
-def _check_labels(model: nn.Module, x: Any, y: Any) -> None:
+def _check_labels(model: nn.Module, x: Any, y: Any) -> int | None:
     """Fail early, with a clear message, when inputs or labels do not fit the model."""
     from .units import _check_forward
 
     with _inputs.preserved_state(model), torch.no_grad():
         out = _inputs.logits(_check_forward(model, _inputs.first_sample(x)))
     if y is None:
-        return
+        return None
     y = torch.as_tensor(y)
     if y.numel() and (y.min() < 0 or y.max() >= out.shape[-1]):
         raise DataError(
             f"labels must lie in [0, {out.shape[-1] - 1}] (the model has {out.shape[-1]} outputs); "
             f"got labels from {int(y.min())} to {int(y.max())}"
         )
+    return int(out.shape[-1]) if out.dim() >= 1 else None
 
 
-def _checked(stream):
-    """Pass batches through, refusing inputs with NaN/Inf."""
+def _checked(stream, seen: set | None = None):
+    """Pass batches through, refusing inputs with NaN/Inf (and noting the labels in ``seen``)."""
     for x, y in stream:
         if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
             raise DataError("the inputs contain NaN or Inf values; clean or impute them before scoring")
+        if seen is not None and isinstance(y, torch.Tensor) and y.numel():
+            seen.update(torch.unique(y.detach().reshape(-1).cpu()).tolist())
         yield x, y
+
+
+def _warn_missing_classes(seen: set, n_classes: int) -> None:
+    missing = sorted(set(range(n_classes)) - {int(c) for c in seen})
+    if seen and missing:
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        warnings.warn(
+            f"the reference samples cover {n_classes - len(missing)} of the model's {n_classes} classes "
+            f"(none of class {shown}): the scores ignore what the model needs for those classes. Fine for a "
+            "domain restriction to the classes present; otherwise draw samples of every class, e.g. "
+            "xprune.data.reference_samples(split, n_per_class)", stacklevel=4)
 
 
 def _progress(iterable, description: str):

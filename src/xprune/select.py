@@ -94,7 +94,14 @@ class Plan:
         path = Path(path)
         if not path.exists():
             raise XpruneError(f"no plan file at {path}")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise XpruneError(f"{path} is not a readable plan file (truncated or corrupt?): {e}; "
+                              "write it again with Plan.save") from e
+        if not isinstance(d, dict):
+            raise XpruneError(f"{path} is not an xprune plan (a JSON object written by Plan.save)")
+        return cls.from_dict(d)
 
     def __str__(self) -> str:
         width = max([len(n) for n in self.sizes] + [5])
@@ -169,6 +176,10 @@ def select(
         raise XpruneError("round_to applies to channels, not single weights")
 
     names = list(scores)
+    nan = [n for n in names if torch.isnan(scores[n]).any()]
+    if nan:
+        raise XpruneError(f"the scores of {nan[:5]} contain NaN, which cannot be ranked; recompute them "
+                          "(xprune.score refuses NaN inputs and scores) or drop the damaged scores file")
     values = {n: _normalize(scores[n], normalize) for n in names}
     sizes = {n: values[n].numel() for n in names}
     caps = {n: sizes[n] - _keep_floor(sizes[n], min_keep) for n in names}

@@ -15,6 +15,8 @@ New kinds (attention ``"heads"``, MLP ``"neurons"``) plug in through
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -299,6 +301,37 @@ def _is_depthwise(module) -> bool:
             and module.groups == module.in_channels == module.out_channels)
 
 
+_MATMUL = re.compile(r"^(Mm|Bmm|Addmm|Baddbmm|MatMul|Einsum|Convolution|Linear)Backward")
+_SHAPE_ONLY = re.compile(r"^(T|Transpose|Permute|View|Reshape|Unsqueeze|Squeeze|Expand|Clone|ToCopy)Backward")
+
+
+def _matmul_parameters(group) -> list[nn.Parameter]:
+    """Bare parameters (not owned by a conv/linear/norm layer) that the group's channels reach through a
+    matrix product or convolution: Torch-Pruning guesses which dimension of them to cut, and for a
+    custom layer computing ``x @ self.w.T`` that guess breaks the model.
+    """
+    found = []
+    for item in group:
+        node = item.dep.target
+        if not isinstance(node.module, nn.Parameter):
+            continue
+        stack, seen = [(node, 0)], set()
+        while stack:
+            n, depth = stack.pop()
+            if id(n) in seen or depth > 3:
+                continue
+            seen.add(id(n))
+            for o in n.outputs:
+                op = type(o.grad_fn).__name__ if o.grad_fn is not None else ""
+                if _MATMUL.match(op):
+                    found.append(node.module)
+                    stack = []
+                    break
+                if _SHAPE_ONLY.match(op):
+                    stack.append((o, depth + 1))
+    return found
+
+
 @register_kind("channels")
 def _discover_channels(model, example_inputs, *, include_output=False, ignore=(), **options) -> UnitSet:
     if options:
@@ -308,10 +341,22 @@ def _discover_channels(model, example_inputs, *, include_output=False, ignore=()
     names = {m: n for n, m in model.named_modules()}
     groups = []
     outputs = _output_modules(graph)
+    owner = {id(p): (n.rpartition(".")[0], n) for n, p in model.named_parameters()}
+    ignored_names = {names[m] for m in ignore if m in names}
+    unsupported: dict[str, str] = {}
     for group in graph.get_all_groups(ignored_layers=list(ignore), root_module_types=PRODUCER_TYPES):
         if not include_output and _output_coupled(graph, group, outputs):
             continue
         if _fixed_coupled(group):
+            continue
+        bare = [owner[id(p)] for p in _matmul_parameters(group) if id(p) in owner]
+        if any(layer in ignored_names or any(layer.startswith(i + ".") for i in ignored_names if i)
+               for layer, _ in bare):
+            continue  # the user excluded the unsupported layer: leave every channel reaching it alone
+        if bare:
+            for layer, param in bare:
+                unsupported.setdefault(layer, f"{layer or '<model>'} ({type(model.get_submodule(layer)).__name__}, "
+                                              f"parameter {param})")
             continue
         producers, members, index = [], [], {}
         for item in group:
@@ -340,6 +385,13 @@ def _discover_channels(model, example_inputs, *, include_output=False, ignore=()
         root = names[group[0].dep.target.module]
         groups.append(
             UnitGroup(producers[0], "channels", size, tuple(producers), tuple(members), root, index)
+        )
+    if unsupported:
+        raise XpruneError(
+            f"the model has layers xprune cannot prune through: {'; '.join(unsupported.values())}. They use "
+            "their own parameters in a matrix product or convolution, so removing the channels they receive "
+            "would break them. Exclude them with ignore=" + repr(sorted(unsupported)) + " (the channels "
+            "reaching them then stay), or write them with nn.Linear / nn.Conv layers"
         )
     groups.sort(key=lambda g: order.get(g.name, 1 << 30))
     if not groups:
