@@ -1,0 +1,1 @@
+"""Bridges to other pruning libraries (imported on demand: ``xprune.integrations.torch_pruning``)."""
