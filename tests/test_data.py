@@ -20,20 +20,6 @@ needs_fashion = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Run these small models on one intra-op thread (restored afterwards).
-
-    On a busy 2-core machine a second OpenMP thread makes tiny models up to
-    ~10x slower (threads wait on each other at every op); one thread is also
-    at least as fast for models this small on an idle machine.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits() -> Dataset:
     return data.load("digits")
