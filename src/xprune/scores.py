@@ -288,7 +288,10 @@ def _compute(model, data, crit, units, dev, *, target, example_inputs, include_o
     with _inputs.preserved_state(model), session, autocast:
         raw = crit.compute(model, unit_set, stream if crit.requires_data else None, target=target)
     if seen is not None and crit.requires_data:
-        _warn_missing_classes(seen, n_classes)
+        from .data import RestrictedModel  # a domain-restricted model only needs its task classes
+
+        task = model.classes if isinstance(model, RestrictedModel) else None
+        _warn_missing_classes(seen, n_classes, task)
     if how in ("replicate", "fallback"):  # identical on every rank, whatever the criterion's randomness
         raw = distributed.broadcast({g.name: torch.as_tensor(raw[g.name]) for g in unit_set if g.name in raw})
     return raw, unit_set, used
@@ -330,12 +333,14 @@ def _checked(stream, seen: set | None = None):
         yield x, y
 
 
-def _warn_missing_classes(seen: set, n_classes: int) -> None:
-    missing = sorted(set(range(n_classes)) - {int(c) for c in seen})
+def _warn_missing_classes(seen: set, n_classes: int, task=None) -> None:
+    wanted = set(range(n_classes)) if task is None else {int(c) for c in task}
+    missing = sorted(wanted - {int(c) for c in seen})
     if seen and missing:
         shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
         warnings.warn(
-            f"the reference samples cover {n_classes - len(missing)} of the model's {n_classes} classes "
+            f"the reference samples cover {len(wanted) - len(missing)} of the model's {len(wanted)} "
+            f"{'classes' if task is None else 'task classes'} "
             f"(none of class {shown}): the scores ignore what the model needs for those classes. Fine for a "
             "domain restriction to the classes present; otherwise draw samples of every class, e.g. "
             "xprune.data.reference_samples(split, n_per_class)", stacklevel=4)
