@@ -184,7 +184,7 @@ def cmd_prune(args) -> int:
     from .distributed import is_main
     from .scores import score
     from .select import select
-    from .surgery import apply
+    from .surgery import apply, default_mode
 
     console = Console(quiet=not is_main())  # in a process group only rank 0 prints and writes
     guaranteed = args.max_drop is not None
@@ -219,7 +219,7 @@ def cmd_prune(args) -> int:
                                   "method": choice.method, "n_calibration": choice.n_calibration,
                                   "calibration": "val split", "certified": choice.certified,
                                   "bound": choice.bound, "calibration_drop": choice.drop}
-    mode = args.mode or ("mask" if plan.kind == "weights" else "remove")
+    mode = args.mode or default_mode(plan)
     pruned = apply(model, plan, mode) if plan.n_removed else copy.deepcopy(model)
     console.print(str(plan))
     example = ds.test.X[:64]

@@ -24,8 +24,8 @@ from torch import nn
 
 from .errors import XpruneError
 from .scores import score
-from .select import Plan, select
-from .surgery import apply
+from .select import Plan, check_ratio, select
+from .surgery import apply, default_mode
 
 FineTune = Callable[[nn.Module], "nn.Module | None"]
 
@@ -53,11 +53,6 @@ def _tune(model: nn.Module, fine_tune: FineTune | None) -> nn.Module:
     return model if out is None else out
 
 
-def _check_ratio(ratio: float) -> None:
-    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise XpruneError(f"ratio must be a number in [0, 1), got {ratio!r}")
-
-
 def one_shot(
     model: nn.Module,
     data: Any,
@@ -71,10 +66,10 @@ def one_shot(
     **options: Any,
 ) -> ScheduleResult:
     """Score once, remove ``ratio`` of the units, then fine-tune once (if a hook is given)."""
-    _check_ratio(ratio)
+    check_ratio(ratio)
     scores = score(model, data, criterion, units, **options)
     plan = select(scores, ratio, scope=scope)
-    pruned = _tune(apply(model, plan, "mask" if plan.kind == "weights" else "remove"), fine_tune)
+    pruned = _tune(apply(model, plan, default_mode(plan)), fine_tune)
     record = {"step": 1, "removed": plan.n_removed, "total": plan.n_total}
     if evaluate is not None:
         record["accuracy"] = evaluate(pruned)
@@ -140,7 +135,7 @@ def iterative(
     """
     from pathlib import Path
 
-    _check_ratio(ratio)
+    check_ratio(ratio)
     if not isinstance(step, (int, float)) or not 0 < step < 1:
         raise XpruneError(f"step must be in (0, 1), got {step!r}")
     if resume and checkpoint_dir is None:
@@ -187,7 +182,7 @@ def iterative(
                     new = plan.n_removed
                 if new <= 0:  # every layer at its floor
                     break
-                current = _tune(apply(current, plan, "mask" if plan.kind == "weights" else "remove"), fine_tune)
+                current = _tune(apply(current, plan, default_mode(plan)), fine_tune)
                 result.plans.append(plan)
                 record = {"step": len(result.plans), "removed": result.removed, "total": original_total,
                           "ratio": result.removed / original_total}
@@ -418,7 +413,7 @@ def entwined(
 
     from . import _inputs
 
-    _check_ratio(ratio)
+    check_ratio(ratio)
     if by not in ("units", "macs"):
         raise XpruneError(f"by must be 'units' or 'macs', got {by!r}")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:

@@ -122,6 +122,12 @@ def _keep_floor(size: int, min_keep: int | float) -> int:
     return min(size, max(1 if size else 0, k))
 
 
+def check_ratio(ratio: float) -> None:
+    """Raise :class:`XpruneError` unless ``ratio`` is a number in [0, 1)."""
+    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise XpruneError(f"ratio must be a number in [0, 1), got {ratio!r}")
+
+
 def select(
     scores: Scores,
     ratio: float,
@@ -162,8 +168,7 @@ def select(
     """
     if not isinstance(scores, Scores):
         raise XpruneError(f"select() expects Scores from xprune.score(), got {type(scores).__name__}")
-    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise XpruneError(f"ratio must be a number in [0, 1), got {ratio!r}")
+    check_ratio(ratio)
     if scope not in ("global", "local"):
         raise XpruneError(f"scope must be 'global' or 'local', got {scope!r}")
     if by not in ("units", "macs", "params"):

@@ -259,6 +259,11 @@ def unit_costs(model: nn.Module, scores_or_plan: Any, by: str = "macs", example_
     return costs
 
 
+def default_mode(plan: Plan) -> str:
+    """``"mask"`` for single weights (they cannot be removed physically), ``"remove"`` otherwise."""
+    return "mask" if plan.kind == "weights" else "remove"
+
+
 def prune(
     model: nn.Module,
     data: Any,
@@ -287,6 +292,6 @@ def prune(
     scores = score(model, data, criterion, units, target=target, normalize=normalize, **options)
     plan = select(scores, ratio, scope=scope, min_keep=min_keep, round_to=round_to)
     if mode is None:
-        mode = "mask" if plan.kind == "weights" else "remove"
+        mode = default_mode(plan)
     pruned = apply(model, plan, mode, inplace=inplace)
     return (pruned, plan) if return_plan else pruned
