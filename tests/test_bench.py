@@ -92,3 +92,26 @@ def test_xprune_importance_in_metapruner():
 def test_xprune_importance_needs_data():
     with pytest.raises(xprune.XpruneError, match="reference data"):
         XpruneImportance("taylor", None)
+
+
+def test_bench_quick_method_scenarios(tmp_path):
+    """transfer, resnet and vit run every applicable family, tuned LRP and steered included."""
+    out = tmp_path / "bench"
+    bench.run(["transfer", "resnet", "vit"], out=out, quick=True, progress=False)
+    transfer = json.loads((out / "transfer.json").read_text())
+    labels = {c["criterion"] for c in transfer["curves"]}
+    assert {"lrp (tuned)", "lrp (zplus)", "singe", "integrated-gradients", "random"} <= labels
+    assert all(0.0 <= a <= 1.0 for c in transfer["curves"] for a in c["accuracies"])
+    tuned = transfer["tuning"]["0"]
+    assert (out / tuned["composite"]).exists() and 0.0 < tuned["val_auc"] <= 1.0
+    resnet = json.loads((out / "resnet.json").read_text())
+    assert resnet["results"]["steered"]["one-shot + FT"] and not resnet["results"]["steered"]["entwined"]
+    assert all(len(v) == 1 for k, v in resnet["results"]["taylor"].items())
+    assert (out / "resnet.png").stat().st_size > 1000
+    vit = json.loads((out / "vit.json").read_text())
+    heads = {c["criterion"] for c in vit["curves"]["heads"]}
+    assert {"lrp (tuned)", "lrp (attnlrp)", "taylor", "random"} <= heads
+    # rate 0 prunes nothing: every curve starts at the unpruned task accuracy
+    starts = {c["accuracies"][0] for c in vit["curves"]["heads"] + vit["curves"]["neurons"]}
+    assert len(starts) == 1
+    assert "| lrp (tuned) |" in (out / "vit.md").read_text()

@@ -224,13 +224,17 @@ def transfer_task(ctx: Context) -> dict:
     specs = _specs(ctx.quick)
     rates = (0.0, 0.25, 0.5, 0.75) if ctx.quick else evaluate.DEFAULT_RATES
     curves, bases = [], []
+    tuning: dict[int, dict] = {}
     for seed in ctx.seeds:
         model, ds, reference = transfer(arch, source=source, n_per_class=10, seed=seed, progress=False,
                                         **({"hidden": (64, 64)} if ctx.quick else {}))
         bases.append(evaluate.accuracy(model, ds.test))
-        for spec in specs:
-            c = evaluate.curve(model, reference, ds.test, spec.name, rates=rates, **spec.kwargs(seed))
-            c.criterion = spec.label
+        runs = [(spec.label, spec.name, spec.kwargs(seed)) for spec in specs]
+        tuned, tuning[seed] = _tuned_lrp(ctx, model, reference, ds.val, rates, seed)
+        runs.insert(0, ("lrp (tuned)", "lrp", tuned))
+        for label, name, kwargs in runs:
+            c = evaluate.curve(model, reference, ds.test, name, rates=rates, **kwargs)
+            c.criterion = label
             c.meta["seed"] = seed
             curves.append(c)
         ctx.advance(1)
@@ -238,55 +242,146 @@ def transfer_task(ctx: Context) -> dict:
     title = f"{arch}: {source} 0-4 -> 5-9, 10 samples/class, no fine-tuning"
     md = (f"{title}; AUC of test accuracy over {len(rates)} rates 0..{max(rates):.2f}; seeds {ctx.seeds}; "
           f"adapted (unpruned) accuracy {_fmt(bases)}.\n\n" + report.curves_markdown(curves))
+    trials, sampler, n_val = _TUNE_QUICK if ctx.quick else _TUNE_FULL
+    md += (f"\n\n`lrp (tuned)`: the PXP search (`xprune.tune`, {trials} trials, sampler {sampler!r}) of an LRP "
+           f"composite per layer group, scored by the AUC on {n_val} *validation* samples of the target task (more "
+           "labelled data than the 10 reference samples per class the criteria see; the test split is never "
+           "used); best validation AUC per seed: "
+           + ", ".join(f"{t['val_auc']:.3f} ({t['seconds']:.0f} s)" for t in tuning.values()) + ".")
     payload = {"settings": {"arch": arch, "source": source, "n_per_class": 10, "rates": list(rates),
-                            "seeds": ctx.seeds}, "base": bases, "curves": curves}
+                            "seeds": ctx.seeds, "tuning": {"trials": trials, "sampler": sampler,
+                                                           "validation_samples": n_val}},
+               "base": bases, "curves": curves, "tuning": tuning}
     ctx.write("transfer", payload, md)
     report.plot_curves(curves, ctx.out / "transfer.png", title=title, baseline=statistics.fmean(bases))
     return payload
+
+
+_TUNE_FULL = (15, "gp", 600)  # trials, sampler, validation samples (as benchmarks/pxp_tune.py)
+_TUNE_QUICK = (3, "random", 100)
+
+
+def _tuned_lrp(ctx: Context, model: nn.Module, reference: Any, val: Any, rates: Sequence[float],
+               seed: int) -> tuple[dict, dict]:
+    """PXP: tune an LRP composite on a validation split; ``(score options, summary)``."""
+    from .tune import tune
+
+    trials, sampler, n_val = _TUNE_QUICK if ctx.quick else _TUNE_FULL
+    idx = torch.randperm(len(val.X), generator=torch.Generator().manual_seed(seed))[:n_val]
+    t0 = time.perf_counter()
+    # the study lives in the output folder: an interrupted suite resumes it instead of starting again
+    res = tune(model, reference, (val.X[idx], val.y[idx]), trials=trials, sampler=sampler, seed=seed, rates=rates,
+               out=ctx.out / "tune" / f"transfer-seed{seed}", progress=False)
+    summary = {"val_auc": res.best_value, "params": res.best_params, "counts": res.counts,
+               "seconds": time.perf_counter() - t0, "composite": os.path.relpath(res.composite, ctx.out)}
+    return dict(res.options), summary
 
 
 # --------------------------------------------------------------------------- (c) ResNet with fine-tuning
 
 
 def resnet(ctx: Context) -> dict:
-    """Entwined vs one-shot + fine-tuning vs iterative without, at 50% fewer MACs (ResNet, MNIST)."""
+    """Entwined vs one-shot + fine-tuning vs iterative without, at 50% fewer MACs (ResNet, MNIST).
+
+    Every criterion of the suite runs all three schedules; ``steered`` (Interpretations Steered
+    Pruning) learns its gates once on the training split for the MACs target, so it runs one-shot
+    (+ fine-tuning, and without for reference) only.
+    """
     from . import schedules
+    from .criteria import get as get_criterion
     from .data import reference_samples
     from .models import fine_tune, pretrained
+    from .steered import steer
+    from .surgery import apply
 
     model, data = pretrained("resnet", "digits" if ctx.quick else "mnist", progress=False)
     base = evaluate.accuracy(model, data.test)
-    names = ["taylor", "lrp"] if ctx.quick else ["singe", "lrp", "taylor", "weight", "gradient", "activation",
-                                                  "random"]
+    specs = [s for s in _specs(ctx.quick) if s.label != "lrp (epsilon)"]  # = epsilon-plus without conv z+
+    if ctx.quick:
+        specs = [s for s in specs if s.name in ("taylor", "lrp", "random")][:3]
+    else:
+        specs = [Spec(s.label, s.name, (("n_steps", 3),)) if s.name == "singe" else s for s in specs]
     budget, steps = (6, 2) if ctx.quick else (60, 3)
     kinds = {"entwined": dict(steps=steps, fine_tune_budget=budget),
              "one-shot + FT": dict(steps=1, fine_tune_budget=budget),
              "iterative, no FT": dict(steps=steps, fine_tune_budget=0)}
-    results: dict[str, dict[str, list[float]]] = {n: {k: [] for k in kinds} for n in names}
-    for name in names:
-        for seed in ctx.seeds:
-            ref = reference_samples(data.train, 5, seed=seed)
+    labels = [s.label for s in specs] + ["steered"]
+    results: dict[str, dict[str, list[float]]] = {n: {k: [] for k in kinds} for n in labels}
+    for seed in ctx.seeds:
+        ref = reference_samples(data.train, 5, seed=seed)
+
+        def tuner(seed):
+            calls = [0]
+
+            def tune(m, n):
+                fine_tune(m, data.train, steps=n, lr=1e-3, batch_size=32, seed=seed * 1000 + calls[0])
+                calls[0] += 1
+            return tune
+
+        for spec in specs:
             for kind, kw in kinds.items():
-                calls = [0]
-
-                def tune(m, n, seed=seed, calls=calls):
-                    fine_tune(m, data.train, steps=n, lr=1e-3, batch_size=32, seed=seed * 1000 + calls[0])
-                    calls[0] += 1
-
-                opts = {"n_steps": 3} if name == "singe" else ({"seed": seed} if name == "random" else {})
-                res = schedules.entwined(model, ref, name, 0.5, by="macs", fine_tune=tune, seed=seed, **kw,
-                                         **opts)
-                results[name][kind].append(evaluate.accuracy(res.model, data.test))
+                # random's own seed option would clash with the schedule's seed: pass it as an object
+                crit, opts = ((get_criterion(spec.name, **spec.kwargs(seed)), {}) if spec.name == "random"
+                              else (spec.name, spec.kwargs(seed)))
+                res = schedules.entwined(model, ref, crit, 0.5, by="macs", fine_tune=tuner(seed), seed=seed,
+                                         **kw, **opts)
+                results[spec.label][kind].append(evaluate.accuracy(res.model, data.test))
             ctx.advance(1)
+        st = steer(model, data.train, 0.5, seed=seed, progress=False,
+                   **({"predictor_steps": 20, "selector_steps": 20, "gate_steps": 20} if ctx.quick else {}))
+        pruned = apply(model, st.plan(calibrate=True)).eval()
+        results["steered"]["iterative, no FT"].append(evaluate.accuracy(pruned, data.test))
+        tuner(seed)(pruned, budget)
+        pruned.eval()
+        results["steered"]["one-shot + FT"].append(evaluate.accuracy(pruned, data.test))
+        ctx.advance(1)
+        ctx.log(f"resnet seed {seed} done")
     md = [f"ResNet on {'digits' if ctx.quick else 'MNIST'}, 50% fewer MACs, fine-tuning budget {budget} steps "
-          f"(entwined: {steps} steps), test accuracy (mean ± std over seeds {ctx.seeds}), unpruned {base:.3f}.\n",
+          f"(entwined: {steps} steps), test accuracy (mean ± std over seeds {ctx.seeds}), unpruned {base:.3f}. "
+          "`steered` learns its gates once for the MACs target, so it runs one-shot only (its no-FT column is "
+          "one-shot without fine-tuning).\n",
           "| criterion | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
-    for name in sorted(names, key=lambda n: -statistics.fmean(results[n]["entwined"])):
-        md.append(f"| {name} | " + " | ".join(_fmt(results[name][k]) for k in kinds) + " |")
+    for label in sorted(labels, key=lambda n: -statistics.fmean(results[n]["one-shot + FT"])):
+        md.append(f"| {label} | " + " | ".join(_fmt(results[label][k]) if results[label][k] else "—"
+                                             for k in kinds) + " |")
     payload = {"settings": {"budget": budget, "steps": steps, "seeds": ctx.seeds, "per_class": 5},
                "unpruned_accuracy": base, "results": results}
     ctx.write("resnet", payload, "\n".join(md))
+    _plot_bars(results, list(kinds), ctx.out / "resnet.png",
+               title=f"ResNet, 50% fewer MACs (unpruned {base:.3f})", ylabel="test accuracy")
     return payload
+
+
+def _plot_bars(results: dict[str, dict[str, list[float]]], groups: list[str], path: Path, *, title: str,
+               ylabel: str) -> None:
+    """Grouped bars: one group per schedule, one bar per criterion (mean, error bar = std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = sorted(results, key=lambda n: -statistics.fmean(results[n][groups[0]] or [0.0]))
+    width = 0.8 / len(labels)
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    colours = plt.cm.tab20(np.linspace(0, 1, 20))
+    for i, label in enumerate(labels):
+        xs, ms, ss = [], [], []
+        for j, g in enumerate(groups):
+            v = results[label][g]
+            if v:
+                xs.append(j + (i - (len(labels) - 1) / 2) * width)
+                ms.append(statistics.fmean(v))
+                ss.append(statistics.stdev(v) if len(v) > 1 else 0.0)
+        ax.bar(xs, ms, width, yerr=ss, label=label, color=colours[i % 20], capsize=2)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- (d), (e) transformers
@@ -306,9 +401,78 @@ def _script(ctx: Context, script: str, stem: str, args: Sequence[str] = ()) -> d
     return payload
 
 
+_VIT_SPECS = [Spec("lrp (attnlrp)", "lrp", (("composite", "attnlrp"),)),
+              Spec("lrp (cp-lrp)", "lrp", (("composite", "cp-lrp"),)),
+              Spec("taylor", "taylor"), Spec("gradient", "gradient"), Spec("activation", "activation"),
+              Spec("weight", "weight"), Spec("l2", "l2"), Spec("random", "random")]
+_VIT_TUNE = {"heads": (10, 8), "neurons": (0, 0)}  # kind -> (trials, quick trials); 0 = not tuned (cost)
+
+
 def vit(ctx: Context) -> dict:
-    """ViT heads and neurons on MNIST (runs ``benchmarks/vit_pxp.py``)."""
-    return _script(ctx, "vit_pxp.py", "vit_pxp", ["--seed", str(ctx.seeds[0])])
+    """PXP's ViT setting: heads and MLP neurons of xprune's ViT on MNIST, 3 random classes, no fine-tuning.
+
+    Per seed: 3 classes drawn at random (domain restriction: other logits suppressed), 10
+    reference samples per class, nested prunings at every rate, accuracy over the task's
+    classes. ``integrated-gradients`` and ``singe`` score channels only, ``steered`` CNNs
+    only: they do not apply here. Tuned LRP (PXP search on 300 validation samples) for heads;
+    for neurons one trial costs ~20 s here, so see ``benchmarks/pxp_tune.py --task vit-neurons``.
+    """
+    import random as _random
+
+    from . import transformers as _transformers  # noqa: F401  (heads / neurons)
+    from .data import RestrictedModel, reference_samples, restrict
+    from .models import pretrained
+    from .tune import tune
+
+    model, ds = pretrained("vit", "digits" if ctx.quick else "mnist", seed=0, progress=False)
+    model.eval()
+    rates = (0.0, 0.25, 0.5, 0.75) if ctx.quick else evaluate.DEFAULT_RATES
+    specs = [s for s in _VIT_SPECS if not ctx.quick or s.name in ("lrp", "taylor", "random")]
+    curves: dict[str, list] = {"heads": [], "neurons": []}
+    settings: dict[str, Any] = {"rates": list(rates), "per_class": 10, "seeds": ctx.seeds, "classes": {},
+                                "tuning": {}}
+    for seed in ctx.seeds:
+        classes = sorted(_random.Random(seed).sample(range(len(ds.classes)), 3))
+        settings["classes"][seed] = classes
+        task = RestrictedModel(model, classes).eval()
+        ref = reference_samples(restrict(ds.train, classes), 10, seed=seed)
+        test = restrict(ds.test, classes)
+        for kind in ("heads", "neurons"):
+            runs = [(sp.label, sp.name, sp.kwargs(seed)) for sp in specs]
+            trials = _VIT_TUNE[kind][1 if ctx.quick else 0]
+            if trials:
+                val = restrict(ds.val, classes)
+                idx = torch.randperm(len(val.X), generator=torch.Generator().manual_seed(seed))[:300]
+                t0 = time.perf_counter()
+                res = tune(task, ref, (val.X[idx], val.y[idx]), units=kind, trials=trials, seed=seed, rates=rates,
+                           classes=classes, sampler="random" if ctx.quick else "gp",
+                           out=ctx.out / "tune" / f"vit-{kind}-seed{seed}", progress=False)
+                settings["tuning"].setdefault(kind, {})[seed] = {
+                    "trials": trials, "val_auc": res.best_value, "params": res.best_params,
+                    "seconds": time.perf_counter() - t0}
+                runs.insert(0, ("lrp (tuned)", "lrp", dict(res.options)))
+            for label, name, kwargs in runs:
+                c = evaluate.curve(task, ref, test, name, units=kind, rates=rates, classes=classes, **kwargs)
+                c.criterion = label
+                c.meta["seed"] = seed
+                curves[kind].append(c)
+        ctx.advance(1)
+        ctx.log(f"vit seed {seed}: classes {classes}")
+    md = [f"xprune ViT on {'digits' if ctx.quick else 'MNIST'}, 3 random classes per seed "
+          f"({', '.join(f'{s}: {c}' for s, c in settings['classes'].items())}), 10 reference samples per class, "
+          f"no fine-tuning; AUC of the task accuracy over {len(rates)} rates 0..{max(rates):.2f}.\n"]
+    for kind in ("heads", "neurons"):
+        md += [f"**{kind}**\n", report.curves_markdown(curves[kind]), ""]
+        report.plot_curves(curves[kind], ctx.out / f"vit-{kind}.png", title=f"ViT {kind}, 3-class tasks")
+    if settings["tuning"]:
+        md.append("`lrp (tuned)`: PXP search (`xprune.tune`) on 300 validation samples of the task; best "
+                  "validation AUC per seed: " + ", ".join(
+                      f"{t['val_auc']:.3f} ({t['trials']} trials, {t['seconds']:.0f} s)"
+                      for t in settings["tuning"]["heads"].values()) + ". Neurons are not tuned in the suite "
+                  "(one trial costs ~20 s here): see `benchmarks/pxp_tune.py --task vit-neurons`.")
+    payload = {"settings": settings, "curves": curves}
+    ctx.write("vit", payload, "\n".join(md))
+    return payload
 
 
 def minilm(ctx: Context) -> dict:
@@ -535,8 +699,8 @@ def heatmaps(ctx: Context) -> dict:
 SCENARIOS: dict[str, tuple[Callable[[Context], dict], Callable[[bool, int], int], tuple[float, float], bool]] = {
     "toy": (toy, _toy_steps, (4, 320), True),
     "transfer": (transfer_task, lambda q, s: s, (6, 120), True),
-    "resnet": (resnet, lambda q, s: s * (2 if q else 7), (30, 250), True),
-    "vit": (vit, lambda q, s: 1, (300, 300), False),
+    "resnet": (resnet, lambda q, s: s * (4 if q else 11), (30, 480), True),
+    "vit": (vit, lambda q, s: s, (20, 200), True),
     "minilm": (minilm, lambda q, s: 1, (400, 400), False),
     "perf": (perf, lambda q, s: 3, (6, 120), False),
     "heatmaps": (heatmaps, lambda q, s: 1, (3, 5), False),
@@ -766,8 +930,9 @@ def results_page(out: str | os.PathLike = "docs/bench", page: str | os.PathLike 
         s.append(f"| {name} | `{info['command']}` | {info['seconds'] / 60:.1f} min | {info['seeds']} "
                  f"| {info['finished']} |")
     s += ["", "Criteria: `weight`, `l2`, `gradient`, `taylor`, `activation`, `random`, `lrp` with the composites "
-          "named in brackets, `integrated-gradients`, `singe`; `steered` and tuned LRP where a scenario trains "
-          "them (their own scripts, below).", ""]
+          "named in brackets, `integrated-gradients`, `singe`; tuned LRP (`lrp (tuned)`, the PXP search) in the "
+          "transfer and ViT-heads scenarios, `steered` in the ResNet scenario; more in the standalone scripts' "
+          "tables below.", ""]
     s += ["## Which criterion should I use?", "", "What the numbers on this page say:", ""] + _guide(out, existing)
     s += ["", GUIDE]
 
@@ -793,7 +958,7 @@ def results_page(out: str | os.PathLike = "docs/bench", page: str | os.PathLike 
         s += ["### Tuned LRP composites (PXP)", "",
               "From `python benchmarks/pxp_tune.py` (same transfer task, 15 GP trials on the validation split):", "",
               _include(existing / "pxp_tune_cnn.md", rel_old), ""]
-    section("ResNet with fine-tuning: entwined vs one-shot", "", "resnet")
+    section("ResNet with fine-tuning: entwined vs one-shot", "", "resnet", "resnet.png")
     if not (out / "resnet.md").exists() and (existing / "entwined.json").exists():
         e = json.loads((existing / "entwined.json").read_text())
         kinds = ["entwined", "one-shot + FT", "iterative, no FT"]
@@ -808,8 +973,14 @@ def results_page(out: str | os.PathLike = "docs/bench", page: str | os.PathLike 
     if (existing / "steered.md").exists():
         s += ["### Interpretations Steered Pruning", "", "From `python benchmarks/steered.py`:", "",
               _include(existing / "steered.md", rel_old), ""]
-    section("ViT heads and neurons", "xprune's ViT on MNIST, PXP setting (`benchmarks/vit_pxp.py`).", "vit_pxp",
-            "vit_pxp.png", old="vit_pxp")
+    if (out / "vit.md").exists():
+        section("ViT heads and neurons", "xprune's ViT on MNIST, PXP setting, several 3-class tasks.", "vit",
+                "vit-heads.png")
+        if (out / "vit-neurons.png").exists():
+            s += [f"![ViT neurons]({rel}/vit-neurons.png)", ""]
+    else:
+        section("ViT heads and neurons", "xprune's ViT on MNIST, PXP setting (`benchmarks/vit_pxp.py`).", "vit_pxp",
+                "vit_pxp.png", old="vit_pxp")
     section("MiniLM heads and neurons", "The real all-MiniLM-L6-v2 (`benchmarks/minilm.py`).", "minilm",
             "minilm.png", old="minilm")
     section("Performance", "", "perf")
