@@ -27,11 +27,12 @@ from .tune import TuneResult, tune  # optuna is imported only when tune() runs
 from .units import UnitGroup, UnitSet, discover
 
 from . import transformers as _transformers  # noqa: E402,F401  (registers the "heads"/"neurons" kinds)
+from . import llm  # noqa: E402  (calibration text, perplexity)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Criterion", "DataError", "RateChoice", "calibration_size", "choose_rate", "guarantee", "explain", "lrp", "HookedCriterion", "NothingToPrune", "Plan", "Scores", "UnitGroup", "UnitSet",
     "XpruneError", "apply", "criteria", "discover", "export_onnx", "history", "load", "prune", "register", "save",
-    "score", "select", "unit_costs", "units", "tune", "TuneResult",
+    "llm", "score", "select", "unit_costs", "units", "tune", "TuneResult",
 ]

@@ -273,8 +273,9 @@ def _compute(model, data, crit, units, dev, *, target, example_inputs, include_o
     if how == "fallback":
         warnings.warn(f"criterion {crit.name!r} on unit kind {unit_set.kind!r} cannot reduce its sums across "
                       "ranks: every rank scores all the reference data (exact, no speed-up)", stacklevel=3)
+    # data may declare that its labels are not meant to cover the classes (next tokens of a text: xprune.llm)
     seen = set() if stream is not None and how is None and isinstance(target, str) and target == "label" and n_classes \
-        else None
+        and getattr(data, "label_coverage", True) else None
     if stream is not None:
         if how == "shard":
             stream = distributed.shard(data, batch_size, stream)

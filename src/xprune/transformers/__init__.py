@@ -6,7 +6,9 @@ Importing this package registers
   (:mod:`.surgery`: physical removal or masking);
 - support of the criteria ``"lrp"`` (AttnLRP / CP-LRP), ``"taylor"``,
   ``"gradient"``, ``"activation"``, ``"weight"``, ``"l2"`` and ``"random"`` for
-  these kinds (:mod:`xprune.criteria.heads`);
+  these kinds (:mod:`xprune.criteria.heads`), and the LLM baselines
+  ``"wanda"`` (structured Wanda) and ``"llm-pruner"`` (LLM-Pruner's Taylor
+  importance), :mod:`xprune.criteria.llm`;
 - the LRP composites ``"attnlrp"`` and ``"cp-lrp"`` (:mod:`xprune.lrp.attention`).
 
 Recognised architectures: xprune's ViT, and Hugging Face transformers 5.x
@@ -28,6 +30,7 @@ from .. import lrp as _lrp  # noqa: F401
 from ..lrp import attention as _attention  # noqa: F401  (registers the AttnLRP composites)
 from ..lrp.attention import attnlrp
 from ..criteria import heads as _criteria  # noqa: F401  (criteria for heads and neurons)
+from ..criteria import llm as _llm_criteria  # noqa: F401  ("wanda", "llm-pruner")
 
 __all__ = ["AttentionSpec", "MLPSpec", "Gates", "attention_specs", "attnlrp", "gates", "load_pruned",
            "mlp_specs", "record_sizes", "remove_heads", "remove_neurons"]
