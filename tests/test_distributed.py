@@ -35,6 +35,17 @@ def _setup():
     return model, X, y
 
 
+def _own_weights_taylor():
+    """Taylor with its own (unmarked) compute_weights: not known to reduce its sums, so the fallback."""
+    from xprune.criteria.gradient import Taylor
+
+    class OwnWeights(Taylor):
+        def compute_weights(self, model, units, data, *, target="label"):
+            return super().compute_weights(model, units, data, target=target)
+
+    return OwnWeights()
+
+
 def _all_scores(model, X, y):
     """Every score the equality test compares, keyed by a label (single process or one rank)."""
     import xprune
@@ -45,8 +56,57 @@ def _all_scores(model, X, y):
     batches = [(X[i:i + 5], y[i:i + 5]) for i in range(0, len(X), 5)]  # a plain iterable: split sample by sample
     out["taylor-iterable"] = xprune.score(model, batches, "taylor", batch_size=BATCH)
     out["weight"] = xprune.score(model, (X, y), "weight")  # replicated
-    out["taylor-weights"] = xprune.score(model, (X, y), "taylor", "weights", batch_size=BATCH)  # fallback
+    out["own-weights"] = xprune.score(model, (X, y), _own_weights_taylor(), "weights", batch_size=BATCH)  # fallback
     return out
+
+
+def _new_scores(model, X, y):
+    """The criteria split since the fallback ones were sharded: singe, integrated gradients, single weights."""
+    import xprune
+
+    d = (X, y)
+    return {
+        "singe": xprune.score(model, d, "singe", n_steps=3, batch_size=BATCH),
+        "singe-network-loss": xprune.score(model, d, "singe", n_steps=2, scope="network", objective="loss",
+                                           batch_size=BATCH),
+        "ig-sum": xprune.score(model, d, "integrated-gradients", n_steps=3, batch_size=BATCH),
+        "ig-abs": xprune.score(model, d, "integrated-gradients", n_steps=3, aggregate="abs", batch_size=BATCH),
+        "taylor-weights": xprune.score(model, d, "taylor", "weights", batch_size=BATCH),
+        "gradient-weights": xprune.score(model, d, "gradient", "weights", batch_size=BATCH),
+        "lrp-weights": xprune.score(model, d, "lrp", "weights", batch_size=BATCH),
+    }
+
+
+def _tiny_llama(vocab: int, heads: int, kv_heads: int, intermediate: int, positions: int):
+    """A random 2-layer Llama (hidden size 32) with grouped-query attention."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import transformers as T
+
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=heads,
+                        num_key_value_heads=kv_heads, intermediate_size=intermediate,
+                        max_position_embeddings=positions, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return T.LlamaForCausalLM(cfg).eval()
+
+
+def _llama():
+    model = _tiny_llama(50, 4, 2, 40, 16)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, 50, (11, 8), generator=g)
+    mask = torch.ones(11, 7, dtype=torch.long)
+    mask[1::3, 5:] = 0  # padded samples: the token counts of "activation" differ per sample
+    # a plain iterable of batches of unequal size: split sample by sample
+    data = [({"input_ids": ids[i:j, :-1], "attention_mask": mask[i:j]}, ids[i:j, -1]) for i, j in ((0, 4), (4, 9), (9, 11))]
+    return model, data
+
+
+def _transformer_scores(model, data):
+    import xprune
+    import xprune.transformers  # noqa: F401  (unit kinds heads and neurons)
+
+    return {f"{name}-{kind}": xprune.score(model, data, name, kind)
+            for kind in ("heads", "neurons") for name in ("lrp", "taylor", "gradient", "activation")}
 
 
 def _worker(mode: str, rank: int, world: int, init_file: str, out_dir: str) -> int:
@@ -68,6 +128,21 @@ def _worker(mode: str, rank: int, world: int, init_file: str, out_dir: str) -> i
                 os._exit(3)  # dies before the collectives: rank 0 must fail, not hang
             xprune.score(model, (X, y), "taylor", batch_size=BATCH)
             return 0
+        if mode in ("new", "transformers"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                got = _new_scores(model, X, y) if mode == "new" else _transformer_scores(*_llama())
+            if distributed.is_main():
+                torch.save({"scores": {k: dict(v) for k, v in got.items()},
+                            "meta": {k: v.meta for k, v in got.items()}}, Path(out_dir) / "result.pt")
+            return 0
+        if mode in ("tune", "tune-kill"):
+            return _tune_worker(mode, rank, out_dir)
+        if mode == "nan":  # NaN inputs in rank 1's share only: both ranks must stop with an error
+            X = X.clone()
+            X[1] = float("nan")
+            xprune.score(model, (X, y), "taylor", batch_size=BATCH)
+            return 0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             scores = _all_scores(model, X, y)
@@ -85,6 +160,50 @@ def _worker(mode: str, rank: int, world: int, init_file: str, out_dir: str) -> i
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _tune_task():
+    """A tiny tuning task: a ConvBN labelling its own data, reference and validation split apart."""
+    from tiny_models import ConvBN
+
+    torch.manual_seed(0)
+    model = ConvBN().eval()
+    X = torch.randn(67, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        y = model(X).argmax(1)
+    return model, (X[:15], y[:15]), (X[15:], y[15:])
+
+
+def _tune(out):
+    import xprune
+    from xprune.tune import BoundPruner
+
+    model, ref, val = _tune_task()
+    # the bound pruner with no start-up and no margin stops some trials early: every rank must follow
+    return xprune.tune(model, ref, val, trials=5, sampler="random", seed=0, out=out, rates=[0.0, 0.3, 0.5, 0.7],
+                       progress=False, pruner=BoundPruner(margin=0.0, n_startup_trials=1))
+
+
+def _tune_worker(mode: str, rank: int, out_dir: str) -> int:
+    import json
+
+    from xprune.tune import _Evaluator
+
+    if mode == "tune-kill" and rank == 1:
+        real, calls = _Evaluator.score, []
+
+        def dies_at_the_second_trial(self, *a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                os._exit(3)
+            return real(self, *a, **k)
+
+        _Evaluator.score = dies_at_the_second_trial
+    res = _tune(Path(out_dir) / "tune")
+    trials = None if res.study is None else [(t.number, t.state.name, t.params, t.value) for t in res.study.trials]
+    print("RESULT " + json.dumps({"rank": rank, "best_value": res.best_value, "best_params": res.best_params,
+                                  "counts": res.counts, "trials": trials, "study": res.study is not None}))
+    return 0
 
 
 def _spawn(mode: str, tmp_path: Path, world: int = 2, timeout: float = 90):
@@ -133,7 +252,78 @@ def test_two_gloo_processes_equal_one(tmp_path):
     for name in SHARDED + ("taylor-iterable",):
         assert got["meta"][name]["distributed"] == "shard" and got["meta"][name]["world_size"] == 2
     assert got["meta"]["weight"]["distributed"] == "replicate"
-    assert got["meta"]["taylor-weights"]["distributed"] == "fallback"
+    assert got["meta"]["own-weights"]["distributed"] == "fallback"
+
+
+def _compare_spawned(mode: str, reference: dict, tmp_path: Path) -> None:
+    results, out, _ = _spawn(mode, tmp_path)
+    for rc, o, e in results:
+        assert rc == 0, e[-3000:]
+    assert [p.name for p in out.iterdir()] == ["result.pt"]  # only rank 0 wrote
+    got = torch.load(out / "result.pt", weights_only=False)
+    for label, ref in reference.items():
+        assert got["meta"][label]["distributed"] == "shard" and got["meta"][label]["world_size"] == 2, label
+        assert set(got["scores"][label]) == set(ref)
+        for group in ref:
+            assert _close(got["scores"][label][group], ref[group]), (label, group)
+
+
+def test_singe_integrated_gradients_and_weights_shard_exactly(tmp_path):
+    model, X, y = _setup()
+    _compare_spawned("new", _new_scores(model, X, y), tmp_path)
+
+
+def test_heads_and_neurons_shard_exactly(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("xprune.transformers")
+    _compare_spawned("transformers", _transformer_scores(*_llama()), tmp_path)
+
+
+def test_failure_in_one_ranks_share_stops_every_rank(tmp_path):
+    results, _, elapsed = _spawn("nan", tmp_path, timeout=60)
+    (rc0, _, err0), (rc1, _, err1) = results
+    assert rc1 == 2 and "NaN" in err1, err1[-3000:]  # the rank holding the NaN sample (position 1)
+    assert rc0 == 2 and "rank 1 of 2 failed while scoring" in err0, err0[-3000:]  # told, not left waiting
+    assert elapsed < 60
+
+
+def _results(outputs) -> list[dict]:
+    import json
+
+    return [json.loads(line[7:]) for o in outputs for line in o.splitlines() if line.startswith("RESULT ")]
+
+
+def test_tune_across_two_processes_equals_one(tmp_path):
+    pytest.importorskip("optuna")
+    single = _tune(tmp_path / "single")
+    results, out, _ = _spawn("tune", tmp_path)
+    for rc, o, e in results:
+        assert rc == 0, e[-3000:]
+    got = {r["rank"]: r for r in _results(o for _, o, _ in results)}
+    assert set(got) == {0, 1} and got[0]["study"] and not got[1]["study"]
+    for r in got.values():  # the same objective on every rank, and as in one process
+        assert r["best_params"] == single.best_params
+        assert abs(r["best_value"] - single.best_value) <= 1e-9
+        assert r["counts"] == single.counts
+    ref = [(t.number, t.state.name, t.params, t.value) for t in single.study.trials]
+    assert [tuple(t[:3]) for t in got[0]["trials"]] == [tuple(t[:3]) for t in ref]
+    assert all((a[3] is None) == (b[3] is None) and (a[3] is None or abs(a[3] - b[3]) <= 1e-9)
+               for a, b in zip(got[0]["trials"], ref))
+    assert single.counts.get("pruned", 0) >= 1  # the early stopping was exercised
+    assert sorted(p.name for p in out.iterdir()) == ["tune"]  # one study, written by rank 0 only
+    assert (out / "tune" / "study.db").exists() and (out / "tune" / "best_composite.json").exists()
+
+
+def test_killed_rank_during_tuning_fails_clearly(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    results, out, elapsed = _spawn("tune-kill", tmp_path, timeout=90)
+    (rc0, _, err0), (rc1, _, _) = results
+    assert rc1 == 3
+    assert rc0 == 2 and "did not take part" in err0 and "rank 0 of 2" in err0, err0[-3000:]
+    assert elapsed < 90
+    study = optuna.load_study(study_name="pxp-channels", storage=f"sqlite:///{out / 'tune' / 'study.db'}")
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["interrupted"]  # run again when the study is resumed
 
 
 def test_killed_rank_fails_clearly(tmp_path):
@@ -169,6 +359,25 @@ def test_torchrun_cli_prunes_and_only_rank0_writes(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     assert sorted(p.name for p in out.iterdir()) == ["pruned.plan.json", "pruned.pt"]
     assert res.stdout.count("wrote ") == 1  # rank 1 printed nothing
+
+
+def test_torchrun_cli_tune_only_rank0_writes(tmp_path):
+    pytest.importorskip("optuna")
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, X=g.standard_normal((100, 3, 8, 8)).astype("float32"), y=np.arange(100) % 5)
+    env = dict(os.environ, OMP_NUM_THREADS="1", XPRUNE_DIST_TIMEOUT="60",
+               PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), "-m", "xprune", "tune", "--model", "tiny_models:ConvBN",
+           "--data", str(data), "--n-per-class", "3", "--trials", "2", "--sampler", "random", "--out", "run"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "best_composite.json", "history.png", "importances.png", "study.db", "summary.json"]
+    assert res.stdout.count("TuneResult:") == 1 and res.stdout.count("[tune] trial") == 2  # rank 1 printed nothing
 
 
 # ----------------------------------------------------------------------------- single process
@@ -247,15 +456,11 @@ def _perplexity(model, ids: torch.Tensor) -> float:
 
 def test_tiny_llama_gqa_prune_quarter_heads_and_neurons(capsys):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    T = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     xt = pytest.importorskip("xprune.transformers")
     import xprune
 
-    torch.manual_seed(0)
-    cfg = T.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=8,
-                        num_key_value_heads=4, intermediate_size=48, max_position_embeddings=32,
-                        bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    model = T.LlamaForCausalLM(cfg).eval()
+    model = _tiny_llama(64, 8, 4, 48, 32)
     g = torch.Generator().manual_seed(0)
     calib = torch.randint(1, 64, (8, 12), generator=g)  # calibration: explain the true next token
     data = [({"input_ids": calib[i:i + 4, :-1]}, calib[i:i + 4, -1]) for i in (0, 4)]

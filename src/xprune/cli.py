@@ -301,18 +301,23 @@ def cmd_export(args) -> int:
 
 def cmd_tune(args) -> int:
     from . import data as xdata
+    from .distributed import is_main, run_on_main
     from .tune import tune
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise XpruneError(f"--out {out} is a file; tune writes a folder (study.db, best_composite.json, ...)")
-    held = [out / n for n in ("study.db", "best_composite.json", "summary.json")]
-    if args.overwrite:
-        if args.storage is None:  # a new study: the old one in OUT/study.db goes
-            (out / "study.db").unlink(missing_ok=True)
-    elif not args.resume and any(p.exists() for p in held):
-        raise XpruneError(f"{out} already holds a tuning study or its results; pass --resume to continue the "
-                          "study (up to --trials finished trials) or --overwrite to start a new one")
+
+    def check_out():  # on rank 0 only in a process group: it alone owns the study and writes
+        if out.exists() and not out.is_dir():
+            raise XpruneError(f"--out {out} is a file; tune writes a folder (study.db, best_composite.json, ...)")
+        held = [out / n for n in ("study.db", "best_composite.json", "summary.json")]
+        if args.overwrite:
+            if args.storage is None:  # a new study: the old one in OUT/study.db goes
+                (out / "study.db").unlink(missing_ok=True)
+        elif not args.resume and any(p.exists() for p in held):
+            raise XpruneError(f"{out} already holds a tuning study or its results; pass --resume to continue the "
+                              "study (up to --trials finished trials) or --overwrite to start a new one")
+
+    run_on_main(check_out, "checking --out")
     ds = load_data(args.data, seed=0, root=args.data_root)
     model = load_model(args.model, weights=args.weights, dataset=args.data)
     if args.units in ("heads", "neurons"):
@@ -336,14 +341,16 @@ def cmd_tune(args) -> int:
     classes = _ints(args.classes) if args.classes else None
     result = tune(model, reference, val, units=args.units, space=space, trials=args.trials, sampler=args.sampler,
                   storage=args.storage, study_name=args.study_name, out=args.out, seed=args.seed,
-                  classes=classes, timeout=args.timeout, pruner=None if args.no_pruning else "bound")
-    print(result)
+                  classes=classes, timeout=args.timeout, pruner=None if args.no_pruning else "bound",
+                  progress=is_main())
+    say = print if is_main() else (lambda *a, **k: None)  # in a process group only rank 0 prints
+    say(result)
     if args.test:
         from .evaluate import curve
 
         c = curve(model, reference, ds.test, "lrp", units=args.units, classes=classes, **result.options)
-        print(f"test AUC of the tuned composite: {c.auc:.4f}")
-    print(f"use it: xprune.score(model, data, 'lrp', composite={str(result.composite)!r}, "
+        say(f"test AUC of the tuned composite: {c.auc:.4f}")
+    say(f"use it: xprune.score(model, data, 'lrp', composite={str(result.composite)!r}, "
           f"aggregate={result.options['aggregate']!r}, normalize={result.options['normalize']!r})")
     return 0
 

@@ -29,25 +29,54 @@ How the data is split:
 Which criteria are split (``mode(criterion, kind)``):
 
 - ``"shard"``: criteria whose :meth:`~xprune.criteria.Criterion.distributed_sums`
-  is true for the unit kind. Built in: every :class:`~xprune.criteria.HookedCriterion`
-  (``lrp``, ``taylor``, ``gradient``, ``activation``, and custom hooked
-  criteria) for kind ``"channels"``: their sums are reduced between the batch
-  loop and :meth:`~xprune.criteria.HookedCriterion.finalize`.
+  is true for the unit kind. Built in:
+
+  - every :class:`~xprune.criteria.HookedCriterion` (``lrp``, ``taylor``,
+    ``gradient``, ``activation``, and custom hooked criteria) for kind
+    ``"channels"``: their sums are reduced between the batch loop and
+    :meth:`~xprune.criteria.HookedCriterion.finalize`;
+  - ``lrp``, ``taylor`` and ``gradient`` for kind ``"weights"``: the summed
+    weight relevance / weight gradients and the sample count are reduced
+    before ``|.|`` and the division (a custom ``compute_weights`` is split
+    only when marked with :func:`xprune.criteria.base.reduces_sums`);
+  - ``lrp``, ``taylor``, ``gradient`` and ``activation`` for kinds
+    ``"heads"`` and ``"neurons"``: the raw per-unit sums and the token counts
+    are reduced before the mean, ``|.|`` of the mean or the per-unit total;
+  - ``singe`` (every kind it has gate sites for): the *signed* integrals
+    (sums over samples of per-sample gate gradients) are reduced, then
+    ``|.|`` is taken;
+  - ``integrated-gradients`` (kind ``"channels"``): the per-unit sums of the
+    signed attributions (``aggregate="sum"``, ``|.|`` after the reduction) or
+    of their absolute values (``aggregate="abs"``) are reduced.
+
+  These are exact because each sample's contribution is computed on its own
+  (models in eval mode). One caveat: an ``integrated-gradients`` baseline
+  given as a callable of the whole batch (e.g. the batch mean) depends on
+  how samples are batched, hence on the split.
 - ``"replicate"``: criteria that need no data (``weight``, ``l2``,
   ``random``): computed on every rank, rank 0's values broadcast.
-- ``"fallback"``: the others (``singe``, ``integrated-gradients``, kinds
-  ``"weights"``, ``"heads"`` and ``"neurons"``, criteria with their own
-  ``compute``): every rank scores *all* the data (exact, no speed-up) and
-  rank 0's values are broadcast; a warning says so.
+- ``"fallback"``: the others: ``steered`` (it *learns* gates by gradient
+  descent over the reference data, an optimisation whose result is not a sum
+  over samples, so it cannot be split exactly), custom criteria with their
+  own ``compute`` that do not declare :meth:`~xprune.criteria.Criterion.distributed_sums`,
+  and custom hooked criteria's own ``compute_weights``. Every rank scores
+  *all* the data (exact, no speed-up) and rank 0's values are broadcast; a
+  warning says so.
 
 Evaluation: :func:`xprune.evaluate.accuracy` splits its samples the same way
 and all-reduces the correct/total counts, so curves are split as well. Every
 rank must then call it (it is a collective); :func:`local` turns the
 splitting off for code that runs on one rank only.
 
+Tuning (:func:`xprune.tune`): rank 0 owns the optuna study and broadcasts
+each trial's parameters; every rank scores and evaluates its share (see
+:mod:`xprune.tune`).
+
 Failures: a collective that fails (a peer crashed or was killed, or the
 process group's ``timeout`` passed) raises :class:`DistributedError` naming
-the rank and the step, instead of hanging. Set the timeout when initialising
+the rank and the step, instead of hanging. A rank whose scoring or
+evaluation raises (e.g. NaN inputs in its shard) tells the others, which
+raise an :class:`~xprune.errors.XpruneError` naming it instead of waiting. Set the timeout when initialising
 the group (``init_process_group(..., timeout=timedelta(seconds=...))``;
 ``xprune`` under ``torchrun`` reads ``XPRUNE_DIST_TIMEOUT``, default 600 s).
 
@@ -81,9 +110,9 @@ from . import _inputs
 from .errors import XpruneError
 
 __all__ = [
-    "BF16_CRITERIA", "DistributedError", "all_reduce_sums", "batches", "broadcast", "init_from_env",
-    "is_active", "is_main", "local", "mode", "on_device", "precision_context", "rank", "shard",
-    "sum_counts", "world_size",
+    "BF16_CRITERIA", "DistributedError", "all_reduce_sums", "batches", "broadcast", "broadcast_object",
+    "gather_object", "init_from_env", "is_active", "is_main", "local", "mode", "on_device", "precision_context", "rank",
+    "run_on_main", "shard", "sum_counts", "world_size",
 ]
 
 #: Criteria whose rule keeps its meaning under bf16 autocast (sums stay float64).
@@ -318,17 +347,31 @@ def mode(criterion: Any, kind: str) -> str | None:
     return "fallback"
 
 
+_FAILED = "__xprune_rank_failed__"  # key of the message a failing rank sends in place of its sums' keys
+
+
 @contextlib.contextmanager
 def sharded_session(criterion: Any) -> Iterator[_Session]:
     """Scope in which :func:`all_reduce_sums` communicates (opened by :func:`xprune.score`).
 
     On exit, checks that the criterion did reduce its sums: otherwise its
-    scores would cover this rank's shard only.
+    scores would cover this rank's shard only. A rank whose criterion fails
+    before reducing (e.g. NaN inputs in its shard) tells the others, which
+    are waiting in :func:`all_reduce_sums`: every rank then raises, none hangs.
     """
     session = _Session()
     token = _SESSION.set(session)
     try:
         yield session
+    except Exception as e:
+        if session.reduced == 0 and is_active() and not isinstance(e, DistributedError):
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * world_size()
+            with contextlib.suppress(DistributedError):  # peers gone too: this rank's own error says more
+                _collective("report of a failure", dist.all_gather_object, gathered,
+                            {_FAILED: f"{type(e).__name__}: {str(e).strip()[:500]}"})
+        raise
     finally:
         _SESSION.reset(token)
     if session.reduced == 0:
@@ -372,6 +415,11 @@ def all_reduce_sums(totals: dict, counts: dict | None = None) -> tuple[dict, dic
                   for k, v in totals.items()}
     gathered: list[Any] = [None] * world_size()
     _collective("gathering of the score keys", dist.all_gather_object, gathered, local_spec)
+    failed = [(r, part[_FAILED]) for r, part in enumerate(gathered) if _FAILED in part]
+    if failed:
+        raise XpruneError(f"rank {failed[0][0]} of {world_size()} failed while scoring its share of the data, so "
+                          f"every rank stops: {failed[0][1]}" + (f" ({len(failed)} ranks failed)" if len(failed) > 1
+                                                                  else ""))
     spec: dict = {}
     for part in gathered:
         for k, s in part.items():
@@ -430,15 +478,73 @@ def broadcast(values: dict[str, torch.Tensor], src: int = 0) -> dict[str, torch.
     return out
 
 
-def sum_counts(*counts: int) -> tuple[int, ...]:
-    """Integer counts (e.g. correct and total predictions) summed over ranks (unchanged outside a group)."""
+def sum_counts(*counts: int, failed: bool = False) -> tuple[int, ...]:
+    """Integer counts (e.g. correct and total predictions) summed over ranks (unchanged outside a group).
+
+    A rank that could not count (its evaluation raised) calls it with
+    ``failed=True`` before raising: the other ranks then raise an
+    :class:`~xprune.errors.XpruneError` instead of waiting for it.
+    """
     if not is_active():
         return counts
     import torch.distributed as dist
 
-    t = torch.tensor(counts, dtype=torch.int64, device=_comm_device())
+    t = torch.tensor([*counts, int(failed)], dtype=torch.int64, device=_comm_device())
     _collective("all-reduce of the evaluation counts", dist.all_reduce, t)
-    return tuple(int(v) for v in t.tolist())
+    n_failed = int(t[-1])
+    if n_failed and not failed:
+        raise XpruneError(f"{n_failed} of the {world_size()} ranks failed while evaluating their share of the "
+                          "samples (their error is in their own output), so every rank stops")
+    return tuple(int(v) for v in t[:-1].tolist())
+
+
+def broadcast_object(obj: Any = None, src: int = 0) -> Any:
+    """Rank ``src``'s picklable ``obj`` on every rank (``obj`` itself outside a process group)."""
+    if not is_active():
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if rank() == src else None]
+    _collective("broadcast of an object", dist.broadcast_object_list, box, src=src,
+                device=_comm_device() if dist.get_backend() == "nccl" else None)
+    return box[0]
+
+
+def gather_object(obj: Any) -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` outside a process group)."""
+    if not is_active():
+        return [obj]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world_size()
+    _collective("gathering of an object", dist.all_gather_object, gathered, obj)
+    return gathered
+
+
+def run_on_main(fn, what: str) -> Any:
+    """Run ``fn()`` on rank 0 only (e.g. what writes files); every rank learns whether it failed.
+
+    Returns ``fn()``'s result on rank 0 and ``None`` on the others. When
+    ``fn`` raises on rank 0, the other ranks raise an
+    :class:`~xprune.errors.XpruneError` naming ``what`` and the error, so no
+    rank waits for a peer that has stopped.
+    """
+    if not is_active():
+        return fn()
+    if is_main():
+        try:
+            result = fn()
+        except Exception as e:
+            if not isinstance(e, DistributedError):
+                with contextlib.suppress(DistributedError):
+                    broadcast_object(f"{type(e).__name__}: {str(e).strip()[:1000]}")
+            raise
+        broadcast_object(None)
+        return result
+    error = broadcast_object()
+    if error is not None:
+        raise XpruneError(f"rank 0 failed {what}, so every rank stops: {error}")
+    return None
 
 
 # ----------------------------------------------------------------------------- devices and precision

@@ -71,9 +71,17 @@ def accuracy(model: nn.Module, data: Any, *, classes: Sequence[int] | None = Non
     from . import distributed  # in a process group: each rank evaluates its share, counts are summed
 
     correct = total = 0
-    for pred, y in predictions(model, distributed.batches(data, batch_size), classes=classes):
-        correct += int((pred == y).sum())
-        total += int(y.numel())
+    try:
+        for pred, y in predictions(model, distributed.batches(data, batch_size), classes=classes):
+            correct += int((pred == y).sum())
+            total += int(y.numel())
+    except Exception as e:
+        if not isinstance(e, distributed.DistributedError):
+            import contextlib
+
+            with contextlib.suppress(distributed.DistributedError):
+                distributed.sum_counts(0, 0, failed=True)  # the other ranks stop too instead of waiting
+        raise
     correct, total = distributed.sum_counts(correct, total)
     if total == 0:
         raise DataError("accuracy needs at least one sample" + ("" if classes is None else " of the given classes"))

@@ -84,6 +84,22 @@ heartbeat and retried. At the end, ``out`` holds:
   (:attr:`TuneResult.options`);
 - ``history.png`` (AUC per trial, best so far), ``importances.png``
   (parameter importances, optuna's default evaluator), ``summary.json``.
+
+Across processes
+----------------
+Inside an initialised ``torch.distributed`` process group (``torchrun``; pass
+the same model and data on every rank), rank 0 owns the study: it alone opens
+the storage, samples the parameters and writes files. Each trial's parameters
+are broadcast and every rank scores its share of the reference samples and
+measures its share of the validation curve (the sums and the counts are
+reduced, see :mod:`xprune.distributed`), so the objective is the same on every
+rank, and so is the single-process one up to float64 summation order. Rank
+0's pruning decision after each rate is broadcast too: every rank takes the
+same branch. A trial that fails on any rank fails on every rank (recorded as
+failed, the study goes on); a rank that dies or times out stops the run with
+:class:`~xprune.distributed.DistributedError` on the others (that trial is
+run again when the study is resumed). Every rank returns a
+:class:`TuneResult`; its ``study`` is ``None`` except on rank 0.
 """
 
 from __future__ import annotations
@@ -489,8 +505,9 @@ class TuneResult:
 
     Attributes
     ----------
-    study : optuna.Study
-        The study (all trials, including those of earlier runs).
+    study : optuna.Study or None
+        The study (all trials, including those of earlier runs); ``None`` on
+        the ranks other than 0 of a process group (rank 0 owns the study).
     best_value : float
         Validation AUC of the best trial.
     best_params : dict
@@ -513,7 +530,7 @@ class TuneResult:
         Name -> path of everything written.
     """
 
-    study: Any
+    study: Any | None
     best_value: float
     best_params: dict[str, Any]
     composite: Path
@@ -688,42 +705,66 @@ def tune(
     setup = {"design": design.describe(), "rates": ev.rates, "classes": ev.classes, "units": kind}
     setup_json = json.dumps(setup, sort_keys=True)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study_name = study_name or f"pxp-{kind}"
-    study = optuna.create_study(storage=_storage(storage, out), study_name=study_name, direction="maximize",
-                                load_if_exists=True, pruner=_pruner(pruner))
-    stored = study.user_attrs.get("setup")
-    if stored is None:
-        study.set_user_attr("setup", setup_json)
-    elif stored != setup_json:
-        raise XpruneError(f"study {study_name!r} in this storage was made with another setup (space, layer groups, "
-                          "rates, classes or units); pass another study_name= or out=")
-    study.sampler = _sampler(sampler, seed + len(study.trials))
-    _requeue_interrupted(study)
+    from . import distributed
+
+    def open_study():  # rank 0 owns the study and its storage (the only rank that writes)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        name = study_name or f"pxp-{kind}"
+        study = optuna.create_study(storage=_storage(storage, out), study_name=name, direction="maximize",
+                                    load_if_exists=True, pruner=_pruner(pruner))
+        stored = study.user_attrs.get("setup")
+        if stored is None:
+            study.set_user_attr("setup", setup_json)
+        elif stored != setup_json:
+            raise XpruneError(f"study {name!r} in this storage was made with another setup (space, layer groups, "
+                              "rates, classes or units); pass another study_name= or out=")
+        study.sampler = _sampler(sampler, seed + len(study.trials))
+        _requeue_interrupted(study)
+        return study
+
+    study = distributed.run_on_main(open_study, "to open the study")  # None on the other ranks
+    if not distributed.is_main():  # the other ranks score and evaluate their share of rank 0's trials
+        _serve(ev, n_rates)
+    else:
+        _optimize(study, design, ev, trials, timeout, progress)
+    result = distributed.run_on_main(lambda: _finish(study, design, ev, out), "to write the results")
+    shared = distributed.broadcast_object(
+        None if result is None else {f.name: getattr(result, f.name) for f in fields(TuneResult) if f.name != "study"})
+    return result if result is not None else TuneResult(study=None, **shared)
+
+
+class _TrialFailed(XpruneError):
+    """A trial that failed on its own (bad composite, NaN scores): recorded as failed, the study goes on."""
+
+
+def _optimize(study, design: _Design, ev: "_Evaluator", trials: int, timeout, progress: bool) -> None:
+    """Rank 0 (or the only process): run the study; in a process group each trial is sent to every rank."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+
+    from . import distributed
 
     TS = optuna.trial.TrialState
     finished = (TS.COMPLETE, TS.PRUNED)
+    n_rates = len(ev.rates)
 
     def objective(trial):
-        spec, kwargs, options = design.suggest(trial)
-        trial.set_user_attr("composite", spec)
-        trial.set_user_attr("options", options)
+        params = design.suggest(trial)
+        trial.set_user_attr("composite", params[0])
+        trial.set_user_attr("options", params[2])
+        distributed.broadcast_object(("trial", params))
         t0 = time.perf_counter()
-        accs: list[float] = []
         try:
-            scores = ev.score(spec, kwargs, **options)
-            for k, (_, a) in enumerate(ev.accuracies(scores)):
-                accs.append(a)
-                trial.report((sum(accs) + (n_rates - len(accs)) * a) / n_rates, k)
-                if len(accs) < n_rates and trial.should_prune():
-                    trial.set_user_attr("accuracies", accs)
-                    trial.set_user_attr("seconds", time.perf_counter() - t0)
-                    raise optuna.TrialPruned(f"projected AUC below the best after rate {ev.rates[k]}")
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
+            accs, stopped = _attempt(ev, params, trial, n_rates)
+        except (KeyboardInterrupt, distributed.DistributedError):
+            trial.set_user_attr("interrupted", True)  # not the composite's fault: run it again when resumed
             raise
+        except XpruneError as e:
+            raise _TrialFailed(f"{type(e).__name__}: {e}") from e
         trial.set_user_attr("accuracies", accs)
         trial.set_user_attr("seconds", time.perf_counter() - t0)
+        if stopped is not None:
+            raise optuna.TrialPruned(f"projected AUC below the best after rate {ev.rates[stopped]}")
         return sum(accs) / n_rates
 
     def report(study, t):
@@ -736,12 +777,82 @@ def tune(
         print(f"[tune] trial {t.number} ({done}/{trials}): {what}, best {best:.4f}, {sec:.1f} s", flush=True)
 
     remaining = trials - len(study.get_trials(deepcopy=False, states=finished))
-    if remaining > 0:
-        from optuna.study import MaxTrialsCallback
+    try:
+        if remaining > 0:
+            # a DistributedError (a peer died or timed out) is no _TrialFailed: it stops the study on every rank
+            study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(_TrialFailed,),
+                           callbacks=[MaxTrialsCallback(trials, states=finished), report], gc_after_trial=False)
+    except BaseException as e:
+        if not isinstance(e, distributed.DistributedError):
+            import contextlib
 
-        study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(XpruneError,),
-                       callbacks=[MaxTrialsCallback(trials, states=finished), report], gc_after_trial=False)
-    return _finish(study, design, ev, out)
+            with contextlib.suppress(distributed.DistributedError):  # the other ranks stop instead of waiting
+                distributed.broadcast_object(("abort", f"{type(e).__name__}: {e}"))
+        raise
+    distributed.broadcast_object(None)  # no more trials
+
+
+def _serve(ev: "_Evaluator", n_rates: int) -> None:
+    """Ranks other than 0: score and evaluate each trial rank 0 sends, until it sends ``None``."""
+    from . import distributed
+
+    while True:
+        message = distributed.broadcast_object()
+        if message is None:
+            return
+        if message[0] == "abort":
+            raise XpruneError(f"rank 0 stopped tuning, so every rank stops: {message[1]}")
+        try:
+            _attempt(ev, message[1], None, n_rates)
+        except distributed.DistributedError:
+            raise
+        except XpruneError:  # the trial failed on every rank (see _attempt); rank 0 records it and goes on
+            pass
+
+
+def _attempt(ev: "_Evaluator", params, trial, n_rates: int):
+    """:func:`_evaluate`; in a process group, a trial that fails on one rank fails on every rank."""
+    from . import distributed
+
+    try:
+        result, error = _evaluate(ev, params, trial, n_rates), None
+    except distributed.DistributedError:
+        raise
+    except XpruneError as e:
+        result, error = None, e
+    if distributed.is_active():  # every rank takes the same branch: all succeeded, or the trial failed
+        messages = distributed.gather_object(None if error is None else f"{type(error).__name__}: {error}")
+        failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+        if failed and error is None:
+            error = XpruneError(f"rank {failed[0][0]} failed in this trial: {failed[0][1]}")
+    if error is not None:
+        raise error
+    return result
+
+
+def _evaluate(ev: "_Evaluator", params, trial, n_rates: int) -> tuple[list[float], int | None]:
+    """Score one composite and measure its validation curve (each rank of a process group its share).
+
+    Returns the accuracies and the index of the rate after which the trial
+    was pruned (``None``: complete). Only rank 0 holds the optuna ``trial``;
+    its pruning decisions are broadcast so that every rank takes the same branch.
+    """
+    from . import distributed
+
+    spec, kwargs, options = params
+    scores = ev.score(spec, kwargs, **options)
+    if distributed.is_active():  # rank 0's scores everywhere: the same rankings, prunings and cache keys
+        scores = scores._replace(distributed.broadcast(dict(scores)))
+    accs: list[float] = []
+    for k, (_, a) in enumerate(ev.accuracies(scores)):
+        accs.append(a)
+        stop = False
+        if trial is not None:
+            trial.report((sum(accs) + (n_rates - len(accs)) * a) / n_rates, k)
+            stop = len(accs) < n_rates and trial.should_prune()
+        if len(accs) < n_rates and distributed.broadcast_object(stop):
+            return accs, k
+    return accs, None
 
 
 def _requeue_interrupted(study) -> None:

@@ -146,6 +146,16 @@ def flatten_units(t: torch.Tensor, unit_dim: int) -> torch.Tensor:
     return t.reshape(t.shape[0], -1, t.shape[-1])
 
 
+def reduces_sums(method: Callable) -> Callable:
+    """Mark a ``compute``-like method as passing its sums through :func:`xprune.distributed.all_reduce_sums`.
+
+    :meth:`HookedCriterion.distributed_sums` is true for kind ``"weights"``
+    only when the class's ``compute_weights`` carries this mark.
+    """
+    method.reduces_sums = True
+    return method
+
+
 class HookedCriterion(Criterion):
     """A criterion computed from activations and gradients at the units.
 
@@ -190,7 +200,10 @@ class HookedCriterion(Criterion):
         return total
 
     def distributed_sums(self, kind: str) -> bool:
-        # channels go through the batch loop of compute(), which reduces totals/counts before finalize()
+        # channels go through the batch loop of compute(), which reduces totals/counts before finalize();
+        # weights only where compute_weights is marked @reduces_sums (a subclass's own may not reduce)
+        if kind == "weights":
+            return bool(getattr(type(self).compute_weights, "reduces_sums", False))
         return kind == "channels"
 
     def compute_weights(self, model, units, data, *, target="label"):

@@ -25,7 +25,7 @@ import torch
 
 from .. import _inputs
 from ..errors import XpruneError
-from .base import HookedCriterion, register, resolve_target
+from .base import HookedCriterion, reduces_sums, register, resolve_target
 
 
 class _Objective(HookedCriterion):
@@ -42,7 +42,10 @@ class _Objective(HookedCriterion):
         # both objectives point the same way ("more of the right class").
         return onehot - torch.softmax(output.detach(), dim=-1) * onehot.sum(-1, keepdim=True)
 
+    @reduces_sums
     def compute_weights(self, model, units, data, *, target="label"):
+        from .. import distributed
+
         names = dict(model.named_modules())
         weights = [names[g.name].weight for g in units]
         totals = [torch.zeros_like(w, dtype=torch.float64) for w in weights]
@@ -58,9 +61,12 @@ class _Objective(HookedCriterion):
                 if g is not None:
                     t += g.double()
             n += output.shape[0]
+        # sums over all ranks' shards before the (non-linear) finalisation; a no-op outside distributed scoring
+        summed, counts = distributed.all_reduce_sums({g.name: t for g, t in zip(units, totals)},
+                                                     {g.name: n for g in units})
         return {
-            g.name: self.weight_finalize(w.detach().double(), t, n).reshape(-1).cpu()
-            for g, w, t in zip(units, weights, totals)
+            g.name: self.weight_finalize(w.detach().double(), summed[g.name], counts[g.name]).reshape(-1).cpu()
+            for g, w in zip(units, weights)
         }
 
 

@@ -118,6 +118,9 @@ def _gather(units: UnitSet, stream, fn) -> dict[str, torch.Tensor]:
         value, count = fn(name, a, grad, gate_grad, mask)
         totals[name] += value.double().cpu()
         counts[name] += count
+    from .. import distributed  # raw sums and counts over all ranks' shards, before any finalisation
+
+    totals, counts = distributed.all_reduce_sums(totals, counts)
     return {n: (totals[n], counts[n]) for n in totals}
 
 
@@ -251,8 +254,12 @@ def _extend(name: str, impl: Callable) -> None:
             return impl(self, model, units, data, target)
         return base.compute(self, model, units, data, target=target)
 
-    attrs = {"compute": compute, "_handles_transformer_units": True, "__doc__": base.__doc__,
-             "__module__": base.__module__}
+    def distributed_sums(self, kind):
+        # heads and neurons: _gather reduces the raw sums and counts before the finalisation
+        return kind in KINDS or base.distributed_sums(self, kind)
+
+    attrs = {"compute": compute, "distributed_sums": distributed_sums, "_handles_transformer_units": True,
+             "__doc__": base.__doc__, "__module__": base.__module__}
     if name == "lrp":
         from ..lrp import composite as resolve_composite
 

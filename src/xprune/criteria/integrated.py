@@ -129,21 +129,39 @@ class IntegratedGradients(Criterion):
     # ------------------------------------------------------------------ compute
 
     def compute(self, model, units, data, *, target="label"):
-        per_sample = self.attributions(model, units, data, target=target)
-        if self.aggregate == "sum":
-            return {k: v.sum(0).abs() for k, v in per_sample.items()}
-        return {k: v.abs().sum(0) for k, v in per_sample.items()}
+        from .. import distributed
+
+        # per-unit sums over samples of A (aggregate "sum") or |A| ("abs"), batch by batch
+        totals = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in units}
+        for batch in self._batches(model, units, data, target):
+            for name, a in batch.items():
+                totals[name] += a.sum(0) if self.aggregate == "sum" else a.abs().sum(0)
+        totals, _ = distributed.all_reduce_sums(totals)  # over all ranks' shards, before the abs of the sum
+        return {k: v.abs() for k, v in totals.items()} if self.aggregate == "sum" else totals
+
+    def distributed_sums(self, kind: str) -> bool:
+        return kind == "channels"
 
     def attributions(self, model: nn.Module, units: UnitSet, data: Iterable, *, target: Any = "label") -> dict[str, torch.Tensor]:
         """Signed attributions :math:`A_{n,c}`, ``[samples, units]`` per group (float64)."""
-        if units.kind != "channels":
+        chunks: dict[str, list[torch.Tensor]] = {g.name: [] for g in units}
+        for batch in self._batches(model, units, data, target):
+            for name, a in batch.items():
+                chunks[name].append(a)
+        return {k: torch.cat(v) if v else torch.zeros(0, units[k].size, dtype=torch.float64) for k, v in chunks.items()}
+
+    def _batches(self, model, units, data, target):
+        """Per batch, ``{group name: A [batch samples, units]}`` for the groups the model reaches."""
+        if units.kind != "channels":  # checked at once, not at the first batch
             raise XpruneError(
                 f"criterion 'integrated-gradients' supports unit kind 'channels', not {units.kind!r}"
                 + ("; use 'taylor' for single weights" if units.kind == "weights" else "")
             )
+        return self._per_batch(model, units, data, target)
+
+    def _per_batch(self, model, units, data, target):
         names = dict(model.named_modules())
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        chunks: dict[str, list[torch.Tensor]] = {g.name: [] for g in units}
         sites = [(g, p) for g in units for p in g.producers]
         self.passes = 0
         for inputs, labels in data:
@@ -190,10 +208,7 @@ class IntegratedGradients(Criterion):
                             acc = batch[group.name] = torch.zeros(contrib.shape[0], group.size, dtype=torch.float64)
                         group.scatter_add(acc, p, contrib)
                 prev_z, prev_g = z, g
-            for group in units:
-                if batch[group.name] is not None:
-                    chunks[group.name].append(batch[group.name])
-        return {k: torch.cat(v) if v else torch.zeros(0, units[k].size, dtype=torch.float64) for k, v in chunks.items()}
+            yield {name: a for name, a in batch.items() if a is not None}
 
     def __repr__(self) -> str:
         return (f"IntegratedGradients(n_steps={self.n_steps}, rule={self.rule!r}, objective={self.objective!r}, "

@@ -51,7 +51,7 @@ from .. import _inputs
 from ..errors import XpruneError
 from ..lrp import attribution, composite as resolve_composite
 from ..lrp.canonizers import default_canonizers
-from .base import HookedCriterion, register, resolve_target
+from .base import HookedCriterion, reduces_sums, register, resolve_target
 
 __all__ = ["LRP"]
 
@@ -100,7 +100,10 @@ class LRP(HookedCriterion):
             return r.sum(1).abs().sum(0)
         return r.abs().sum((0, 1))
 
+    @reduces_sums
     def compute_weights(self, model, units, data, *, target="label"):
+        from .. import distributed
+
         names = [g.name for g in units]
         modules = dict(model.named_modules())
         totals = {n: torch.zeros(modules[n].weight.shape, dtype=torch.float64) for n in names}
@@ -114,6 +117,7 @@ class LRP(HookedCriterion):
                 rel = attr.weight_relevance_from(grads)
             for n, r in rel.items():
                 totals[n] += r.detach().double().cpu()
+        totals, _ = distributed.all_reduce_sums(totals)  # over all ranks' shards, before the abs
         return {n: t.abs().reshape(-1) for n, t in totals.items()}
 
     def __repr__(self) -> str:

@@ -361,7 +361,14 @@ class SInGE(Criterion):
                 self._batch(model, units, gates, inputs, labels, target, totals, dtype, device)
         finally:
             gates.remove()
+        from .. import distributed  # signed sums over all ranks' shards, before compute() takes |.|
+
+        totals, _ = distributed.all_reduce_sums(totals)
         return totals
+
+    def distributed_sums(self, kind: str) -> bool:
+        # IG_c is a sum over samples of per-sample gate gradients: the signed sums are reduced, then |.|
+        return True
 
     # one forward+backward with the given gates; d objective / d gate for the wanted groups
     def _pass(self, model, gates, values, wanted, inputs, classes, labels=None, target=None):
