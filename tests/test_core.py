@@ -317,19 +317,22 @@ def test_select_ratios_are_nested_and_exact():
 
 
 def test_select_by_macs_budget():
+    """by="macs" removes (at most, and close to) the requested fraction of the whole model's MACs."""
     m, X, y = make(ConvBN)
     scores = xprune.score(m, (X, y), "weight")
     costs = xprune.unit_costs(m, scores, "macs")
     assert all(c > 0 for c in costs.values())
-    import torch_pruning as tp
-
-    base, _ = tp.utils.count_ops_and_params(m, X[:1])
-    plan = xprune.select(scores, 0.4, by="macs", costs=costs)
-    spent = sum(len(v) * costs[k] for k, v in plan.remove.items())
-    assert spent <= 0.4 * sum(plan.sizes[k] * costs[k] for k in costs) + 1e-6
-    pruned = xprune.apply(m, plan)
-    macs, _ = tp.utils.count_ops_and_params(pruned, X[:1])
-    assert macs < base
+    base = xprune.evaluate.count(m, X[:1])["macs"]
+    # per-unit costs over-count: together they claim far more than the model's MACs
+    assert sum(plan_size * costs[k] for k, plan_size in {k: v.numel() for k, v in scores.items()}.items()) > 1.3 * base
+    plan = xprune.select(scores, 0.4, by="macs", model=m)
+    macs = xprune.evaluate.count(xprune.apply(m, plan), X[:1])["macs"]
+    assert 0.4 - max(costs.values()) / base <= 1 - macs / base <= 0.4 + 1e-9
+    assert plan.meta["macs_reduction"] == pytest.approx(1 - macs / base)
+    with pytest.raises(XpruneError, match="CostModel"):
+        xprune.select(scores, 0.4, by="macs", costs=costs)
+    with pytest.raises(XpruneError, match="model="):
+        xprune.select(scores, 0.4, by="macs")
 
 
 def test_plan_and_scores_roundtrip(tmp_path):

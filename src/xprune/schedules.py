@@ -6,7 +6,7 @@
   scores on the pruned model each time, with an optional fine-tuning hook
   between steps, until ``ratio`` of the original units are gone.
 - :func:`entwined`: SInGE's schedule (Yvinec et al. 2022): alternate small
-  pruning steps (by units or by measured MACs) with fine-tuning, a fixed total
+  pruning steps (by units or by exactly counted MACs) with fine-tuning, a fixed total
   fine-tuning budget split over the steps; checkpointed and resumable.
 
 All return a :class:`ScheduleResult` with the pruned model and the plans
@@ -505,26 +505,26 @@ def entwined(
     return result
 
 
-def _prune_to_macs(model, scores, goal, macs_before, scope, example, tries: int = 12):
-    """Remove the lowest-scored units until the measured MACs are <= ``goal``.
+def _prune_to_macs(model, scores, goal, macs_before, scope, example, tries: int = 30):
+    """Remove the lowest-scored units until the model's MACs are <= ``goal``.
 
-    :func:`select` with ``by="macs"`` uses per-unit cost estimates that ignore
-    interactions between groups; the selection ratio is corrected from the
-    measured saving until the goal is met (or nothing more can go).
+    :func:`select` counts MACs exactly (:class:`xprune.costs.CostModel`, one
+    trace) and removes *at most* the requested fraction; when unit granularity
+    leaves it short of ``goal``, the fraction is raised until the goal is met
+    (or nothing more can go).
     """
-    from .surgery import unit_costs
+    from .costs import CostModel
 
-    costs = unit_costs(model, scores, "macs", example_inputs=example)
-    prunable = sum(scores[n].numel() * c for n, c in costs.items() if math.isfinite(c))
+    costs = CostModel(model, scores, example)
+    base = costs.base["macs"]
     need = macs_before - goal
-    r = min(need / prunable, 0.999) if prunable > 0 else 0.0
-    best = None
+    r = min(need / base, 0.999) if base > 0 else 0.0
+    step = 0.0
+    plan = None
     for _ in range(tries):
-        plan = select(scores, r, scope=scope, by="macs", costs=costs)
-        pruned = apply(model, plan) if plan.n_removed else model
-        saved = macs_before - _macs(pruned, example)
-        best = (plan, pruned)
-        if saved >= need - 1e-6 or r >= 0.999:
+        plan = select(scores, min(r + step, 0.999), scope=scope, by="macs", costs=costs)
+        saved = base - costs.of_plan(plan, "macs")
+        if saved >= need - 1e-6 or r + step >= 0.999:
             break
-        r = min(0.999, r * (need / saved if saved > 0 else 2.0) * 1.001 + 1e-6)
-    return best
+        step = max(2 * step, (need - saved) / base)
+    return plan, (apply(model, plan) if plan.n_removed else model)

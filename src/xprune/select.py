@@ -2,8 +2,8 @@
 
 :func:`select` ranks units by score (lowest first) either across all layers
 (``scope="global"``) or within each layer (``scope="local"``), removes a given
-fraction of the units (or of the model's MACs or parameters), never empties a
-layer (``min_keep``), and can round each layer's kept count to a multiple
+fraction of the units (or of the model's MACs or parameters, counted exactly
+by :class:`xprune.costs.CostModel`), never empties a layer (``min_keep``), and can round each layer's kept count to a multiple
 (``round_to=8`` keeps tensor shapes friendly to vector units).
 A :class:`Plan` lists exactly which units go; it is JSON-serialisable and
 prints as a per-layer table.
@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from .costs import CostModel, budget_check, check_metric
 from .errors import XpruneError
 from .scores import Scores, normalize as _normalize
 
@@ -134,7 +135,8 @@ def select(
     *,
     scope: str = "global",
     by: str = "units",
-    costs: Mapping[str, float] | None = None,
+    costs: CostModel | None = None,
+    model: Any = None,
     normalize: str | None = None,
     min_keep: int | float = 1,
     round_to: int | None = None,
@@ -146,11 +148,30 @@ def select(
     scores : Scores
         From :func:`xprune.score`.
     ratio : float in [0, 1)
-        Fraction to remove: of the units (``by="units"``), or of the MACs or
-        parameters the units account for (``by="macs"``/``"params"``, needs
-        ``costs`` from :func:`xprune.surgery.unit_costs`).
+        Fraction to remove: of the units (``by="units"``), or of the whole
+        model's MACs or parameters (``by="macs"``/``"params"``).
     scope : "global" or "local"
         One ranking across all layers, or the same ratio within every layer.
+        With ``by="macs"``/``"params"``, global takes units in score order while
+        their exact saving fits the budget (a unit that does not fit closes its
+        group, so every group loses its lowest-scored units); local removes the
+        same fraction of every layer's lowest-scored units, the largest
+        fraction whose saving fits the budget, then one more unit in the
+        layers whose next unit still fits.
+    by : "units", "macs" or "params"
+        What ``ratio`` is a fraction of. MACs and parameters are those of
+        Torch-Pruning's counter (1 multiply-add = 1 MAC) on the example inputs,
+        predicted exactly for any set of removed units by a
+        :class:`~xprune.costs.CostModel` (removing a channel saves MACs in the
+        layer producing it and in the layer reading it, counted once). The
+        plan removes at most ``ratio`` of them, as close as the granularity of
+        the units allows, and records the predicted fraction in
+        ``meta["macs_reduction"]`` (or ``"params_reduction"``).
+    costs : CostModel, optional
+        ``xprune.costs.CostModel(model, scores)``, for ``by="macs"``/``"params"``
+        (reuse one across calls on the same model).
+    model : nn.Module, optional
+        Instead of ``costs``: the scored model, traced once to build the cost model.
     normalize : None, "l1", "l2" or "max"
         Per-layer normalisation applied before ranking (on top of any done when scoring).
     min_keep : int or float
@@ -173,8 +194,12 @@ def select(
         raise XpruneError(f"scope must be 'global' or 'local', got {scope!r}")
     if by not in ("units", "macs", "params"):
         raise XpruneError(f"by must be 'units', 'macs' or 'params', got {by!r}")
-    if by != "units" and costs is None:
-        raise XpruneError(f"by={by!r} needs per-unit costs: costs=xprune.surgery.unit_costs(model, scores, {by!r})")
+    if by != "units" and costs is None and model is None:
+        raise XpruneError(f"by={by!r} needs the model to count its {by}: select(scores, ratio, by={by!r}, model=model) "
+                          "(or costs=xprune.costs.CostModel(model, scores))")
+    if by == "macs" and scores.kind == "weights":
+        raise XpruneError("masking single weights removes no counted MAC; use by='params' or 'units' for them, "
+                          "or units='channels' to save MACs")
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise XpruneError(f"round_to must be a positive int, got {round_to!r}")
     if scores.kind == "weights" and round_to:
@@ -188,48 +213,143 @@ def select(
     values = {n: _normalize(scores[n], normalize) for n in names}
     sizes = {n: values[n].numel() for n in names}
     caps = {n: sizes[n] - _keep_floor(sizes[n], min_keep) for n in names}
-    guard = _PartGuard(scores.parts)
-    unit_cost = {n: float(costs[n]) if costs is not None and by != "units" else 1.0 for n in names}
-    removed: dict[str, list[int]] = {n: [] for n in names}
+    if by != "units":
+        check_metric(by)
+        if costs is None:
+            costs = CostModel(model, scores)
+        budget_check(costs, sizes)
 
-    if scope == "local":
-        for n in names:
-            k = min(caps[n], math.floor(ratio * sizes[n] + 1e-9))
-            for i in np.argsort(values[n].numpy(), kind="stable").tolist():
-                if len(removed[n]) >= k:
-                    break
-                if guard.take(n, i):
-                    removed[n].append(i)
-            removed[n].sort()
-    else:
-        flat = torch.cat([values[n] for n in names]).numpy() if names else np.zeros(0)
-        owner = np.concatenate([np.full(sizes[n], i) for i, n in enumerate(names)]) if names else np.zeros(0, int)
-        local = np.concatenate([np.arange(sizes[n]) for n in names]) if names else np.zeros(0, int)
-        order = np.argsort(flat, kind="stable")
-        budget = ratio * sum(sizes[n] * unit_cost[n] for n in names)
-        spent = 0.0
-        for pos in order:
-            n = names[owner[pos]]
+    if scope == "local" and by == "units":
+        removed = _local(values, caps, scores.parts, lambda n: math.floor(ratio * sizes[n] + 1e-9))
+    elif scope == "local":
+        removed = _local_by_cost(values, sizes, caps, scores.parts, costs, by, ratio)
+    elif by == "units":
+        guard = _PartGuard(scores.parts)
+        removed = {n: [] for n in names}
+        budget, spent = ratio * sum(sizes.values()), 0
+        for n, i in _global_order(values):
             if len(removed[n]) >= caps[n]:
                 continue
-            if spent + unit_cost[n] > budget + 1e-9:
-                if by == "units":
-                    break
-                continue  # a cheaper unit further down may still fit the budget
-            if not guard.take(n, int(local[pos])):
+            if spent + 1 > budget + 1e-9:
+                break
+            if not guard.take(n, i):
                 continue
-            removed[n].append(int(local[pos]))
-            spent += unit_cost[n]
+            removed[n].append(i)
+            spent += 1
         removed = {n: sorted(v) for n, v in removed.items()}
+    else:
+        removed = _global_by_cost(values, caps, scores.parts, costs, by, ratio)
 
     if round_to:
         if scores.parts:
             raise XpruneError("round_to is not supported for models with concatenated channel groups")
         removed = {n: _round(values[n], removed[n], sizes[n], round_to, _keep_floor(sizes[n], min_keep))
                    for n in names}
-    return Plan(scores.kind, removed, sizes, dict(scores.members), dict(scores.roots), scores.example,
-                {"criterion": scores.criterion, "ratio": ratio, "scope": scope, "by": by,
-                 "normalize": normalize, "min_keep": min_keep, "round_to": round_to})
+    meta = {"criterion": scores.criterion, "ratio": ratio, "scope": scope, "by": by,
+            "normalize": normalize, "min_keep": min_keep, "round_to": round_to}
+    if by != "units":
+        meta[f"{by}_reduction"] = costs.reduction(removed, by)
+        meta[f"{by}_before"] = costs.base[by]
+    return Plan(scores.kind, removed, sizes, dict(scores.members), dict(scores.roots), scores.example, meta)
+
+
+def _global_order(values: Mapping[str, torch.Tensor]):
+    """``(group, unit)`` pairs, lowest score first; ties by forward order, then unit index."""
+    names = list(values)
+    if not names:
+        return
+    flat = torch.cat([values[n] for n in names]).numpy()
+    owner = np.concatenate([np.full(values[n].numel(), i) for i, n in enumerate(names)])
+    local = np.concatenate([np.arange(values[n].numel()) for n in names])
+    for pos in np.argsort(flat, kind="stable"):
+        yield names[owner[pos]], int(local[pos])
+
+
+def _local(values, caps, parts, k_of) -> dict[str, list[int]]:
+    """The ``k_of(group)`` lowest-scored units of every group (within its floor and part guards)."""
+    guard = _PartGuard(parts)
+    removed: dict[str, list[int]] = {}
+    for n, v in values.items():
+        k, removed[n] = min(caps[n], k_of(n)), []
+        for i in np.argsort(v.numpy(), kind="stable").tolist():
+            if len(removed[n]) >= k:
+                break
+            if guard.take(n, i):
+                removed[n].append(i)
+        removed[n].sort()
+    return removed
+
+
+def _local_by_cost(values, sizes, caps, parts, costs: CostModel, by: str, ratio: float) -> dict[str, list[int]]:
+    """The largest common fraction of every group's units whose exact saving is at most ``ratio`` of the model's."""
+    target = ratio * costs.base[by]
+    # the fractions at which some group's count steps up; the saving grows with the fraction
+    steps = sorted({j / sizes[n] for n in values for j in range(caps[n] + 1)})
+
+    def removal(q):
+        return _local(values, caps, parts, lambda n: math.floor(q * sizes[n] + 1e-9))
+
+    tol = 1e-9 * max(costs.base[by], 1.0)
+    lo, hi = 0, len(steps) - 1  # steps[lo] fits (q = 0 saves nothing)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if costs.base[by] - costs.value(removal(steps[mid]), by) <= target + tol:
+            lo = mid
+        else:
+            hi = mid - 1
+    removed = removal(steps[lo])
+    # then one more unit in some groups (their next-lowest first) while it fits: every layer's fraction
+    # stays within one unit of the common one, and the saving gets within one unit of the budget
+    guard = _PartGuard(parts)
+    ri, ro = costs.empty()
+    for n, idxs in removed.items():
+        for i in idxs:
+            guard.take(n, i)
+            costs.take(n, i, ri, ro)
+    saved = costs.base[by] - costs.value(removed, by)
+    nxt = []
+    for n, v in values.items():
+        if len(removed[n]) < caps[n]:
+            gone = set(removed[n])
+            rest = [i for i in np.argsort(v.numpy(), kind="stable").tolist() if i not in gone]
+            if rest:
+                nxt.append((float(v[rest[0]]), n, rest[0]))
+    for _, n, i in sorted(nxt, key=lambda t: t[0]):  # stable: ties in forward order
+        gain = costs.marginal(n, i, ri, ro, by)
+        if saved + gain <= target + tol and guard.take(n, i):
+            costs.take(n, i, ri, ro)
+            removed[n] = sorted(removed[n] + [i])
+            saved += gain
+    return removed
+
+
+def _global_by_cost(values, caps, parts, costs: CostModel, by: str, ratio: float) -> dict[str, list[int]]:
+    """Units in score order while their exact marginal saving fits ``ratio`` of the model's MACs/params.
+
+    A unit that does not fit closes its group: later (higher-scored) units of
+    that group are not taken even if other removals made them cheaper, so each
+    group loses a prefix of its ranking.
+    """
+    guard = _PartGuard(parts)
+    target = ratio * costs.base[by]
+    tol = 1e-9 * max(costs.base[by], 1.0)
+    removed: dict[str, list[int]] = {n: [] for n in values}
+    closed: set[str] = set()
+    ri, ro = costs.empty()
+    saved = 0.0
+    for n, i in _global_order(values):
+        if n in closed or len(removed[n]) >= caps[n]:
+            continue
+        gain = costs.marginal(n, i, ri, ro, by)
+        if saved + gain > target + tol:
+            closed.add(n)
+            continue
+        if not guard.take(n, i):
+            continue
+        costs.take(n, i, ri, ro)
+        removed[n].append(i)
+        saved += gain
+    return {n: sorted(v) for n, v in removed.items()}
 
 
 class _PartGuard:

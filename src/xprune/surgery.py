@@ -20,7 +20,6 @@ import copy
 from typing import Any, Callable
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from . import _inputs
@@ -226,37 +225,19 @@ def _mask_weights(model: nn.Module, plan: Plan) -> None:
 
 
 def unit_costs(model: nn.Module, scores_or_plan: Any, by: str = "macs", example_inputs: Any = None) -> dict[str, float]:
-    """MACs (or parameters) saved per removed unit of each group, measured.
+    """MACs (or parameters) saved by removing one unit of each group from the full model.
 
-    For every group one unit is removed from a copy of the model and the
-    MACs/parameters counted before and after (Torch-Pruning's counter, 1
-    multiply-add = 1 MAC). Interactions between groups (removing both a
-    layer's inputs and its outputs) make the sum of per-unit costs an
-    estimate of a multi-group plan's saving; report the measured figures of
-    the pruned model.
+    First-order figures of :class:`xprune.costs.CostModel` (one trace of the
+    model; ``inf`` for one-unit groups). Removing a channel saves MACs in the
+    layer producing it and in the layer reading it, so these per-unit savings
+    overlap between groups and their sum over all units is about twice the
+    model's MACs: for budgets use ``select(..., by="macs", model=model)``,
+    which counts exactly.
     """
-    if by not in ("macs", "params"):
-        raise XpruneError(f"by must be 'macs' or 'params', got {by!r}")
-    example = example_inputs if example_inputs is not None else _inputs.from_spec(scores_or_plan.example)
-    sizes = scores_or_plan.sizes if isinstance(scores_or_plan, Plan) else {k: v.numel() for k, v in scores_or_plan.items()}
-    roots = scores_or_plan.roots
-    with _inputs.preserved_state(model):
-        base_macs, base_params = tp.utils.count_ops_and_params(model, example)
-    costs = {}
-    for name, size in sizes.items():
-        if size < 2:
-            costs[name] = float("inf")
-            continue
-        one = Plan(getattr(scores_or_plan, "kind", "channels"), {name: [0]}, {name: size},
-                   roots={name: roots.get(name, name)}, example=scores_or_plan.example)
-        if one.kind == "weights":
-            costs[name] = 1.0 if by == "params" else 0.0
-            continue
-        pruned = apply(model, one, "remove", example_inputs=example)
-        with _inputs.preserved_state(pruned):
-            macs, params = tp.utils.count_ops_and_params(pruned, example)
-        costs[name] = float((base_macs - macs) if by == "macs" else (base_params - params))
-    return costs
+    from .costs import CostModel, check_metric
+
+    check_metric(by)
+    return CostModel(model, scores_or_plan, example_inputs).unit_costs(by)
 
 
 def default_mode(plan: Plan) -> str:

@@ -25,30 +25,29 @@ MACs (:class:`MacsModel`)
 -------------------------
 With :math:`r_n` units removed from group :math:`n`, the MACs of the model
 counted by Torch-Pruning's counter (1 multiply-add = 1 MAC) are a polynomial
-of degree two without squares: a convolution or linear layer costs
+of degree two: a convolution or linear layer costs
 (its kept inputs) x (its kept outputs) x const, a norm, activation or pool
-(its kept channels) x const. Hence exactly
+(its kept channels) x const (:class:`xprune.costs.CostModel`, built from one
+trace of the model). Hence exactly
 
 .. math:: \mathrm{MACs}(r) = M_0 - \sum_n c_n r_n + \sum_{n < m} b_{nm} r_n r_m,
 
 where :math:`c_n` is the saving of one unit of group :math:`n`
-(:func:`xprune.unit_costs`) and :math:`b_{nm} = c_n + c_m - \Delta_{nm}`
-with :math:`\Delta_{nm}` the measured saving of removing one unit of each
-(measured only for groups sharing a layer; the others do not interact). The
-per-unit costs alone are the tangent at the full model and over-estimate the
-saving of large prunings (removing half the inputs and half the outputs of a
-convolution saves 75% of its MACs, not 100%). Under independent gates
-:math:`\mathbb E[r_n r_m] = \mathbb E[r_n]\,\mathbb E[r_m]` for
-:math:`n \ne m`, so the expected MACs are the same polynomial at
+(:func:`xprune.unit_costs`) and :math:`b_{nm}` counts the MACs of the layers
+reading group :math:`n` and writing group :math:`m` (or the reverse) that both
+savings claim. The per-unit costs alone are the tangent at the full model and
+over-estimate the saving of large prunings (removing half the inputs and half
+the outputs of a convolution saves 75% of its MACs, not 100%). Under
+independent gates :math:`\mathbb E[r_n r_m] = \mathbb E[r_n]\,\mathbb E[r_m]`
+for :math:`n \ne m`, so the expected MACs are the same polynomial at
 :math:`\mathbb E[r_n] = \sum_i (1 - \operatorname{sigmoid}\alpha_i)`,
-differentiable in the gate probabilities. Assumes no layer whose input and
-output channels belong to the same group except depthwise ones (whose cost is
-linear); :meth:`MacsModel.check` compares with a measured count.
+differentiable in the gate probabilities. Groups spanning unequal branches
+of a concatenation use their mean unit; :meth:`MacsModel.of_plan` is exact
+for any plan and :meth:`MacsModel.check` compares with a measured count.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import torch
@@ -233,6 +232,9 @@ class ChannelGates(nn.Module):
 class MacsModel:
     """Exact MACs of ``model`` after removing ``r_n`` units of each group (see the module docs).
 
+    A view of :class:`xprune.costs.CostModel` (one trace of the model) in
+    terms of removed counts, differentiable in them.
+
     Parameters
     ----------
     model : nn.Module
@@ -249,47 +251,26 @@ class MacsModel:
         :math:`c_n` from :func:`xprune.unit_costs` (``inf`` for one-unit groups).
     pairs : dict
         :math:`b_{nm}` for the interacting pairs ``(n, m)``.
+    model_costs : CostModel
+        The exact model, per unit (what :func:`xprune.select` budgets with).
     """
 
     def __init__(self, model: nn.Module, units: UnitSet, example_inputs: Any = None):
-        from ..evaluate import count
-        from ..surgery import apply, unit_costs
+        from ..costs import CostModel
 
-        example = example_inputs if example_inputs is not None else _inputs.from_spec(units.example)
-        self.sizes = {g.name: g.size for g in units}
-        roots = {g.name: g.root for g in units}
-        empty = Plan(units.kind, {g.name: [] for g in units}, dict(self.sizes), {}, roots, units.example)
-        self.base = float(count(model, example)["macs"])
-        self.costs = unit_costs(model, empty, "macs", example)
-        self.pairs: dict[tuple[str, str], float] = {}
-        groups = [g for g in units if g.size >= 2]
-        for i, a in enumerate(groups):
-            for b in groups[i + 1:]:
-                if not set(a.members) & set(b.members):
-                    continue
-                two = Plan(units.kind, {a.name: [0], b.name: [0]}, {a.name: a.size, b.name: b.size}, {},
-                           {a.name: a.root, b.name: b.root}, units.example)
-                saved = self.base - count(apply(model, two, "remove", example_inputs=example), example)["macs"]
-                bab = self.costs[a.name] + self.costs[b.name] - saved
-                if bab != 0:
-                    self.pairs[(a.name, b.name)] = float(bab)
+        self.model_costs = CostModel(model, units, example_inputs)
+        self.sizes = dict(self.model_costs.sizes)
+        self.base = float(self.model_costs.base["macs"])
+        self.costs = self.model_costs.unit_costs("macs")
+        self.pairs = self.model_costs.pairs("macs")
 
     def macs(self, removed: Mapping[str, Any]) -> Any:
         """MACs with ``removed[n]`` units gone from group ``n`` (numbers or tensors; missing groups: 0)."""
-        total: Any = self.base
-        for n, r in removed.items():
-            c = self.costs[n]
-            if math.isinf(c):
-                continue
-            total = total - c * r
-        for (a, b), v in self.pairs.items():
-            if a in removed and b in removed:
-                total = total + v * removed[a] * removed[b]
-        return total
+        return self.model_costs.of_counts(dict(removed), "macs")
 
     def of_plan(self, plan: Plan) -> float:
-        """MACs of the model pruned by ``plan``."""
-        return float(self.macs({n: len(v) for n, v in plan.remove.items()}))
+        """MACs of the model pruned by ``plan`` (exact, unit by unit)."""
+        return self.model_costs.of_plan(plan, "macs")
 
     def expected(self, gates: ChannelGates, straight_through: bool = False) -> torch.Tensor:
         """Expected MACs under ``gates`` (differentiable in the logits).
@@ -308,40 +289,17 @@ class MacsModel:
         return self.of_plan(plan), float(count(apply(model, plan, "remove", example_inputs=example), example)["macs"])
 
 
-def select_for_macs(scores: Scores, macs: MacsModel, reduction: float, *, tol: float = 1e-3,
-                    **select_options: Any) -> Plan:
-    """The plan of :func:`xprune.select` (``by="macs"``) whose exact MACs come closest to ``(1 - reduction) * M0``.
+def select_for_macs(scores: Scores, macs: MacsModel, reduction: float, **select_options: Any) -> Plan:
+    """The plan of :func:`xprune.select` removing ``reduction`` of the model's MACs (``by="macs"``).
 
-    ``select``'s budget adds the per-unit costs, which over-states the saving
-    of large prunings (see the module docs); this bisects ``select``'s ratio
-    until :meth:`MacsModel.of_plan` gives the wanted reduction of the whole
-    model's MACs (or stops within ``tol``). The plan records ``macs_reduction``
-    (achieved) in its ``meta``. Any other option of ``select`` (``scope``,
-    ``min_keep``, ``normalize``) is passed on.
+    :func:`xprune.select` counts MACs exactly (:class:`xprune.costs.CostModel`);
+    this reuses ``macs``'s model. The plan records ``macs_reduction``
+    (achieved) and ``macs_target`` in its ``meta``. Any other option of
+    ``select`` (``scope``, ``min_keep``, ``normalize``) is passed on.
     """
     if not 0 <= reduction < 1:
         raise XpruneError(f"reduction must be in [0, 1), got {reduction!r}")
-    costs = {n: (0.0 if math.isinf(c) else c) for n, c in macs.costs.items()}
-    want = (1 - reduction) * macs.base
-
-    def make(r):
-        return select(scores, r, by="macs", costs=costs, **select_options)
-
-    lo, hi = 0.0, 0.999
-    best, best_err = make(0.0), float("inf")
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        plan = make(mid)
-        got = macs.of_plan(plan)
-        err = abs(got - want) / macs.base
-        if err < best_err:
-            best, best_err = plan, err
-        if err < tol:
-            break
-        if got > want:
-            lo = mid
-        else:
-            hi = mid
-    best.meta["macs_reduction"] = 1 - macs.of_plan(best) / macs.base
-    best.meta["macs_target"] = reduction
-    return best
+    select_options.pop("tol", None)  # accepted for compatibility: the selection is exact
+    plan = select(scores, reduction, by="macs", costs=macs.model_costs, **select_options)
+    plan.meta["macs_target"] = reduction
+    return plan
