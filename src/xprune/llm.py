@@ -17,7 +17,8 @@ docstrings of the Python standard library's modules, classes and functions
 (read from the source files with :mod:`ast`, no module is imported; files in
 sorted order, nodes in :func:`ast.walk` order, so the text is deterministic
 for a given Python version; about 1.5 MB of English prose and examples on
-Python 3.11). Pass ``source="path/to/file.txt"`` to use any text file
+Python 3.11; extracted once and kept as JSON in the xprune cache folder,
+``$XPRUNE_CACHE`` or ``~/.cache/xprune``). Pass ``source="path/to/file.txt"`` to use any text file
 instead (documents = paragraphs separated by blank lines).
 
 Documents are de-duplicated and each is assigned to a split by a hash of its
@@ -55,6 +56,7 @@ import ast
 import functools
 import hashlib
 import math
+import os
 import re
 import sysconfig
 from pathlib import Path
@@ -70,6 +72,7 @@ __all__ = ["ByteTokenizer", "TokenBlocks", "calibration", "check_tokens", "corpu
            "perplexity", "tokenize"]
 
 SPLITS = ("train", "test", "all")
+_FORMAT = 1  # version of the docstring extraction (part of the cache key)
 _SKIP_DIRS = ("test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__")
 
 
@@ -78,7 +81,36 @@ _SKIP_DIRS = ("test", "tests", "idlelib", "site-packages", "lib2to3", "turtledem
 
 @functools.lru_cache(maxsize=1)
 def _stdlib_docstrings() -> tuple[str, ...]:
+    """The docstrings, read once per Python installation and kept in the xprune cache folder (JSON)."""
+    import json
+    import sys
+
     root = Path(sysconfig.get_paths()["stdlib"])
+    key = hashlib.sha256(f"{_FORMAT}|{sys.version}|{root}".encode()).hexdigest()[:16]
+    try:
+        from .models import cache_dir
+
+        cached = cache_dir() / "corpus" / f"stdlib-docstrings-{key}.json"
+    except Exception:  # noqa: BLE001 - no usable cache folder: read the sources every time
+        cached = None
+    if cached is not None and cached.exists():
+        try:
+            return tuple(json.loads(cached.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            pass  # unreadable cache file: rebuild it
+    docs = _read_stdlib_docstrings(root)
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(docs), encoding="utf-8")
+            os.replace(tmp, cached)
+        except OSError:
+            pass  # read-only cache folder: fine, only slower next time
+    return docs
+
+
+def _read_stdlib_docstrings(root: Path) -> tuple[str, ...]:
     files = sorted(p for p in root.rglob("*.py")
                    if not any(part in _SKIP_DIRS or part.startswith("test") for part in p.relative_to(root).parts))
     docs: list[str] = []
@@ -178,6 +210,9 @@ def tokenize(texts: str | Sequence[str], tokenizer: Any = None) -> torch.Tensor:
     ``None`` for :class:`ByteTokenizer`.
     """
     tok = ByteTokenizer() if tokenizer is None else tokenizer
+    if isinstance(tok, ByteTokenizer):  # fast path: the bytes of the joined text
+        data = (texts if isinstance(texts, str) else "\n\n".join(texts)).encode("utf-8")
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8).long() if data else torch.zeros(0, dtype=torch.long)
     parts = [texts] if isinstance(texts, str) else [t + "\n\n" for t in texts[:-1]] + list(texts[-1:])
     if callable(tok):
         ids = tok(list(parts), add_special_tokens=False)["input_ids"]
