@@ -723,7 +723,7 @@ def tune(
         return study
 
     study = distributed.run_on_main(open_study, "to open the study")  # None on the other ranks
-    if not distributed.is_main():  # the other ranks score and evaluate their share of rank 0's trials
+    if study is None:  # the other ranks of a process group score and evaluate their share of rank 0's trials
         _serve(ev, n_rates)
     else:
         _optimize(study, design, ev, trials, timeout, progress)
