@@ -109,6 +109,27 @@ def test_cli_prune_a_saved_model(tmp_path, capsys):
     assert "MACs" in out and "remove 13 of 26 channels" in out
 
 
+def test_cli_prune_by_macs(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = randomize_bn(ConvBN(c=1, n=3)).eval()
+    torch.save(model, tmp_path / "model.pt")
+    X = np.random.RandomState(0).rand(60, 1, 8, 8).astype("float32")
+    np.savez(tmp_path / "data.npz", X=X, y=np.repeat(np.arange(3), 20))
+    args = ["prune", "--model", str(tmp_path / "model.pt"), "--data", str(tmp_path / "data.npz"),
+            "--criterion", "weight", "--ratio", "0.5", "--n-per-class", "4", "--by", "macs"]
+    assert main(args + ["--out", str(tmp_path / "small.pt")]) == 0
+    small = torch.load(tmp_path / "small.pt", weights_only=False)
+    example = torch.from_numpy(X[:1])
+    removed = 1 - evaluate.count(small, example)["macs"] / evaluate.count(model, example)["macs"]
+    # at most half of the MACs, short of it by less than the dearest single channel (~6% of this tiny model)
+    assert 0.43 <= removed <= 0.5 + 1e-9
+    assert xprune.Plan.load(tmp_path / "small.plan.json").meta["macs_reduction"] == pytest.approx(removed, abs=1e-6)
+    capsys.readouterr()
+    guaranteed = [a for a in args if a not in ("--ratio", "0.5")] + ["--max-drop", "0.1", "--out", str(tmp_path / "g.pt")]
+    assert main(guaranteed) == 2
+    assert "cannot be combined with --by macs" in capsys.readouterr().err
+
+
 def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["prune", "--model", "nope.pt", "--data", "digits", "--ratio", "0.5", "--out", str(tmp_path / "x.pt")]) == 2
     assert "no such file" in capsys.readouterr().err

@@ -194,6 +194,8 @@ def cmd_prune(args) -> int:
         raise XpruneError("give either --ratio or --max-drop, not both: --max-drop chooses the ratio")
     if args.confidence is not None and not guaranteed:
         raise XpruneError("--confidence goes with --max-drop")
+    if guaranteed and args.by != "units":
+        raise XpruneError(f"--max-drop certifies a fraction of the units; it cannot be combined with --by {args.by}")
     out = _out_file(args.out, args.overwrite, ".plan.json")
     ds = load_data(args.data, seed=args.seed, root=args.data_root)
     model = load_model(args.model, weights=args.weights, dataset=args.data, seed=args.seed)
@@ -213,7 +215,8 @@ def cmd_prune(args) -> int:
                              progress=True)
         console.print(choice.explain())
         ratio = choice.rate
-    plan = select(scores, ratio, scope=args.scope, min_keep=args.min_keep, round_to=args.round_to)
+    plan = select(scores, ratio, scope=args.scope, min_keep=args.min_keep, round_to=args.round_to, by=args.by,
+                  model=model if args.by != "units" else None)
     if choice is not None:
         plan.meta["guarantee"] = {"max_drop": choice.max_drop, "confidence": choice.confidence,
                                   "method": choice.method, "n_calibration": choice.n_calibration,
@@ -423,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. 0.01), with probability --confidence, calibrated on the val split "
                         "(Learn-then-Test; see xprune.guarantee)")
     p.add_argument("--confidence", type=_level, help="confidence of --max-drop's guarantee (default 0.95)")
+    p.add_argument("--by", default="units", choices=["units", "macs", "params"],
+                   help="what --ratio is a fraction of: the units (default), or the whole model's MACs or "
+                        "parameters (exact cost model; channels only)")
     p.add_argument("--mode", choices=["remove", "mask"], help="remove physically (channels default) or mask")
     p.add_argument("--min-keep", type=float, default=1, help="units each layer keeps (count, or fraction < 1)")
     p.add_argument("--round-to", type=int, help="round kept channels per layer to a multiple of this")
