@@ -372,6 +372,12 @@ def test_clear_errors():
         xprune.score(m, (torch.randn(4, 5, 8, 8), y[:4]), "taylor")
     with pytest.raises(DataError, match=r"labels must lie in \[0, 4\]"):
         xprune.score(m, (X, y + 7), "taylor")
+    # fractional labels would be truncated to another class without a word; whole-number floats are fine
+    with pytest.raises(DataError, match=r"integer class indices; got non-integer values such as \d\.5"):
+        xprune.score(m, (X, y.float() + 0.5), "taylor")
+    with pytest.raises(DataError, match="integer class indices"):
+        xprune.data.Split(X, torch.full((len(X),), 0.25))
+    assert torch.equal(xprune.score(m, (X, y.float()), "taylor")["conv1"], xprune.score(m, (X, y), "taylor")["conv1"])
     with pytest.raises(XpruneError, match="known criteria: .*taylor"):
         xprune.score(m, (X, y), "no-such-criterion")
     with pytest.raises(NothingToPrune, match="no prunable channels"):

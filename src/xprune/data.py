@@ -95,6 +95,17 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # --------------------------------------------------------------------------- containers
 
 
+
+def _check_integral(y: torch.Tensor) -> None:
+    """Refuse labels that are not class indices (fractional floats would be truncated silently)."""
+    if y.is_floating_point():
+        bad = y[y != y.round()]
+        if bad.numel():
+            raise DataError(f"labels must be integer class indices; got non-integer values such as "
+                            f"{bad.flatten()[0].item()!r}. Pass class indices (e.g. y.argmax(-1) for one-hot "
+                            "or probability targets).")
+
+
 @dataclass
 class Split:
     """One split of a dataset: inputs, labels and the dataset's class names.
@@ -131,6 +142,7 @@ class Split:
         elif not self.X.is_floating_point():
             self.X = self.X.float()
         if self.y.dtype != torch.int64:
+            _check_integral(self.y)
             self.y = self.y.long()
         if self.y.dim() != 1:
             raise DataError(f"labels y must be one-dimensional [N]; got shape {tuple(self.y.shape)}")

@@ -309,6 +309,7 @@ def _normalize_one(v, how):
 
 def _check_labels(model: nn.Module, x: Any, y: Any) -> int | None:
     """Fail early, with a clear message, when inputs or labels do not fit the model."""
+    from .data import _check_integral
     from .units import _check_forward
 
     with _inputs.preserved_state(model), torch.no_grad():
@@ -316,6 +317,7 @@ def _check_labels(model: nn.Module, x: Any, y: Any) -> int | None:
     if y is None:
         return None
     y = torch.as_tensor(y)
+    _check_integral(y)
     if y.numel() and (y.min() < 0 or y.max() >= out.shape[-1]):
         raise DataError(
             f"labels must lie in [0, {out.shape[-1] - 1}] (the model has {out.shape[-1]} outputs); "
