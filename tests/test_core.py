@@ -382,6 +382,9 @@ def test_clear_errors():
         xprune.score(m, (X, y), "no-such-criterion")
     with pytest.raises(NothingToPrune, match="no prunable channels"):
         xprune.score(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), (torch.randn(2, 4), torch.tensor([0, 1])), "weight")
+    lstm = nn.Sequential(nn.LSTM(4, 8, batch_first=True))
+    with pytest.raises(NothingToPrune, match=r"recurrent layers \(0: LSTM\) are not prunable"):
+        xprune.discover(lstm, torch.randn(2, 5, 4))
     with pytest.raises(XpruneError, match="unknown unit kind"):
         xprune.score(m, (X, y), "weight", units="blocks")
     with pytest.raises(DataError, match="needs data"):

@@ -395,10 +395,14 @@ def _discover_channels(model, example_inputs, *, include_output=False, ignore=()
         )
     groups.sort(key=lambda g: order.get(g.name, 1 << 30))
     if not groups:
+        recurrent = [n for n, m in model.named_modules() if isinstance(m, nn.RNNBase)]
         raise NothingToPrune(
             "the model has no prunable channels: no conv or linear layer whose output "
             "channels can be removed without changing the model's output "
             "(pass include_output=True to allow pruning the classifier)"
+            + (f"; its recurrent layers ({', '.join(recurrent)}: {type(model.get_submodule(recurrent[0])).__name__}) "
+               "are not prunable in xprune (a hidden unit feeds the layer's own gates and recurrence); prune the "
+               "conv/linear layers around them instead" if recurrent else "")
         )
     return UnitSet("channels", groups, _inputs.spec(example_inputs), graph)
 
