@@ -382,6 +382,8 @@ def test_clear_errors():
         xprune.score(m, (X, y), "no-such-criterion")
     with pytest.raises(NothingToPrune, match="no prunable channels"):
         xprune.score(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), (torch.randn(2, 4), torch.tensor([0, 1])), "weight")
+    with pytest.raises(DataError, match="'meta' device"):
+        xprune.score(m, (torch.empty(4, 3, 8, 8, device="meta"), y[:4]), "taylor")
     lstm = nn.Sequential(nn.LSTM(4, 8, batch_first=True))
     with pytest.raises(NothingToPrune, match=r"recurrent layers \(0: LSTM\) are not prunable"):
         xprune.discover(lstm, torch.randn(2, 5, 4))

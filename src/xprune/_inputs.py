@@ -74,6 +74,9 @@ def to_device(x: Any, device: torch.device | str | None) -> Any:
     if device is None:
         return x
     if isinstance(x, torch.Tensor):
+        if x.is_meta and torch.device(device).type != "meta":
+            raise DataError("the inputs are on the 'meta' device (shapes without values), which cannot be scored "
+                            "or evaluated; pass real tensors (e.g. load the data with values)")
         return x.to(device)
     if isinstance(x, dict):
         return {k: to_device(v, device) for k, v in x.items()}
