@@ -405,7 +405,7 @@ _VIT_SPECS = [Spec("lrp (attnlrp)", "lrp", (("composite", "attnlrp"),)),
               Spec("lrp (cp-lrp)", "lrp", (("composite", "cp-lrp"),)),
               Spec("taylor", "taylor"), Spec("gradient", "gradient"), Spec("activation", "activation"),
               Spec("weight", "weight"), Spec("l2", "l2"), Spec("random", "random")]
-_VIT_TUNE = {"heads": (10, 8), "neurons": (0, 0)}  # kind -> (trials, quick trials); 0 = not tuned (cost)
+_VIT_TUNE = {"heads": (10, 8), "neurons": (10, 3)}  # kind -> (trials, quick trials)
 
 
 def vit(ctx: Context) -> dict:
@@ -414,8 +414,7 @@ def vit(ctx: Context) -> dict:
     Per seed: 3 classes drawn at random (domain restriction: other logits suppressed), 10
     reference samples per class, nested prunings at every rate, accuracy over the task's
     classes. ``integrated-gradients`` and ``singe`` score channels only, ``steered`` CNNs
-    only: they do not apply here. Tuned LRP (PXP search on 300 validation samples) for heads;
-    for neurons one trial costs ~20 s here, so see ``benchmarks/pxp_tune.py --task vit-neurons``.
+    only: they do not apply here. Tuned LRP: the PXP search on 300 validation samples of the task.
     """
     import random as _random
 
@@ -464,12 +463,11 @@ def vit(ctx: Context) -> dict:
     for kind in ("heads", "neurons"):
         md += [f"**{kind}**\n", report.curves_markdown(curves[kind]), ""]
         report.plot_curves(curves[kind], ctx.out / f"vit-{kind}.png", title=f"ViT {kind}, 3-class tasks")
-    if settings["tuning"]:
-        md.append("`lrp (tuned)`: PXP search (`xprune.tune`) on 300 validation samples of the task; best "
+    for kind, per_seed in settings["tuning"].items():
+        md.append(f"`lrp (tuned)`, {kind}: PXP search (`xprune.tune`) on 300 validation samples of the task; best "
                   "validation AUC per seed: " + ", ".join(
-                      f"{t['val_auc']:.3f} ({t['trials']} trials, {t['seconds']:.0f} s)"
-                      for t in settings["tuning"]["heads"].values()) + ". Neurons are not tuned in the suite "
-                  "(one trial costs ~20 s here): see `benchmarks/pxp_tune.py --task vit-neurons`.")
+                      f"{t['val_auc']:.3f} ({t['trials']} trials, {t['seconds']:.0f} s)" for t in per_seed.values())
+                  + ".\n")
     payload = {"settings": settings, "curves": curves}
     ctx.write("vit", payload, "\n".join(md))
     return payload
@@ -700,7 +698,7 @@ SCENARIOS: dict[str, tuple[Callable[[Context], dict], Callable[[bool, int], int]
     "toy": (toy, _toy_steps, (4, 320), True),
     "transfer": (transfer_task, lambda q, s: s, (6, 120), True),
     "resnet": (resnet, lambda q, s: s * (4 if q else 11), (30, 480), True),
-    "vit": (vit, lambda q, s: s, (20, 200), True),
+    "vit": (vit, lambda q, s: s, (25, 90), True),
     "minilm": (minilm, lambda q, s: 1, (400, 400), False),
     "perf": (perf, lambda q, s: 3, (6, 120), False),
     "heatmaps": (heatmaps, lambda q, s: 1, (3, 5), False),
