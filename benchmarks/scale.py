@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     p.add_argument("--criterion", default="lrp")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--sizes", default="1000,4000,16000")
-    p.add_argument("--throughput-samples", type=int, default=1024)
+    p.add_argument("--throughput-samples", type=int, default=8192)
     p.add_argument("--part", choices=["all", "throughput", "memory"], default="all")
     p.add_argument("--out", help="write the figures as JSON here")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)

@@ -842,6 +842,17 @@ def _guide(out: Path, existing: Path) -> list[str]:
             top = max(acc, key=lambda c: acc[c][kind])
             src = "" if res.parent == out else f" (stored `{res.name}`)"
             lines.append(f"- ResNet with fine-tuning, 50% fewer MACs, {kind}: **{top}** ({acc[top][kind]:.3f}){src}.")
+    vit_json = out / "vit.json"
+    if vit_json.exists():
+        for kind, cs in json.loads(vit_json.read_text())["curves"].items():
+            by = {}
+            for c in cs:
+                by.setdefault(c["criterion"], []).append(statistics.fmean(c["accuracies"]))
+            ranked = sorted(by, key=lambda k: -statistics.fmean(by[k]))
+            lines.append(f"- ViT {kind}, 3-class tasks, no fine-tuning: AUC ranking "
+                         + ", ".join(f"{k} {statistics.fmean(by[k]):.3f}" for k in ranked[:3])
+                         + f"; random {statistics.fmean(by['random']):.3f}; last: {ranked[-1]} "
+                         f"{statistics.fmean(by[ranked[-1]]):.3f}.")
     pf = out / "perf.json"
     if pf.exists():
         costs = json.loads(pf.read_text())["costs"]
@@ -981,6 +992,11 @@ def results_page(out: str | os.PathLike = "docs/bench", page: str | os.PathLike 
                 "vit_pxp.png", old="vit_pxp")
     section("MiniLM heads and neurons", "The real all-MiniLM-L6-v2 (`benchmarks/minilm.py`).", "minilm",
             "minilm.png", old="minilm")
+    if (existing / "llm.md").exists():
+        s += ["## Decoder-only language model: heads and neurons by perplexity", "",
+              "From `python benchmarks/llm.py` (structured Wanda, LLM-Pruner Taylor and AttnLRP on a tiny "
+              "byte-level Llama with grouped-query attention trained on the offline docstring corpus):", "",
+              _include(existing / "llm.md", rel_old), ""]
     section("Performance", "", "perf")
     if (out / "perf.json").exists():
         speed = json.loads((out / "perf.json").read_text()).get("speedup", [])
