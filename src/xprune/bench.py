@@ -777,12 +777,26 @@ def run(scenarios: Sequence[str] | None = None, *, out: str | os.PathLike = "doc
                                           "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                                           "command": "xprune bench " + " ".join(names) + (" --quick" if quick else "")
                                           + f" --seeds {','.join(map(str, seeds))} --out {out}",
-                                          "threads": torch.get_num_threads()}
+                                          "threads": torch.get_num_threads(), "commit": _commit()}
             atomic_write(summary_path, json.dumps(summary, indent=1))
             bar.update(task, completed=steps(quick, len(seeds)))
     if page is not None:
         results_page(out, page)
     return results
+
+
+def _commit() -> str | None:
+    """The source checkout's git commit (short hash, ``+`` if it has uncommitted changes), if there is one."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
 
 # --------------------------------------------------------------------------- the results page
@@ -835,11 +849,11 @@ def _guide(out: Path, existing: Path) -> list[str]:
     if res is not None:
         r = json.loads(res.read_text())["results"]
         if r and isinstance(next(iter(r.values())), dict):  # bench format: criterion -> schedule -> [acc]
-            acc = {c: {k: statistics.fmean(v) for k, v in s.items()} for c, s in r.items()}
+            acc = {c: {k: statistics.fmean(v) for k, v in s.items() if v} for c, s in r.items()}
         else:  # benchmarks/entwined.py format: criterion -> [per seed {schedule: {accuracy}}]
             acc = {c: {k: statistics.fmean(x[k]["accuracy"] for x in runs) for k in runs[0]} for c, runs in r.items()}
         for kind in ("entwined", "one-shot + FT"):
-            top = max(acc, key=lambda c: acc[c][kind])
+            top = max((c for c in acc if kind in acc[c]), key=lambda c: acc[c][kind])
             src = "" if res.parent == out else f" (stored `{res.name}`)"
             lines.append(f"- ResNet with fine-tuning, 50% fewer MACs, {kind}: **{top}** ({acc[top][kind]:.3f}){src}.")
     vit_json = out / "vit.json"
@@ -867,23 +881,26 @@ GUIDE = """\
 In short (the bullets above are computed from the suite's output and the stored results; the advice below
 draws on all the tables on this page):
 
-- **Few reference samples, no fine-tuning, a CNN** (the Pruning-by-Explaining setting): `lrp`, but not with
-  the default composite alone: `composite="zplus"` or a tuned composite (`xprune tune`) beat `taylor` on
-  the transfer task (PXP table below), while the default `epsilon-plus` trails `taylor` there.
+- **Few reference samples, no fine-tuning, a CNN** (the Pruning-by-Explaining setting): `lrp`, but choose
+  the composite: the epsilon rule, z+ or a composite tuned with `xprune tune` beat `taylor` on the transfer
+  task, while the default `epsilon-plus` trails it there. Tuning gained little over the best preset
+  (within one seed's spread) and needs a labelled validation split.
 - **A very over-parameterised network, a moderate rate**: check `random` first. On the 1000-wide toy MLPs
   no criterion beats removing a third of the neurons at random on circles and moons; the data-driven
-  criteria approach it only from about 50-100 samples per class (they remove the neurons that look idle on
-  the few reference samples, which are the ones the rest of the input space needs). The ranking itself is
-  right (removing the *highest*-ranked third instead is far worse), the redundancy is what makes uniform
-  removal safe.
-- **You will fine-tune anyway**: the criterion matters less; `taylor` with one-shot pruning and fine-tuning
-  was best in our ResNet run, `singe` and `lrp` profit from the entwined schedule.
-- **Transformers**: `lrp` (AttnLRP or CP-LRP) for MLP neurons and heads of a pretrained encoder (MiniLM);
-  on the small ViT the neuron results are within noise.
+  criteria approach it only from about 50-100 samples per class.
+- **You will fine-tune anyway**: the criterion matters little. After a one-shot cut of half the ResNet's
+  MACs and 60 fine-tuning steps, `steered`, `random`, `taylor` and `lrp` (alpha2-beta1) end within one
+  point of each other; `singe` and z+ fall behind one-shot and need the entwined schedule (several small
+  steps with fine-tuning between), where `lrp` (epsilon-plus) was best.
+- **Transformers**: prune attention heads with `lrp` (AttnLRP or CP-LRP; tuned slightly better): far ahead
+  of `taylor`, `gradient`, `weight` and `random` on the ViT and on MiniLM (where `activation` matches it on
+  heads). For MLP neurons of the small ViT
+  the criteria are within noise; on MiniLM `lrp` (AttnLRP) keeps the embeddings closest. For decoder LLMs
+  judged by perplexity, `llm-pruner` and `wanda` were best beyond a quarter of the heads (tiny model).
 - **Keep explanations**: after pruning 50% of the digits VGG with `lrp` its heatmaps barely change
-  (Pearson > 0.99 below); `taylor` kept heatmaps best after fine-tuning in the steered-pruning study.
-- **Budget**: `weight`, `l2`, `random` cost less than one forward+backward; `gradient`, `taylor` about 1.5x;
-  `lrp` about 2x; `integrated-gradients` and `singe` 20x and more (one pass per path step).
+  (below); `taylor` kept heatmaps best after fine-tuning in the steered-pruning study.
+- **Budget**: `weight`, `l2`, `random` cost less than one forward+backward; `gradient`, `taylor` and `lrp`
+  about 1.5-1.8x; `integrated-gradients` and `singe` 15x and more (one pass per path step).
 - **No data at all**: `weight`/`l2` are the only options without data and usually among the weakest.
 - **Need a guarantee**: `xprune prune --max-drop` certifies the rate on calibration data, whatever the
   criterion; `lrp` got the largest certified rates in the stored runs.
@@ -933,14 +950,14 @@ def results_page(out: str | os.PathLike = "docs/bench", page: str | os.PathLike 
          "Generated by `xprune.bench.results_page` from the output of `xprune bench` (folder "
          f"`{rel}`) and the stored results of the standalone scripts in `{rel_old}`. All runs on this project's "
          "shared 2-core CPU machine; compare criteria within a table, not across tables.", "",
-         "## How these numbers were made", "", "| scenario | command | duration | seeds | finished |",
-         "|---|---|---|---|---|"]
+         "## How these numbers were made", "", "| scenario | command | duration | seeds | finished | commit |",
+         "|---|---|---|---|---|---|"]
     for name, info in summary["scenarios"].items():
         s.append(f"| {name} | `{info['command']}` | {info['seconds'] / 60:.1f} min | {info['seeds']} "
-                 f"| {info['finished']} |")
+                 f"| {info['finished']} | {info.get('commit') or '?'} |")
     s += ["", "Criteria: `weight`, `l2`, `gradient`, `taylor`, `activation`, `random`, `lrp` with the composites "
           "named in brackets, `integrated-gradients`, `singe`; tuned LRP (`lrp (tuned)`, the PXP search) in the "
-          "transfer and ViT-heads scenarios, `steered` in the ResNet scenario; more in the standalone scripts' "
+          "transfer and ViT scenarios, `steered` in the ResNet scenario; more in the standalone scripts' "
           "tables below.", ""]
     s += ["## Which criterion should I use?", "", "What the numbers on this page say:", ""] + _guide(out, existing)
     s += ["", GUIDE]
