@@ -229,52 +229,64 @@ def transfer_task(ctx: Context) -> dict:
         model, ds, reference = transfer(arch, source=source, n_per_class=10, seed=seed, progress=False,
                                         **({"hidden": (64, 64)} if ctx.quick else {}))
         bases.append(evaluate.accuracy(model, ds.test))
-        runs = [(spec.label, spec.name, spec.kwargs(seed)) for spec in specs]
-        tuned, tuning[seed] = _tuned_lrp(ctx, model, reference, ds.val, rates, seed)
-        runs.insert(0, ("lrp (tuned)", "lrp", tuned))
-        for label, name, kwargs in runs:
-            c = evaluate.curve(model, reference, ds.test, name, rates=rates, **kwargs)
-            c.criterion = label
-            c.meta["seed"] = seed
-            curves.append(c)
+        tuned, tuning[seed] = _tuned_lrp(ctx, "transfer", model, reference, ds.val, rates, seed)
+        runs = [("lrp (tuned)", "lrp", tuned)] + [(spec.label, spec.name, spec.kwargs(seed)) for spec in specs]
+        curves += _curves(model, reference, ds.test, runs, seed, rates=rates)
         ctx.advance(1)
         ctx.log(f"transfer seed {seed}: adapted accuracy {bases[-1]:.3f}")
     title = f"{arch}: {source} 0-4 -> 5-9, 10 samples/class, no fine-tuning"
     md = (f"{title}; AUC of test accuracy over {len(rates)} rates 0..{max(rates):.2f}; seeds {ctx.seeds}; "
           f"adapted (unpruned) accuracy {_fmt(bases)}.\n\n" + report.curves_markdown(curves))
-    trials, sampler, n_val = _TUNE_QUICK if ctx.quick else _TUNE_FULL
-    md += (f"\n\n`lrp (tuned)`: the PXP search (`xprune.tune`, {trials} trials, sampler {sampler!r}) of an LRP "
-           f"composite per layer group, scored by the AUC on {n_val} *validation* samples of the target task (more "
-           "labelled data than the 10 reference samples per class the criteria see; the test split is never "
-           "used); best validation AUC per seed: "
+    how = {k: tuning[ctx.seeds[0]][k] for k in ("trials", "sampler", "validation_samples")}
+    md += (f"\n\n`lrp (tuned)`: the PXP search (`xprune.tune`, {how['trials']} trials, sampler {how['sampler']!r}) "
+           f"of an LRP composite per layer group, scored by the AUC on {how['validation_samples']} *validation* "
+           "samples of the target task (more labelled data than the 10 reference samples per class the criteria "
+           "see; the test split is never used); best validation AUC per seed: "
            + ", ".join(f"{t['val_auc']:.3f} ({t['seconds']:.0f} s)" for t in tuning.values()) + ".")
     payload = {"settings": {"arch": arch, "source": source, "n_per_class": 10, "rates": list(rates),
-                            "seeds": ctx.seeds, "tuning": {"trials": trials, "sampler": sampler,
-                                                           "validation_samples": n_val}},
+                            "seeds": ctx.seeds, "tuning": how},
                "base": bases, "curves": curves, "tuning": tuning}
     ctx.write("transfer", payload, md)
     report.plot_curves(curves, ctx.out / "transfer.png", title=title, baseline=statistics.fmean(bases))
     return payload
 
 
-_TUNE_FULL = (15, "gp", 600)  # trials, sampler, validation samples (as benchmarks/pxp_tune.py)
-_TUNE_QUICK = (3, "random", 100)
+#: the PXP search inside the suite: scenario -> ((trials, sampler) full, (trials, sampler) quick, validation samples)
+_TUNE = {"transfer": ((15, "gp"), (3, "random"), 600),  # as benchmarks/pxp_tune.py
+         "vit": ((10, "gp"), (3, "random"), 300)}
 
 
-def _tuned_lrp(ctx: Context, model: nn.Module, reference: Any, val: Any, rates: Sequence[float],
-               seed: int) -> tuple[dict, dict]:
-    """PXP: tune an LRP composite on a validation split; ``(score options, summary)``."""
+def _tuned_lrp(ctx: Context, scenario: str, model: nn.Module, reference: Any, val: Any, rates: Sequence[float],
+               seed: int, *, folder: str | None = None, **tune_options: Any) -> tuple[dict, dict]:
+    """PXP: tune an LRP composite on ``val`` (a seeded subset); ``(score options, summary)``.
+
+    The study is kept in ``out/tune/<folder or scenario>-seed<seed>``.
+    """
     from .tune import tune
 
-    trials, sampler, n_val = _TUNE_QUICK if ctx.quick else _TUNE_FULL
+    full, quick, n_val = _TUNE[scenario]
+    trials, sampler = quick if ctx.quick else full
     idx = torch.randperm(len(val.X), generator=torch.Generator().manual_seed(seed))[:n_val]
     t0 = time.perf_counter()
     # the study lives in the output folder: an interrupted suite resumes it instead of starting again
     res = tune(model, reference, (val.X[idx], val.y[idx]), trials=trials, sampler=sampler, seed=seed, rates=rates,
-               out=ctx.out / "tune" / f"transfer-seed{seed}", progress=False)
-    summary = {"val_auc": res.best_value, "params": res.best_params, "counts": res.counts,
-               "seconds": time.perf_counter() - t0, "composite": os.path.relpath(res.composite, ctx.out)}
+               out=ctx.out / "tune" / f"{folder or scenario}-seed{seed}", progress=False, **tune_options)
+    summary = {"trials": trials, "sampler": sampler, "validation_samples": n_val, "val_auc": res.best_value,
+               "params": res.best_params, "counts": res.counts, "seconds": time.perf_counter() - t0,
+               "composite": os.path.relpath(res.composite, ctx.out)}
     return dict(res.options), summary
+
+
+def _curves(model: nn.Module, reference: Any, test: Any, runs: Sequence[tuple[str, str, dict]], seed: int,
+            **curve_options: Any) -> list:
+    """One accuracy-vs-rate curve per ``(label, criterion, options)`` run, labelled and tagged with the seed."""
+    out = []
+    for label, name, kwargs in runs:
+        c = evaluate.curve(model, reference, test, name, **curve_options, **kwargs)
+        c.criterion = label
+        c.meta["seed"] = seed
+        out.append(c)
+    return out
 
 
 # --------------------------------------------------------------------------- (c) ResNet with fine-tuning
@@ -298,7 +310,7 @@ def resnet(ctx: Context) -> dict:
     base = evaluate.accuracy(model, data.test)
     specs = [s for s in _specs(ctx.quick) if s.label != "lrp (epsilon)"]  # = epsilon-plus without conv z+
     if ctx.quick:
-        specs = [s for s in specs if s.name in ("taylor", "lrp", "random")][:3]
+        specs = [s for s in specs if s.label in ("taylor", "random", "lrp (epsilon-plus)")]
     else:
         specs = [Spec(s.label, s.name, (("n_steps", 3),)) if s.name == "singe" else s for s in specs]
     budget, steps = (6, 2) if ctx.quick else (60, 3)
@@ -405,7 +417,6 @@ _VIT_SPECS = [Spec("lrp (attnlrp)", "lrp", (("composite", "attnlrp"),)),
               Spec("lrp (cp-lrp)", "lrp", (("composite", "cp-lrp"),)),
               Spec("taylor", "taylor"), Spec("gradient", "gradient"), Spec("activation", "activation"),
               Spec("weight", "weight"), Spec("l2", "l2"), Spec("random", "random")]
-_VIT_TUNE = {"heads": (10, 8), "neurons": (10, 3)}  # kind -> (trials, quick trials)
 
 
 def vit(ctx: Context) -> dict:
@@ -414,14 +425,13 @@ def vit(ctx: Context) -> dict:
     Per seed: 3 classes drawn at random (domain restriction: other logits suppressed), 10
     reference samples per class, nested prunings at every rate, accuracy over the task's
     classes. ``integrated-gradients`` and ``singe`` score channels only, ``steered`` CNNs
-    only: they do not apply here. Tuned LRP: the PXP search on 300 validation samples of the task.
+    only: they do not apply here. Tuned LRP: the PXP search on validation samples of the task (:data:`_TUNE`).
     """
     import random as _random
 
     from . import transformers as _transformers  # noqa: F401  (heads / neurons)
     from .data import RestrictedModel, reference_samples, restrict
     from .models import pretrained
-    from .tune import tune
 
     model, ds = pretrained("vit", "digits" if ctx.quick else "mnist", seed=0, progress=False)
     model.eval()
@@ -436,25 +446,12 @@ def vit(ctx: Context) -> dict:
         task = RestrictedModel(model, classes).eval()
         ref = reference_samples(restrict(ds.train, classes), 10, seed=seed)
         test = restrict(ds.test, classes)
+        val = restrict(ds.val, classes)
         for kind in ("heads", "neurons"):
-            runs = [(sp.label, sp.name, sp.kwargs(seed)) for sp in specs]
-            trials = _VIT_TUNE[kind][1 if ctx.quick else 0]
-            if trials:
-                val = restrict(ds.val, classes)
-                idx = torch.randperm(len(val.X), generator=torch.Generator().manual_seed(seed))[:300]
-                t0 = time.perf_counter()
-                res = tune(task, ref, (val.X[idx], val.y[idx]), units=kind, trials=trials, seed=seed, rates=rates,
-                           classes=classes, sampler="random" if ctx.quick else "gp",
-                           out=ctx.out / "tune" / f"vit-{kind}-seed{seed}", progress=False)
-                settings["tuning"].setdefault(kind, {})[seed] = {
-                    "trials": trials, "val_auc": res.best_value, "params": res.best_params,
-                    "seconds": time.perf_counter() - t0}
-                runs.insert(0, ("lrp (tuned)", "lrp", dict(res.options)))
-            for label, name, kwargs in runs:
-                c = evaluate.curve(task, ref, test, name, units=kind, rates=rates, classes=classes, **kwargs)
-                c.criterion = label
-                c.meta["seed"] = seed
-                curves[kind].append(c)
+            tuned, settings["tuning"].setdefault(kind, {})[seed] = _tuned_lrp(
+                ctx, "vit", task, ref, val, rates, seed, folder=f"vit-{kind}", units=kind, classes=classes)
+            runs = [("lrp (tuned)", "lrp", tuned)] + [(sp.label, sp.name, sp.kwargs(seed)) for sp in specs]
+            curves[kind] += _curves(task, ref, test, runs, seed, units=kind, rates=rates, classes=classes)
         ctx.advance(1)
         ctx.log(f"vit seed {seed}: classes {classes}")
     md = [f"xprune ViT on {'digits' if ctx.quick else 'MNIST'}, 3 random classes per seed "
@@ -464,8 +461,8 @@ def vit(ctx: Context) -> dict:
         md += [f"**{kind}**\n", report.curves_markdown(curves[kind]), ""]
         report.plot_curves(curves[kind], ctx.out / f"vit-{kind}.png", title=f"ViT {kind}, 3-class tasks")
     for kind, per_seed in settings["tuning"].items():
-        md.append(f"`lrp (tuned)`, {kind}: PXP search (`xprune.tune`) on 300 validation samples of the task; best "
-                  "validation AUC per seed: " + ", ".join(
+        md.append(f"`lrp (tuned)`, {kind}: PXP search (`xprune.tune`) on {_TUNE['vit'][2]} validation samples of "
+                  "the task; best validation AUC per seed: " + ", ".join(
                       f"{t['val_auc']:.3f} ({t['trials']} trials, {t['seconds']:.0f} s)" for t in per_seed.values())
                   + ".\n")
     payload = {"settings": settings, "curves": curves}
@@ -814,6 +811,14 @@ def _first(*paths: Path) -> Path | None:
     return next((p for p in paths if p.exists()), None)
 
 
+def _auc_ranking(curves: Sequence[dict]) -> tuple[dict[str, list[float]], list[str]]:
+    """Per-seed AUCs by criterion of saved curves, and the criteria from best to worst mean AUC."""
+    by: dict[str, list[float]] = {}
+    for c in curves:
+        by.setdefault(c["criterion"], []).append(statistics.fmean(c["accuracies"]))
+    return by, sorted(by, key=lambda k: -statistics.fmean(by[k]))
+
+
 def _guide(out: Path, existing: Path) -> list[str]:
     """Bullet points of "which criterion" derived from the numbers in ``out`` (and the stored results)."""
     lines = []
@@ -837,11 +842,7 @@ def _guide(out: Path, existing: Path) -> list[str]:
                          f"removal keeps {rnd:.3f}.")
     tr = out / "transfer.json"
     if tr.exists():
-        curves = json.loads(tr.read_text())["curves"]
-        by: dict[str, list[float]] = {}
-        for c in curves:
-            by.setdefault(c["criterion"], []).append(statistics.fmean(c["accuracies"]))
-        ranked = sorted(by, key=lambda k: -statistics.fmean(by[k]))
+        by, ranked = _auc_ranking(json.loads(tr.read_text())["curves"])
         lines.append("- CNN transfer, 10 samples per class, no fine-tuning: AUC ranking "
                      + ", ".join(f"{k} {statistics.fmean(by[k]):.3f}" for k in ranked[:4]) + f"; last: {ranked[-1]} "
                      f"{statistics.fmean(by[ranked[-1]]):.3f}.")
@@ -859,10 +860,7 @@ def _guide(out: Path, existing: Path) -> list[str]:
     vit_json = out / "vit.json"
     if vit_json.exists():
         for kind, cs in json.loads(vit_json.read_text())["curves"].items():
-            by = {}
-            for c in cs:
-                by.setdefault(c["criterion"], []).append(statistics.fmean(c["accuracies"]))
-            ranked = sorted(by, key=lambda k: -statistics.fmean(by[k]))
+            by, ranked = _auc_ranking(cs)
             lines.append(f"- ViT {kind}, 3-class tasks, no fine-tuning: AUC ranking "
                          + ", ".join(f"{k} {statistics.fmean(by[k]):.3f}" for k in ranked[:3])
                          + f"; random {statistics.fmean(by['random']):.3f}; last: {ranked[-1]} "
