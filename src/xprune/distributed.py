@@ -365,12 +365,8 @@ def sharded_session(criterion: Any) -> Iterator[_Session]:
         yield session
     except Exception as e:
         if session.reduced == 0 and is_active() and not isinstance(e, DistributedError):
-            import torch.distributed as dist
-
-            gathered: list[Any] = [None] * world_size()
             with contextlib.suppress(DistributedError):  # peers gone too: this rank's own error says more
-                _collective("report of a failure", dist.all_gather_object, gathered,
-                            {_FAILED: f"{type(e).__name__}: {str(e).strip()[:500]}"})
+                gather_object({_FAILED: f"{type(e).__name__}: {str(e).strip()[:500]}"}, "report of a failure")
         raise
     finally:
         _SESSION.reset(token)
@@ -413,8 +409,7 @@ def all_reduce_sums(totals: dict, counts: dict | None = None) -> tuple[dict, dic
     counts = {} if counts is None else counts
     local_spec = {k: (tuple(torch.as_tensor(v).shape), str(torch.as_tensor(v).dtype).replace("torch.", ""))
                   for k, v in totals.items()}
-    gathered: list[Any] = [None] * world_size()
-    _collective("gathering of the score keys", dist.all_gather_object, gathered, local_spec)
+    gathered = gather_object(local_spec, "gathering of the score keys")
     failed = [(r, part[_FAILED]) for r, part in enumerate(gathered) if _FAILED in part]
     if failed:
         raise XpruneError(f"rank {failed[0][0]} of {world_size()} failed while scoring its share of the data, so "
@@ -510,14 +505,17 @@ def broadcast_object(obj: Any = None, src: int = 0) -> Any:
     return box[0]
 
 
-def gather_object(obj: Any) -> list[Any]:
-    """Every rank's picklable ``obj``, in rank order (``[obj]`` outside a process group)."""
+def gather_object(obj: Any, what: str = "gathering of an object") -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` outside a process group).
+
+    ``what`` names the step in the error raised when a peer fails or times out.
+    """
     if not is_active():
         return [obj]
     import torch.distributed as dist
 
     gathered: list[Any] = [None] * world_size()
-    _collective("gathering of an object", dist.all_gather_object, gathered, obj)
+    _collective(what, dist.all_gather_object, gathered, obj)
     return gathered
 
 

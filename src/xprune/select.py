@@ -3,8 +3,9 @@
 :func:`select` ranks units by score (lowest first) either across all layers
 (``scope="global"``) or within each layer (``scope="local"``), removes a given
 fraction of the units (or of the model's MACs or parameters, counted exactly
-by :class:`xprune.costs.CostModel`), never empties a layer (``min_keep``), and can round each layer's kept count to a multiple
-(``round_to=8`` keeps tensor shapes friendly to vector units).
+by :class:`xprune.costs.CostModel`), never empties a layer (``min_keep``), and
+can round each layer's kept count to a multiple (``round_to=8`` keeps tensor
+shapes friendly to vector units).
 A :class:`Plan` lists exactly which units go; it is JSON-serialisable and
 prints as a per-layer table.
 """
