@@ -150,9 +150,11 @@ def test_singe_options_and_errors():
     with pytest.raises(XpruneError, match="single weights"):
         xprune.score(m, (X, y), "singe", units="weights")
     units = xprune.discover(m, X[:1])
-    heads = xprune.UnitSet("heads", [xprune.UnitGroup("fc1", "heads", 2, ("fc1",))])
-    with pytest.raises(XpruneError, match="register_gate_sites"):
-        SInGE().integrals(m, heads, [(X, y)])
+    # a kind that only discovers (no gate sites) is refused by name; heads and neurons have gate sites now
+    xprune.register_kind("rows")(lambda model, example_inputs, **options: None)
+    rows = xprune.UnitSet("rows", [xprune.UnitGroup("fc1", "rows", 2, ("fc1",))])
+    with pytest.raises(XpruneError, match="'rows' has no gate sites"):
+        SInGE().integrals(m, rows, [(X, y)])
     assert units.kind == "channels"
 
 

@@ -13,7 +13,8 @@ import xprune
 from xprune.models.vit import Attention, Block
 
 xt = pytest.importorskip("xprune.transformers")
-from xprune.lrp.attention import AttentionComposite, attnlrp  # noqa: E402
+from xprune.lrp.attention import AttentionComposite  # noqa: E402
+from xprune.transformers import attnlrp  # noqa: E402
 
 T = pytest.importorskip("transformers")
 

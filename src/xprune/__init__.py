@@ -2,8 +2,10 @@
 
 The pipeline, one stage per module::
 
-    units (what can go) -> criteria (how much it matters) -> select (a Plan)
-    -> surgery (remove or mask) -> evaluate (what it cost, what it saved)
+    data -> units (what can go; one UnitKind per kind) -> criteria (how much it matters)
+    -> select (a Plan) -> surgery (remove or mask) -> measure (what it cost, what it saved)
+
+with the LRP engine (``lrp``) beside it and ``pipeline`` (prune, curve) on top.
 
 Quick use::
 
@@ -14,25 +16,37 @@ Quick use::
     small = xprune.prune(model, (X_ref, y_ref), "lrp", 0.5)   # the same in one call
 """
 
-from . import criteria, guarantee, lrp, units
+import importlib
+
+from . import criteria, evaluate, guarantee, lrp, measure, pipeline, units
+from .costs import unit_costs
 from .criteria import Criterion, HookedCriterion, register
 from .errors import DataError, NothingToPrune, XpruneError
 from .guarantee import RateChoice, calibration_size, choose_rate
-from .scores import Scores, score
-from .select import Plan, select
 from .io import export_onnx, load, save
 from .lrp import explain
-from .surgery import apply, history, prune, unit_costs
+from .pipeline import prune
+from .plan import Plan
+from .scores import Scores, score
+from .select import select
+from .surgery import apply, history
 from .tune import TuneResult, tune  # optuna is imported only when tune() runs
-from .units import UnitGroup, UnitSet, discover
+from .units import UnitGroup, UnitKind, UnitSet, discover, register_kind
 
-from . import transformers as _transformers  # noqa: E402,F401  (registers the "heads"/"neurons" kinds)
-from . import llm  # noqa: E402  (calibration text, perplexity)
+#: Subpackages imported on first attribute access (``xprune.llm``, ``xprune.transformers``, ...).
+_LAZY = ("llm", "transformers", "steered", "schedules", "data", "models", "bench", "report", "similarity")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Criterion", "DataError", "RateChoice", "calibration_size", "choose_rate", "guarantee", "explain", "lrp", "HookedCriterion", "NothingToPrune", "Plan", "Scores", "UnitGroup", "UnitSet",
     "XpruneError", "apply", "criteria", "discover", "export_onnx", "history", "load", "prune", "register", "save",
-    "llm", "score", "select", "unit_costs", "units", "tune", "TuneResult",
+    "llm", "score", "select", "unit_costs", "units", "tune", "TuneResult", "UnitKind", "register_kind",
+    "evaluate", "measure", "pipeline",
 ]

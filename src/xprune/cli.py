@@ -184,7 +184,8 @@ def cmd_prune(args) -> int:
     from .distributed import is_main
     from .scores import score
     from .select import select
-    from .surgery import apply, default_mode
+    from .surgery import apply
+    from .pipeline import default_mode
 
     console = Console(quiet=not is_main())  # in a process group only rank 0 prints and writes
     guaranteed = args.max_drop is not None

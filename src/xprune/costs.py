@@ -212,7 +212,7 @@ class CostModel:
         self._const["params"] += n
 
     def _weights(self, model: nn.Module, example: Any) -> None:
-        from .evaluate import count
+        from .measure import count
 
         totals = count(model, example)
         self._const["macs"] = float(totals["macs"])  # masking single weights changes no counted MAC
@@ -444,3 +444,17 @@ def budget_check(costs: Any, sizes: Mapping[str, int]) -> None:
     if wrong:
         raise XpruneError(f"the cost model does not fit these scores (group: cost model size, scores size) "
                           f"{dict(list(wrong.items())[:5])}; build it from this model's scores")
+
+
+def unit_costs(model: nn.Module, scores_or_plan: Any, by: str = "macs", example_inputs: Any = None) -> dict[str, float]:
+    """MACs (or parameters) saved by removing one unit of each group from the full model.
+
+    First-order figures of :class:`xprune.costs.CostModel` (one trace of the
+    model; ``inf`` for one-unit groups). Removing a channel saves MACs in the
+    layer producing it and in the layer reading it, so these per-unit savings
+    overlap between groups and their sum over all units is about twice the
+    model's MACs: for budgets use ``select(..., by="macs", model=model)``,
+    which counts exactly.
+    """
+    check_metric(by)
+    return CostModel(model, scores_or_plan, example_inputs).unit_costs(by)

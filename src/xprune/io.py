@@ -75,7 +75,7 @@ def load(path: str | Path, base_model: nn.Module, *, strict: bool = True) -> nn.
     model = base_model
     steps = json.loads(meta["history"])
     for step in steps:
-        from .select import Plan
+        from .plan import Plan
 
         model = apply(model, Plan.from_dict(step["plan"]), step["mode"])
     if not steps:

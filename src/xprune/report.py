@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ._io import atomic_write
-from .evaluate import Curve
+from .pipeline import Curve
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

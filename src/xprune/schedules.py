@@ -24,8 +24,10 @@ from torch import nn
 
 from .errors import XpruneError
 from .scores import score
-from .select import Plan, check_ratio, select
-from .surgery import apply, default_mode
+from .pipeline import default_mode
+from .plan import Plan, check_ratio
+from .select import select
+from .surgery import apply
 
 FineTune = Callable[[nn.Module], "nn.Module | None"]
 

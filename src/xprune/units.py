@@ -9,16 +9,20 @@ Torch-Pruning's dependency graph finds these couplings; xprune turns each
 coupled set into one :class:`UnitGroup` whose ``size`` units are scored and
 removed together.
 
-New kinds (attention ``"heads"``, MLP ``"neurons"``) plug in through
-:func:`register_kind`.
+Each kind is one :class:`UnitKind` object that owns everything specific to
+it: discovery, the signals criteria read at the units, the gate sites, masking,
+physical removal and the weight slices of each unit. ``"channels"`` and
+``"weights"`` live in :mod:`xprune.kinds`; attention ``"heads"`` and MLP
+``"neurons"`` in :mod:`xprune.transformers.kinds`. A new kind is one call to
+:func:`register_kind` (see ``docs/unit-kinds.md``).
 """
 
 from __future__ import annotations
 
-import re
-
+import contextlib
+import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 import torch_pruning as tp
@@ -29,6 +33,9 @@ from .errors import DataError, NothingToPrune, XpruneError
 
 #: Layer types whose output channels can be roots of a channel group.
 PRODUCER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+__all__ = ["UnitGroup", "UnitSet", "UnitKind", "Signals", "register_kind", "get_kind", "kinds", "discover",
+           "forward_order", "build_graph"]
 
 
 @dataclass(frozen=True)
@@ -138,17 +145,158 @@ class UnitSet:
         return sum(g.size for g in self.groups)
 
 
-_KINDS: dict[str, Callable[..., UnitSet]] = {}
+class Signals:
+    """What a hooked criterion reads at the units during one forward (and backward) pass.
+
+    A kind's :meth:`UnitKind.signals` returns one of these as a context
+    manager: inside it, every forward call appends the tensor carrying the
+    units to ``captured[key]`` (``key = (group name, producer)``). After the
+    backward pass, :meth:`view` brings a captured tensor (or its gradient) to
+    ``[N, S, C, W]``: samples, positions, units, features per unit.
+    """
+
+    def __init__(self) -> None:
+        self.captured: dict[tuple[str, str], list[torch.Tensor]] = {}
+
+    def unit_dim(self, key: tuple[str, str]) -> int:
+        """Dimension of the captured tensor that indexes the units (1 for a conv output, -1 otherwise)."""
+        return -1
+
+    def view(self, key: tuple[str, str], t: torch.Tensor) -> torch.Tensor:
+        """``t`` (a captured tensor or its gradient) as ``[N, S, C, W]``."""
+        t = t.movedim(self.unit_dim(key), -1)
+        return t.reshape(t.shape[0], -1, t.shape[-1], 1)
+
+    def subunits(self, key: tuple[str, str]) -> int:
+        """Parts of one unit that are explained separately (query heads of a KV group), 1 otherwise."""
+        return 1
+
+    def mask_for(self, inputs: Any) -> torch.Tensor | None:
+        """``[N, S]`` weights of the positions that count (padding excluded), or None: all count."""
+        return None
+
+    def __enter__(self) -> "Signals":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+    def close(self) -> None:
+        """Remove every hook (the model is as before)."""
 
 
-def register_kind(name: str) -> Callable:
-    """Register a unit-discovery function ``fn(model, example_inputs, **options) -> UnitSet``."""
+class UnitKind:
+    """One kind of prunable unit, and everything specific to it.
 
-    def deco(fn: Callable[..., UnitSet]) -> Callable[..., UnitSet]:
-        _KINDS[name] = fn
-        return fn
+    Subclasses set :attr:`name` and implement :meth:`discover`; the other
+    methods are what the rest of xprune asks of a kind, each raising a clear
+    error where the kind does not support it.
 
-    return deco
+    - :meth:`discover` -> :class:`UnitSet` (read by selection and plans),
+    - :meth:`signals` -> :class:`Signals` (read by hooked criteria: activations and gradients at the units),
+    - :meth:`gate_sites` -> where a multiplicative gate sits (SInGE, steered pruning),
+    - :meth:`weight_rows` -> each unit's weights (weight-magnitude criteria),
+    - :meth:`apply` -> masking and physical removal (surgery),
+    - :meth:`lrp_context` / :attr:`default_composite` -> how LRP runs on models with these units.
+    """
+
+    name: ClassVar[str] = ""
+    #: whether the units are outputs that activations/gradients can be read at (single weights are not)
+    has_outputs: ClassVar[bool] = True
+    #: LRP composite used by the "lrp" criterion when none is given
+    default_composite: ClassVar[str] = "epsilon-plus"
+
+    def discover(self, model: nn.Module, example_inputs: Any, *, include_output: bool = False,
+                 ignore: Sequence[nn.Module] = (), **options: Any) -> UnitSet:
+        raise NotImplementedError
+
+    def signals(self, model: nn.Module, units: UnitSet) -> Signals:
+        raise XpruneError(f"unit kind {self.name!r} has no outputs to read activations or gradients at")
+
+    def gate_sites(self, model: nn.Module, units: UnitSet, group: UnitGroup, gate_at: str = "after-norm") -> list:
+        raise XpruneError(f"unit kind {self.name!r} has no gate sites (gates multiply unit outputs)")
+
+    def weight_rows(self, model: nn.Module, group: UnitGroup) -> list[tuple[str, torch.Tensor]]:
+        """``(producer, rows)`` pairs: ``rows[j]`` are the weights of channel ``j`` of ``producer``
+        (mapped to units with ``group.scatter_add``)."""
+        raise XpruneError(f"unit kind {self.name!r} does not define the weights of a unit")
+
+    def validate(self, model: nn.Module, plan: Any, mode: str) -> None:
+        """Raise :class:`~xprune.errors.XpruneError` if ``plan`` cannot be applied to ``model`` in ``mode``.
+
+        Called before any tensor changes (default: nothing to check beyond what :meth:`apply` checks)."""
+
+    def apply(self, model: nn.Module, plan: Any, mode: str, example_inputs: Any = None) -> None:
+        """Mask or remove the plan's units in ``model``, in place (callers pass a copy)."""
+        raise XpruneError(f"unit kind {self.name!r} has no surgery")
+
+    def lrp_context(self, model: nn.Module, composite: Any, canonizers: Any):
+        """Context manager running LRP on ``model`` (default: :func:`xprune.lrp.attribution`)."""
+        from .lrp import attribution
+
+        return attribution(model, composite, canonizers)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class _FunctionKind(UnitKind):
+    """A kind given only by a discovery function (the older ``@register_kind(name)`` form)."""
+
+    def __init__(self, name: str, fn: Callable[..., UnitSet]):
+        self.name, self._fn = name, fn  # type: ignore[misc]
+
+    def discover(self, model, example_inputs, **options):
+        return self._fn(model, example_inputs, **options)
+
+
+#: Registered kinds: a UnitKind, or "module:attribute" loaded on first use.
+_KINDS: dict[str, UnitKind | str] = {
+    "channels": "xprune.kinds.channels:ChannelsKind",
+    "weights": "xprune.kinds.weights:WeightsKind",
+    "heads": "xprune.transformers.kinds:HeadsKind",
+    "neurons": "xprune.transformers.kinds:NeuronsKind",
+}
+
+
+def register_kind(kind: "UnitKind | type[UnitKind] | str", target: str | None = None):
+    """Register a unit kind.
+
+    ``register_kind(MyKind())`` (or the class, or as a class decorator)
+    registers a :class:`UnitKind`; ``register_kind("name", "package.module:Class")``
+    registers one loaded on first use; ``@register_kind("name")`` on a function
+    ``fn(model, example_inputs, **options) -> UnitSet`` registers a kind that
+    only discovers (criteria needing signals or surgery then say so).
+    """
+    if isinstance(kind, type) and issubclass(kind, UnitKind):
+        _KINDS[kind.name] = kind()
+        return kind
+    if isinstance(kind, UnitKind):
+        _KINDS[kind.name] = kind
+        return kind
+    if isinstance(kind, str) and target is not None:
+        _KINDS[kind] = target
+        return None
+    if isinstance(kind, str):
+        def deco(fn: Callable[..., UnitSet]) -> Callable[..., UnitSet]:
+            _KINDS[kind] = _FunctionKind(kind, fn)
+            return fn
+
+        return deco
+    raise XpruneError(f"register_kind expects a UnitKind, a name and 'module:Class', or a name; got {kind!r}")
+
+
+def get_kind(name: str) -> UnitKind:
+    """The :class:`UnitKind` registered under ``name`` (loading a lazy entry)."""
+    entry = _KINDS.get(name)
+    if entry is None:
+        raise XpruneError(f"unknown unit kind {name!r}; known kinds: {', '.join(kinds())}")
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        obj = getattr(importlib.import_module(module), attr)
+        entry = _KINDS[name] = obj() if isinstance(obj, type) else obj
+    return entry
 
 
 def kinds() -> list[str]:
@@ -188,12 +336,11 @@ def discover(
     -------
     UnitSet
     """
-    if kind not in _KINDS:
-        raise XpruneError(f"unknown unit kind {kind!r}; known kinds: {', '.join(kinds())}")
+    unit_kind = get_kind(kind)
     if not isinstance(model, nn.Module):
         raise XpruneError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     ignored = _resolve_modules(model, ignore)
-    return _KINDS[kind](model, example_inputs, include_output=include_output, ignore=ignored, **options)
+    return unit_kind.discover(model, example_inputs, include_output=include_output, ignore=ignored, **options)
 
 
 def _resolve_modules(model: nn.Module, items: Sequence[str | nn.Module]) -> list[nn.Module]:
@@ -247,184 +394,6 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
             raise XpruneError(f"could not trace the model's dependency graph: {e}") from e
 
 
-def _output_modules(graph: tp.DependencyGraph) -> set[nn.Module]:
-    """Conv/linear layers whose output channels reach the model output.
-
-    Walks back from the graph's terminal nodes (those whose result is not used
-    by another node, i.e. the model outputs) through every node that keeps the
-    channel count (activations, norms, reshapes, ...) to the first conv or
-    linear layers: removing their output channels would change the output width.
-    """
-    stop = (tp.ops.OPTYPE.CONV, tp.ops.OPTYPE.LINEAR)
-    stack = [n for n in graph.module2node.values() if not n.outputs]
-    seen, found = set(), set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if node.type in stop:
-            found.add(node.module)
-            continue
-        stack.extend(node.inputs)
-    return found
-
-
-def _output_coupled(graph: tp.DependencyGraph, group, outputs: set[nn.Module]) -> bool:
-    return any(
-        dep.target.module in outputs and graph.is_out_channel_pruning_fn(dep.handler) for dep, _ in group
-    )
-
-
-def _fixed_coupled(group) -> bool:
-    """True when the group's channels meet a tensor xprune cannot shrink (the model input, a buffer).
-
-    E.g. a residual block whose skip path starts at the input image: its
-    channels are added to the input's, which has a fixed number of channels;
-    or a depthwise conv applied to the input image.
-    In the traced graph such an operand has no ``grad_fn`` (``None`` among
-    the operation's ``next_functions``).
-    """
-    for item in group:
-        node = item.dep.target
-        nexts = getattr(node.grad_fn, "next_functions", ())
-        if node.type in (tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.CONCAT):
-            if len(nexts) >= 2 and any(f is None for f, _ in nexts):
-                return True
-        elif _is_depthwise(node.module) and nexts and nexts[0][0] is None:
-            return True  # a depthwise conv ties its output channels to its input's
-    return False
-
-
 def _is_depthwise(module) -> bool:
     return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
             and module.groups == module.in_channels == module.out_channels)
-
-
-_MATMUL = re.compile(r"^(Mm|Bmm|Addmm|Baddbmm|MatMul|Einsum|Convolution|Linear)Backward")
-_SHAPE_ONLY = re.compile(r"^(T|Transpose|Permute|View|Reshape|Unsqueeze|Squeeze|Expand|Clone|ToCopy)Backward")
-
-
-def _matmul_parameters(group) -> list[nn.Parameter]:
-    """Bare parameters (not owned by a conv/linear/norm layer) that the group's channels reach through a
-    matrix product or convolution: Torch-Pruning guesses which dimension of them to cut, and for a
-    custom layer computing ``x @ self.w.T`` that guess breaks the model.
-    """
-    found = []
-    for item in group:
-        node = item.dep.target
-        if not isinstance(node.module, nn.Parameter):
-            continue
-        stack, seen = [(node, 0)], set()
-        while stack:
-            n, depth = stack.pop()
-            if id(n) in seen or depth > 3:
-                continue
-            seen.add(id(n))
-            for o in n.outputs:
-                op = type(o.grad_fn).__name__ if o.grad_fn is not None else ""
-                if _MATMUL.match(op):
-                    found.append(node.module)
-                    stack = []
-                    break
-                if _SHAPE_ONLY.match(op):
-                    stack.append((o, depth + 1))
-    return found
-
-
-@register_kind("channels")
-def _discover_channels(model, example_inputs, *, include_output=False, ignore=(), **options) -> UnitSet:
-    if options:
-        raise XpruneError(f"unknown options for kind 'channels': {sorted(options)}")
-    order = forward_order(model, example_inputs)
-    graph = build_graph(model, example_inputs)
-    names = {m: n for n, m in model.named_modules()}
-    groups = []
-    outputs = _output_modules(graph)
-    owner = {id(p): (n.rpartition(".")[0], n) for n, p in model.named_parameters()}
-    ignored_names = {names[m] for m in ignore if m in names}
-    unsupported: dict[str, str] = {}
-    for group in graph.get_all_groups(ignored_layers=list(ignore), root_module_types=PRODUCER_TYPES):
-        if not include_output and _output_coupled(graph, group, outputs):
-            continue
-        if _fixed_coupled(group):
-            continue
-        bare = [owner[id(p)] for p in _matmul_parameters(group) if id(p) in owner]
-        if any(layer in ignored_names or any(layer.startswith(i + ".") for i in ignored_names if i)
-               for layer, _ in bare):
-            continue  # the user excluded the unsupported layer: leave every channel reaching it alone
-        if bare:
-            for layer, param in bare:
-                unsupported.setdefault(layer, f"{layer or '<model>'} ({type(model.get_submodule(layer)).__name__}, "
-                                              f"parameter {param})")
-            continue
-        producers, members, index = [], [], {}
-        for item in group:
-            module, handler = item.dep.target.module, item.dep.handler
-            if not isinstance(module, nn.Module) or module not in names:
-                continue
-            name = names[module]
-            if name not in members:
-                members.append(name)
-            if isinstance(module, PRODUCER_TYPES) and graph.is_out_channel_pruning_fn(handler):
-                if name not in producers:
-                    producers.append(name)
-                    local = list(item.idxs)
-                    root_idxs = list(item.root_idxs)
-                    n_out = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
-                    if local != root_idxs or len(local) != len(group[0].idxs) or n_out != len(local):
-                        mapping = [-1] * (max(local) + 1)
-                        for j, r in zip(local, root_idxs):
-                            mapping[j] = r
-                        index[name] = tuple(mapping)
-        if not producers:
-            continue
-        producers.sort(key=lambda n: order.get(n, 1 << 30))
-        members.sort(key=lambda n: order.get(n, 1 << 30))
-        size = len(group[0].idxs)
-        root = names[group[0].dep.target.module]
-        groups.append(
-            UnitGroup(producers[0], "channels", size, tuple(producers), tuple(members), root, index)
-        )
-    if unsupported:
-        raise XpruneError(
-            f"the model has layers xprune cannot prune through: {'; '.join(unsupported.values())}. They use "
-            "their own parameters in a matrix product or convolution, so removing the channels they receive "
-            "would break them. Exclude them with ignore=" + repr(sorted(unsupported)) + " (the channels "
-            "reaching them then stay), or write them with nn.Linear / nn.Conv layers"
-        )
-    groups.sort(key=lambda g: order.get(g.name, 1 << 30))
-    if not groups:
-        recurrent = [n for n, m in model.named_modules() if isinstance(m, nn.RNNBase)]
-        raise NothingToPrune(
-            "the model has no prunable channels: no conv or linear layer whose output "
-            "channels can be removed without changing the model's output "
-            "(pass include_output=True to allow pruning the classifier)"
-            + (f"; its recurrent layers ({', '.join(recurrent)}: {type(model.get_submodule(recurrent[0])).__name__}) "
-               "are not prunable in xprune (a hidden unit feeds the layer's own gates and recurrence); prune the "
-               "conv/linear layers around them instead" if recurrent else "")
-        )
-    return UnitSet("channels", groups, _inputs.spec(example_inputs), graph)
-
-
-@register_kind("weights")
-def _discover_weights(model, example_inputs, *, include_output=False, ignore=(), **options) -> UnitSet:
-    if options:
-        raise XpruneError(f"unknown options for kind 'weights': {sorted(options)}")
-    order = forward_order(model, example_inputs)
-    graph = build_graph(model, example_inputs)
-    outputs = set() if include_output else _output_modules(graph)
-    groups = []
-    for name, module in model.named_modules():
-        if not isinstance(module, PRODUCER_TYPES) or module in ignore or module in outputs:
-            continue
-        if name not in order:
-            continue  # never called: removing its weights cannot matter
-        groups.append(UnitGroup(name, "weights", module.weight.numel(), (name,), (name,), name))
-    groups.sort(key=lambda g: order[g.name])
-    if not groups:
-        raise NothingToPrune(
-            "the model has no prunable weights: no conv or linear layer outside the "
-            "output layer (pass include_output=True to allow the classifier)"
-        )
-    return UnitSet("weights", groups, _inputs.spec(example_inputs), graph)

@@ -1,7 +1,8 @@
 """Activation criterion ``"activation"``: mean |a| at the unit's output.
 
 The mean absolute output of the unit over samples and positions (read at the
-producing layer's output, before BatchNorm/activation). Channels only.
+producing layer's output, before BatchNorm/activation); for heads and
+neurons where the output projection reads them, padding tokens excluded.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ class Activation(HookedCriterion):
 
     def reduce(self, activation, grad, unit_dim):
         return activation.double().abs().sum(dim=(0, 1))
+
+    def contribution(self, signal):
+        a = signal.activation.double().abs()  # [N, S, C, W]
+        mask = signal.token_mask
+        if mask is not None and mask.shape == a.shape[:2]:  # padding tokens do not count
+            a = a * mask.to(a.dtype)[..., None, None]
+            return a.sum(dim=(0, 1, 3)), float(mask.sum()) * a.shape[3]
+        return a.sum(dim=(0, 1, 3)), float(a.shape[0] * a.shape[1] * a.shape[3])
 
     def finalize(self, total, count):
         return total / count

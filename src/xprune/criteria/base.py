@@ -28,6 +28,7 @@ passed to ``finalize`` with the number of ``N * S`` values summed per unit.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable
 
 import torch
@@ -35,13 +36,24 @@ from torch import nn
 
 from .. import _inputs
 from ..errors import DataError, XpruneError
-from ..units import UnitGroup, UnitSet
+from ..units import UnitGroup, UnitKind, UnitSet, get_kind
 
-_REGISTRY: dict[str, type["Criterion"]] = {}
+#: Criteria by name: a class, or "module:Class" for one imported on first use (costly or optional modules).
+_REGISTRY: dict[str, "type[Criterion] | str"] = {
+    "steered": "xprune.steered.criterion:Steered",
+    "wanda": "xprune.transformers.criteria:Wanda",
+    "llm-pruner": "xprune.transformers.criteria:LLMPruner",
+}
 
 
-def register(name: str) -> Callable[[type["Criterion"]], type["Criterion"]]:
-    """Class decorator registering a :class:`Criterion` under ``name``."""
+def register(name: str, target: str | None = None) -> Callable[[type["Criterion"]], type["Criterion"]] | None:
+    """Class decorator registering a :class:`Criterion` under ``name``.
+
+    ``register(name, "package.module:Class")`` registers one imported on first use instead.
+    """
+    if target is not None:
+        _REGISTRY[name] = target
+        return None
 
     def deco(cls: type[Criterion]) -> type[Criterion]:
         if not (isinstance(cls, type) and issubclass(cls, Criterion)):
@@ -58,6 +70,16 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _load(name: str) -> type["Criterion"]:
+    entry = _REGISTRY[name]
+    if isinstance(entry, str):
+        import importlib
+
+        module, _, attr = entry.partition(":")
+        entry = _REGISTRY[name] = getattr(importlib.import_module(module), attr)
+    return entry
+
+
 def get(criterion: "str | Criterion | type[Criterion]", **options: Any) -> "Criterion":
     """Resolve a criterion given by name, class or instance."""
     if isinstance(criterion, Criterion):
@@ -67,7 +89,7 @@ def get(criterion: "str | Criterion | type[Criterion]", **options: Any) -> "Crit
     if isinstance(criterion, type) and issubclass(criterion, Criterion):
         return criterion(**options)
     if isinstance(criterion, str) and criterion in _REGISTRY:
-        return _REGISTRY[criterion](**options)
+        return _load(criterion)(**options)
     raise XpruneError(f"unknown criterion {criterion!r}; known criteria: {', '.join(available())}")
 
 
@@ -200,82 +222,93 @@ class HookedCriterion(Criterion):
         return total
 
     def distributed_sums(self, kind: str) -> bool:
-        # channels go through the batch loop of compute(), which reduces totals/counts before finalize();
-        # weights only where compute_weights is marked @reduces_sums (a subclass's own may not reduce)
-        if kind == "weights":
+        # units with outputs go through the batch loop of compute(), which reduces totals/counts before
+        # finalize(); weights only where compute_weights is marked @reduces_sums (a subclass's may not reduce)
+        if not get_kind(kind).has_outputs:
             return bool(getattr(type(self).compute_weights, "reduces_sums", False))
-        return kind == "channels"
+        return True
 
     def compute_weights(self, model, units, data, *, target="label"):
         """Scores of single weights (kind ``"weights"``); criteria that support it override this."""
         raise XpruneError(f"criterion {self.name!r} does not support unit kind 'weights'")
 
+    def contribution(self, signal: "Signal") -> tuple[torch.Tensor, float]:
+        """Per-unit contribution of one batch at one site and the number of values it sums.
+
+        ``signal.activation`` / ``signal.grad`` are ``[N, S, C, W]`` (``W``
+        features per unit: 1 for channels and neurons, ``group_size *
+        head_dim`` for heads). The default folds ``W`` into the positions and
+        calls :meth:`reduce` on ``[N, S * W, C]``; override it for criteria
+        that treat the features of a unit together.
+        """
+        a, g = signal.activation, signal.grad
+        n, s, c, w = a.shape
+        fold = (lambda t: t.movedim(3, 2).reshape(n, s * w, c)) if w > 1 else (lambda t: t[..., 0])
+        return self.reduce(fold(a), None if g is None else fold(g), signal.unit_dim), float(n * s * w)
+
     def compute(self, model, units, data, *, target="label"):
-        if units.kind == "weights":
+        kind = get_kind(units.kind)
+        if not kind.has_outputs:
             return self.compute_weights(model, units, data, target=target)
-        if units.kind != "channels":
-            raise XpruneError(f"criterion {self.name!r} does not support unit kind {units.kind!r}")
-        names = dict(model.named_modules())
         totals: dict[tuple[str, str], torch.Tensor] = {}
-        counts: dict[tuple[str, str], int] = {}
+        counts: dict[tuple[str, str], float] = {}
         for inputs, labels in data:
-            with self.context(model):
-                captured: dict[tuple[str, str], list[torch.Tensor]] = {}
-                handles = []
-                for group in units:
-                    for p in group.producers:
-                        def hook(mod, args, out, key=(group.name, p)):
-                            captured.setdefault(key, []).append(out)
-                        handles.append(names[p].register_forward_hook(hook))
-                try:
-                    with torch.set_grad_enabled(self.needs_grad):
-                        output = _inputs.logits(_inputs.call(model, self.prepare_inputs(inputs)))
-                        classes = resolve_target(target, output, labels)
-                        keys = [k for k, v in captured.items() for _ in v]
-                        acts = [a for k in captured for a in captured[k]]
-                        grads = [None] * len(acts)
-                        if self.needs_grad and acts:
-                            grads = torch.autograd.grad(
-                                output, acts, grad_outputs=self.seed(output, classes), allow_unused=True
-                            )
-                finally:
-                    for h in handles:
-                        h.remove()
-                for key, act, grad in zip(keys, acts, grads):
-                    group_name, producer = key
-                    dim = units[group_name].unit_dim(names[producer])
-                    a = flatten_units(act.detach(), dim)
-                    if grad is None and self.needs_grad:  # the output does not depend on it
-                        grad = torch.zeros_like(act)
-                    g = None if grad is None else flatten_units(grad.detach(), dim)
-                    contrib = self.reduce(a, g, dim).detach()
-                    totals[key] = totals.get(key, 0) + contrib
-                    counts[key] = counts.get(key, 0) + a.shape[0] * a.shape[1]
+            with self.context_for(model, kind), kind.signals(model, units) as sig:
+                with torch.set_grad_enabled(self.needs_grad):
+                    output = _inputs.logits(_inputs.call(model, self.prepare_inputs(inputs)))
+                    classes = resolve_target(target, output, labels)
+                    keys = [k for k, v in sig.captured.items() for _ in v]
+                    acts = [a for k in sig.captured for a in sig.captured[k]]
+                    grads = [None] * len(acts)
+                    if self.needs_grad and acts:
+                        grads = torch.autograd.grad(
+                            output, acts, grad_outputs=self.seed(output, classes), allow_unused=True
+                        )
+            mask = sig.mask_for(inputs)
+            for key, act, grad in zip(keys, acts, grads):
+                if grad is None and self.needs_grad:  # the output does not depend on it
+                    grad = torch.zeros_like(act)
+                signal = Signal(sig.view(key, act.detach()), None if grad is None else sig.view(key, grad.detach()),
+                                sig.unit_dim(key), sig.subunits(key), mask)
+                value, count = self.contribution(signal)
+                totals[key] = totals.get(key, 0) + value.detach().double().cpu()
+                counts[key] = counts.get(key, 0) + count
         from .. import distributed  # sums over all ranks' shards (a no-op outside distributed scoring)
 
         totals, counts = distributed.all_reduce_sums(totals, counts)
-        return self._combine(units, names, totals, counts)
+        return self._combine(units, totals, counts)
 
-    def _combine(self, units, names, totals, counts) -> dict[str, torch.Tensor]:
+    def context_for(self, model: nn.Module, kind: UnitKind):
+        """Context entered around each batch's passes, given the unit kind (default: :meth:`context`)."""
+        return self.context(model)
+
+    def _combine(self, units, totals, counts) -> dict[str, torch.Tensor]:
         scores: dict[str, torch.Tensor] = {}
         for group in units:
             s = torch.zeros(group.size, dtype=torch.float64)
-            for p in group.producers:
-                key = (group.name, p)
-                if key not in totals:
-                    continue
+            for key in [k for k in totals if k[0] == group.name]:  # one site per producer (channels)
                 per_channel = self.finalize(totals[key], counts[key]).double().cpu()
-                group.scatter_add(s, p, per_channel)
+                group.scatter_add(s, key[1], per_channel)
             scores[group.name] = s
         return scores
 
 
-def weight_slices(module: nn.Module) -> torch.Tensor:
-    """A producer's weights as ``[out_channels, -1]`` (one row per output unit)."""
-    w = module.weight.detach()
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        w = w.transpose(0, 1)
-    return w.reshape(w.shape[0], -1)
+@dataclass
+class Signal:
+    """What :meth:`HookedCriterion.contribution` receives for one site and batch.
+
+    ``activation`` and ``grad`` (``None`` without a backward pass) are
+    ``[N, S, C, W]``; ``unit_dim`` the dimension of the layer output that held
+    the units (1 for a conv); ``subunits`` the parts of a unit explained
+    separately (query heads of a KV group); ``token_mask`` ``[N, S]`` or None
+    (padding tokens of Hugging Face inputs, for heads and neurons).
+    """
+
+    activation: torch.Tensor
+    grad: torch.Tensor | None
+    unit_dim: int
+    subunits: int = 1
+    token_mask: torch.Tensor | None = None
 
 
 class WeightCriterion(Criterion):
@@ -296,17 +329,16 @@ class WeightCriterion(Criterion):
 
     def compute(self, model, units, data=None, *, target="label"):
         names = dict(model.named_modules())
+        kind = get_kind(units.kind)
         scores = {}
         for group in units:
-            if group.kind == "weights":
+            if not kind.has_outputs:  # single weights
                 scores[group.name] = self.weight_score(names[group.name].weight.detach()).reshape(-1).double().cpu()
                 continue
-            if group.kind != "channels":
-                raise XpruneError(f"criterion {self.name!r} does not support unit kind {group.kind!r}")
             s = torch.zeros(group.size, dtype=torch.float64)
-            for p in group.producers:
-                per_channel = self.channel_score(weight_slices(names[p]).double()).cpu()
-                group.scatter_add(s, p, self.combine_term(per_channel))
+            for producer, rows in kind.weight_rows(model, group):
+                per_channel = self.channel_score(rows.double()).cpu()
+                group.scatter_add(s, producer, self.combine_term(per_channel))
             scores[group.name] = self.combine_finish(s)
         return scores
 

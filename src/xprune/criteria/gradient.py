@@ -71,7 +71,7 @@ class _Objective(HookedCriterion):
 
 
 @register("gradient")
-class Gradient(_Objective):
+class MeanGradient(_Objective):
     """|mean gradient of the objective at the unit's output|."""
 
     def reduce(self, activation, grad, unit_dim):
@@ -92,6 +92,12 @@ class Taylor(_Objective):
 
     def reduce(self, activation, grad, unit_dim):
         return (activation.double() * grad.double()).sum(dim=(0, 1))
+
+    def contribution(self, signal):
+        # the features of a unit (a head's width) are one unit: the mean is over samples and positions only,
+        # so the score is |dO/dg| / (N S) for a gate g on the unit (Michel et al. 2019 for heads)
+        a, g = signal.activation, signal.grad
+        return (a.double() * g.double()).sum(dim=(0, 1, 3)), float(a.shape[0] * a.shape[1])
 
     def finalize(self, total, count):
         return (total / count).abs()

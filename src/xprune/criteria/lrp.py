@@ -31,7 +31,8 @@ use this form for weights.
 Options
 -------
 composite : str, dict, (str, dict) or Composite
-    LRP rules (default ``"epsilon-plus"``); a dict of layer groups gives the
+    LRP rules (default: the unit kind's, ``"epsilon-plus"`` for channels and
+    ``"attnlrp"`` for heads and neurons); a dict of layer groups gives the
     PXP layer-group composite (see :func:`xprune.lrp.composite`).
 aggregate : {"pxp", "yeom"}
 start : {"onehot", "logit"}
@@ -64,7 +65,7 @@ class LRP(HookedCriterion):
 
     def __init__(
         self,
-        composite: Any = "epsilon-plus",
+        composite: Any = None,
         aggregate: str = "pxp",
         start: str = "onehot",
         canonizers: bool | list = True,
@@ -73,7 +74,10 @@ class LRP(HookedCriterion):
             raise XpruneError(f"aggregate must be 'pxp' or 'yeom'; got {aggregate!r}")
         if start not in ("onehot", "logit"):
             raise XpruneError(f"start must be 'onehot' or 'logit'; got {start!r}")
-        self.composite = resolve_composite(composite)
+        # None: the unit kind's default (epsilon-plus for channels, AttnLRP for heads and neurons)
+        self._kind_default = composite is None
+        self.composite = resolve_composite("epsilon-plus" if composite is None else composite)
+        self._defaults = {"epsilon-plus": self.composite}
         self.aggregate = aggregate
         self.start = start
         if canonizers is True:
@@ -85,6 +89,28 @@ class LRP(HookedCriterion):
 
     def context(self, model):
         return attribution(model, self.composite, self.canonizers)
+
+    def composite_for(self, kind):
+        """The composite used on units of ``kind`` (the kind's default unless one was given)."""
+        if not self._kind_default:
+            return self.composite
+        if kind.default_composite not in self._defaults:
+            self._defaults[kind.default_composite] = resolve_composite(kind.default_composite)
+        return self._defaults[kind.default_composite]
+
+    def context_for(self, model, kind):
+        return kind.lrp_context(model, self.composite_for(kind), self.canonizers)
+
+    def contribution(self, signal):
+        a, g = signal.activation, signal.grad
+        if a.shape[3] == 1:
+            return super().contribution(signal)
+        r = a.double() * g.double()  # [N, S, C, W]: a head's W = query heads x head_dim features
+        if self.aggregate == "yeom":
+            return r.abs().sum((0, 1, 3)), 1.0
+        # PXP on heads: |relevance summed over each query head's features| per token, summed
+        n, s, c, w = r.shape
+        return r.reshape(n, s, c, signal.subunits, w // signal.subunits).sum(-1).abs().sum((0, 1, 3)), 1.0
 
     def seed(self, output: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         seed = super().seed(output, classes)

@@ -1,86 +1,13 @@
 r"""The ``"singe"`` criterion: integrated gradients along the path that removes a unit.
 
-SInGE (Yvinec et al., "SInGE: Sparsity via Integrated Gradients
-Estimation of Neuron Relevance", NeurIPS 2022) replaces the local gradient
-of first-order criteria by the integral of the gradient along the path that
-takes a unit from present to removed.
-
-Definition
-----------
-Every unit :math:`c` of a group gets a *gate* :math:`g_c`: the unit's output
-is multiplied by :math:`g_c` (``g = 1`` is the model as it is, ``g = 0`` the
-unit switched off). With :math:`O(g)` the objective summed over the reference
-samples (the target logit by default, :math:`-` the cross-entropy with
-``objective="loss"``), the relevance of unit :math:`c` is the integrated
-gradient on its gate with baseline 0 (Sundararajan et al., "Axiomatic
-Attribution for Deep Networks", ICML 2017):
-
-.. math::
-
-    \mathrm{IG}_c = \int_0^1 \frac{\partial O}{\partial g_c}\big(\gamma(a)\big)\, da
-    \approx \sum_{k=0}^{K-1} w_k\, \frac{\partial O}{\partial g_c}\big(\gamma(a_k)\big),
-    \qquad s_c = |\mathrm{IG}_c| = \Big|\sum_n \mathrm{IG}_{n,c}\Big|,
-
-where :math:`\gamma(a)` sets the gates being integrated to :math:`a` and all
-others to 1. The score is the absolute value of the *sum over samples* of the
-signed integral (the gate is shared by the batch, so one backward pass gives
-the batch sum). :meth:`SInGE.integrals` returns the signed values.
-
-Completeness (Sundararajan et al. 2017) holds for the gates moved together:
-:math:`\sum_{c \in \text{moved}} \mathrm{IG}_c = O(\mathbf 1) - O(\text{moved} = 0)`,
-up to the quadrature error of the K-point rule.
-
-Quadrature (``path``), all rules start at the present model (:math:`a_0 = 1`):
-
-- ``"uniform"`` (default): :math:`a_k = 1 - k/K`, :math:`w_k = 1/K`, a
-  Riemann sum; error :math:`O(1/K)`.
-- ``"geometric"``: :math:`a_k = \mu^k` as in the paper, :math:`w_k = \mu^k -
-  \mu^{k+1}` and :math:`w_{K-1} = \mu^{K-1}` (the last point covers
-  :math:`[0, \mu^{K-1}]`), so :math:`\sum_k w_k = 1`. Default
-  :math:`\mu = 0.01^{1/K}` (the path reaches ~1% of the unit), which makes the
-  error vanish as K grows; a fixed :math:`\mu` does not.
-
-One-point special case: with ``n_steps=1`` both rules evaluate the gradient
-at :math:`g = 1` only, and since :math:`\partial O / \partial g_c = \sum_{n,p}
-z_{n,p,c}\, \partial O / \partial z_{n,p,c}` (:math:`z` = the gated tensor),
-:math:`s_c = |\sum_{n,p} z\, \partial O/\partial z|`: the first-order Taylor
-criterion (Molchanov et al. 2017) as a sum over samples and positions instead
-of a mean, read at the gated tensor. With ``gate_at="output"`` that is
-``"taylor"``'s raw value times the number of samples and positions.
-
-Where the gate sits (``gate_at``)
----------------------------------
-``"after-norm"`` (default): on the output of the BatchNorm that directly
-follows a producer, if there is one, otherwise on the producer's output. Then
-:math:`g = 0` is exactly the unit's removal (a BatchNorm would otherwise turn a
-zeroed channel back into its shift). ``"output"``: always on the producer's
-output, i.e. scaling the unit's weights and bias by :math:`g` (the path as
-written in the paper). Gates are forward hooks multiplying the site's output;
-a gate on an affine BatchNorm is applied, equivalently and without an extra
-pass over the activations, by scaling the norm's weight and bias
-(:math:`g(\gamma \hat x + \beta)`) through :func:`torch.func.functional_call`. Coupled producers of one group (a residual sum, a
-concatenation) share the group's gate, mapped with
-:meth:`~xprune.units.UnitGroup.units_of`.
-
-Modes and cost (forward+backward passes per batch, K = ``n_steps``, L groups)
----------------------------------------------------------------------------
-- ``mode="fast"``, ``scope="layer"`` (default): all units of one group move
-  together while every other group stays at 1: :math:`1 + (K-1) L` passes
-  (the :math:`a_0 = 1` point is shared by all groups). Each value is exact for
-  a model whose objective is linear in that group's gates, and approximates
-  the per-unit path otherwise (the other units of the layer shrink with it).
-- ``mode="fast"``, ``scope="network"``: the gates of all groups move together:
-  K passes. This is plain integrated gradients on the vector of all gates
-  with baseline 0, so completeness holds for the sum over the whole network,
-  but a unit is integrated along a path where the rest of the network shrinks
-  too; cheapest, least faithful to "this unit alone is removed".
-- ``mode="exact"``: every unit on its own path: :math:`1 + (K-1) U` passes
-  (U units). For validating the fast mode on small layers.
-
-Unit kinds
-----------
-``"channels"`` (conv channels and linear neurons). Other kinds plug in through
-:func:`register_gate_sites` (``"heads"``, ``"neurons"`` are expected to).
+SInGE (Yvinec et al., "SInGE: Sparsity via Integrated Gradients Estimation of
+Neuron Relevance", NeurIPS 2022, arXiv 2207.04089): the score of unit
+:math:`c` is :math:`|\mathrm{IG}_c| = |\int_0^1 \partial O/\partial g_c(\gamma(a))\,da|`,
+the integrated gradient of the objective on a multiplicative gate of the unit
+(baseline 0), approximated with ``n_steps`` points. Gates sit where the unit
+kind says (:meth:`xprune.units.UnitKind.gate_sites`). The definition, the
+quadrature rules, the gate sites and the cost of each mode are in
+``docs/singe.md``.
 
 Options
 -------
@@ -90,6 +17,7 @@ path : {"uniform", "geometric"}
 mu : float in (0, 1), optional
     Ratio of the geometric path (default :math:`0.01^{1/K}`).
 mode : {"fast", "exact"}
+    All units of a group move together (fast) or each on its own path (exact).
 scope : {"layer", "network"}
     Only for ``mode="fast"``.
 objective : {"logit", "loss"}
@@ -100,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
 import torch
@@ -108,77 +35,21 @@ from torch import nn
 
 from .. import _inputs
 from ..errors import XpruneError
+from ..gates import GateSite, sites_of
 from ..units import UnitGroup, UnitSet
 from .base import Criterion, register, resolve_target
 
-__all__ = ["SInGE", "GateSite", "gate_sites", "gated", "path_points", "register_gate_sites", "objective_value"]
-
-
-# --------------------------------------------------------------------------- where gates go
-
-
-@dataclass(frozen=True)
-class GateSite:
-    """One tensor a group's gate multiplies.
-
-    ``module``'s output is multiplied along ``unit_dim`` by ``gate[units]``
-    where ``units = group.units_of(producer, n)`` for its ``n`` channels.
-    """
-
-    module: nn.Module
-    producer: str
-    unit_dim: int
-
-
-GateSitesFn = Callable[[nn.Module, UnitSet, UnitGroup, str], list[GateSite]]
-_SITES: dict[str, GateSitesFn] = {}
-
-
-def register_gate_sites(kind: str) -> Callable[[GateSitesFn], GateSitesFn]:
-    """Register ``fn(model, units, group, gate_at) -> list[GateSite]`` for a unit kind.
-
-    This is how a new unit kind (``"heads"``, ``"neurons"``) becomes usable by
-    ``"singe"``: say which module outputs carry the group's units and along
-    which dimension.
-    """
-
-    def deco(fn: GateSitesFn) -> GateSitesFn:
-        _SITES[kind] = fn
-        return fn
-
-    return deco
+__all__ = ["SInGE", "GateSite", "gate_sites", "gated", "path_points", "objective_value"]
 
 
 def gate_sites(model: nn.Module, units: UnitSet, group: UnitGroup, gate_at: str = "after-norm") -> list[GateSite]:
-    """The :class:`GateSite` list of ``group`` (dispatches on the group's kind)."""
-    if group.kind not in _SITES:
-        if group.kind == "weights":
-            raise XpruneError(
-                "criterion 'singe' gates unit outputs and does not score single weights; "
-                "use units='channels', or criterion 'taylor' for weights"
-            )
+    """The :class:`~xprune.gates.GateSite` list of ``group``, from its unit kind."""
+    if group.kind == "weights":
         raise XpruneError(
-            f"criterion 'singe' does not support unit kind {group.kind!r} yet; register where its "
-            f"gates go with xprune.criteria.singe.register_gate_sites({group.kind!r}) "
-            f"(supported: {', '.join(sorted(_SITES))})"
+            "criterion 'singe' gates unit outputs and does not score single weights; "
+            "use units='channels', or criterion 'taylor' for weights"
         )
-    return _SITES[group.kind](model, units, group, gate_at)
-
-
-@register_gate_sites("channels")
-def _channel_sites(model, units, group, gate_at):
-    modules = dict(model.named_modules())
-    graph = units.graph
-    sites = []
-    for p in group.producers:
-        producer = modules[p]
-        site = producer
-        if gate_at == "after-norm" and graph is not None and producer in graph.module2node:
-            outs = graph.module2node[producer].outputs
-            if len(outs) == 1 and isinstance(outs[0].module, nn.modules.batchnorm._BatchNorm):
-                site = outs[0].module
-        sites.append(GateSite(site, p, group.unit_dim(producer)))
-    return sites
+    return sites_of(model, units, group, gate_at)
 
 
 # --------------------------------------------------------------------------- gating
@@ -207,20 +78,7 @@ class _Gates:
                 if fold and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and m in names:
                     self.folded.append((group, site, names[m]))
                 else:
-                    self.handles.append(m.register_forward_hook(self._hook(group, site)))
-
-    def _hook(self, group: UnitGroup, site: GateSite):
-        def hook(module, args, out):
-            g = self.values.get(group.name)
-            if g is None:
-                return None
-            dim = site.unit_dim % out.dim()
-            n = out.shape[dim]
-            shape = [1] * out.dim()
-            shape[dim] = n
-            return out * group.gather(g.to(out.dtype), site.producer, n, fill=1.0).reshape(shape)
-
-        return hook
+                    self.handles.append(site.attach(group, lambda n=group.name: self.values.get(n)))
 
     def params(self) -> dict[str, torch.Tensor]:
         """Scaled affine parameters of the folded BatchNorm sites, for ``functional_call``."""
@@ -229,10 +87,8 @@ class _Gates:
             g = self.values.get(group.name)
             if g is None:
                 continue
-            w, b = site.module.weight, site.module.bias
-            scale = group.gather(g.to(w.dtype), site.producer, w.shape[0], fill=1.0)
-            out[name + ".weight"] = w * scale
-            out[name + ".bias"] = b * scale
+            out[name + ".weight"] = site.scale(site.module.weight, group, g)
+            out[name + ".bias"] = site.scale(site.module.bias, group, g)
         return out
 
     def call(self, model: nn.Module, inputs: Any) -> Any:

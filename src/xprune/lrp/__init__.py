@@ -13,8 +13,8 @@ reads composite files, :func:`save_composite`/:func:`load_composite`),
 :func:`save_heatmap`.
 """
 
-from .canonizers import Canonizer, MergeBatchNorm, Plan, ResidualNorm, default_canonizers
-from .composites import PRESETS, TYPE_GROUPS, Composite, GroupComposite, composite, conv_groups
+from .canonizers import Canonizer, MergeBatchNorm, RuleAssignment, ResidualNorm, default_canonizers
+from .composites import PRESETS, TYPE_GROUPS, Composite, GroupComposite, composite, conv_groups, register_composite
 from .core import Attribution, attribution, explain, relevance, start_seed, weight_relevance
 from .files import load_composite, save_composite
 from .heatmap import heatmap_array, save_heatmap
@@ -38,8 +38,8 @@ from .rules import (
 
 __all__ = [
     "Attribution", "attribution", "relevance", "explain", "weight_relevance", "start_seed",
-    "Composite", "GroupComposite", "composite", "conv_groups", "PRESETS", "TYPE_GROUPS",
-    "Canonizer", "MergeBatchNorm", "ResidualNorm", "Plan", "default_canonizers",
+    "Composite", "GroupComposite", "composite", "conv_groups", "register_composite", "PRESETS", "TYPE_GROUPS",
+    "Canonizer", "MergeBatchNorm", "ResidualNorm", "RuleAssignment", "default_canonizers",
     "Rule", "LayerCall", "Gradient", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "Flat", "WSquare", "ZBox",
     "Pass", "Norm", "RULES", "make_rule", "stabilize",
     "heatmap_array", "save_heatmap", "load_composite", "save_composite",

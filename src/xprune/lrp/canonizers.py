@@ -13,7 +13,7 @@ attribution.
   :math:`s = \\gamma / \\sqrt{\\sigma^2 + \\epsilon}`, its output is the
   BatchNorm's output, and the BatchNorm itself becomes the identity. Relevance
   read at the layer's output is therefore read *after* the BatchNorm.
-- :class:`ResidualNorm` - residual sums (:class:`xprune.models.layers.Add`, or
+- :class:`ResidualNorm` - residual sums (:class:`xprune.layers.Add`, or
   any modules named by the user) get the :class:`~xprune.lrp.rules.Norm` rule,
   so relevance splits over the branches in proportion to their contributions
   and is conserved through skip connections.
@@ -27,15 +27,15 @@ from typing import Iterable, Mapping
 from torch import nn
 
 from ..errors import XpruneError
-from ..models.layers import Add
+from ..layers import Add
 from .composites import BATCHNORM, CONV, LINEAR
 from .rules import Norm, Rule
 
-__all__ = ["Canonizer", "MergeBatchNorm", "ResidualNorm", "Plan", "default_canonizers"]
+__all__ = ["Canonizer", "MergeBatchNorm", "ResidualNorm", "RuleAssignment", "default_canonizers"]
 
 
 @dataclass
-class Plan:
+class RuleAssignment:
     """What the engine will do to a model: rules by module name, BatchNorm merges (layer -> BatchNorm)."""
 
     rules: dict[str, Rule] = field(default_factory=dict)
@@ -43,9 +43,9 @@ class Plan:
 
 
 class Canonizer:
-    """Base class: adjust the attribution :class:`Plan` of a model (never the model itself)."""
+    """Base class: adjust the attribution :class:`RuleAssignment` of a model (never the model itself)."""
 
-    def prepare(self, model: nn.Module, plan: Plan) -> None:  # pragma: no cover - abstract
+    def prepare(self, model: nn.Module, plan: RuleAssignment) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -78,7 +78,7 @@ class MergeBatchNorm(Canonizer):
     def __init__(self, pairs: Mapping[str, str] | None = None):
         self.pairs = dict(pairs) if pairs is not None else None
 
-    def prepare(self, model: nn.Module, plan: Plan) -> None:
+    def prepare(self, model: nn.Module, plan: RuleAssignment) -> None:
         modules = dict(model.named_modules())
         if self.pairs is not None:
             for bn, layer in self.pairs.items():
@@ -110,7 +110,7 @@ class ResidualNorm(Canonizer):
     Parameters
     ----------
     types : tuple of module types
-        Module types of residual sums (default :class:`xprune.models.layers.Add`);
+        Module types of residual sums (default :class:`xprune.layers.Add`);
         they get the norm rule unless the composite gives them another rule.
     names : iterable of str
         Further modules, by name (e.g. a custom residual module of a user
@@ -124,7 +124,7 @@ class ResidualNorm(Canonizer):
         self.names = tuple(names)
         self.stabilizer = stabilizer
 
-    def prepare(self, model: nn.Module, plan: Plan) -> None:
+    def prepare(self, model: nn.Module, plan: RuleAssignment) -> None:
         modules = dict(model.named_modules())
         missing = [n for n in self.names if n not in modules]
         if missing:

@@ -4,7 +4,7 @@ A :class:`Composite` maps modules to :mod:`~xprune.lrp.rules` by, in order of
 precedence, (1) module name, (2) the *first layer* (the first module in
 ``named_modules()`` order matching a type of ``first_map``), (3) module type
 (first matching entry of ``layer_map``), then (4) the base map shared by all
-presets: element-wise activations -> pass, residual :class:`~xprune.models.layers.Add`
+presets: element-wise activations -> pass, residual :class:`~xprune.layers.Add`
 and average pooling -> norm, un-merged BatchNorm -> pass. Modules without a
 rule (max pooling, flatten, dropout, ...) propagate the plain gradient, which
 for max pooling is the winner-take-all rule.
@@ -38,10 +38,10 @@ import numpy as np
 from torch import nn
 
 from ..errors import XpruneError
-from ..models.layers import Add
+from ..layers import Add
 from .rules import Epsilon, Flat, Gamma, Norm, Pass, Rule, ZBox, ZPlus, AlphaBeta, make_rule
 
-__all__ = ["Composite", "GroupComposite", "composite", "PRESETS", "TYPE_GROUPS", "conv_groups"]
+__all__ = ["Composite", "GroupComposite", "composite", "register_composite", "PRESETS", "TYPE_GROUPS", "conv_groups"]
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR = (nn.Linear,)
@@ -349,7 +349,7 @@ def _gradient(layer_map=None, name_map=None):
     return Composite(layer_map, name_map, base=False, name="gradient")
 
 
-PRESETS: dict[str, Callable[..., Composite]] = {
+PRESETS: dict[str, Callable[..., Composite] | str] = {
     "epsilon-plus": _epsilon_plus,
     "epsilon-plus-flat": _epsilon_plus_flat,
     "epsilon-alpha2-beta1": _epsilon_alpha2_beta1,
@@ -358,8 +358,26 @@ PRESETS: dict[str, Callable[..., Composite]] = {
     "epsilon": _epsilon,
     "zplus": _zplus,
     "gradient": _gradient,
+    "attnlrp": "xprune.lrp.attention:preset_attnlrp",
+    "cp-lrp": "xprune.lrp.attention:preset_cp_lrp",
 }
-"""Preset composite factories by name; keyword arguments tune their rules."""
+"""Preset composite factories by name (or ``"module:attribute"``, loaded on first use); keyword arguments tune
+their rules. Add your own with :func:`register_composite`."""
+
+
+def register_composite(name: str, factory: "Callable[..., Composite] | str") -> None:
+    """Register a preset: ``factory(**kwargs) -> Composite``, or ``"module:attribute"`` naming one."""
+    PRESETS[name.lower().replace("_", "-")] = factory
+
+
+def _preset(key: str) -> Callable[..., Composite]:
+    factory = PRESETS[key]
+    if isinstance(factory, str):
+        import importlib
+
+        module, _, attr = factory.partition(":")
+        factory = PRESETS[key] = getattr(importlib.import_module(module), attr)
+    return factory
 
 
 def composite(spec: Any = "epsilon-plus", **kwargs: Any) -> Composite:
@@ -395,7 +413,7 @@ def composite(spec: Any = "epsilon-plus", **kwargs: Any) -> Composite:
         if key not in PRESETS:
             raise XpruneError(f"unknown LRP composite {spec!r}; known composites: {', '.join(PRESETS)}")
         try:
-            return PRESETS[key](**kwargs)
+            return _preset(key)(**kwargs)
         except TypeError as e:
             raise XpruneError(f"bad parameters for composite {spec!r}: {e}") from None
     raise XpruneError(

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XpruneError
-from .canonizers import Canonizer, Plan, default_canonizers
+from .canonizers import Canonizer, RuleAssignment, default_canonizers
 from .composites import Composite, composite as resolve_composite
 from .rules import _PARAMETRIC, Gradient, LayerCall, Pass, Rule
 
@@ -102,7 +102,7 @@ class Attribution:
             self._weight_layers = None if weight_relevance else set()
         else:
             self._weight_layers = set(weight_relevance)
-        self.plan: Plan | None = None
+        self.plan: RuleAssignment | None = None
         self._handles: list = []
         self._active = False
         self._reset_state()
@@ -141,7 +141,7 @@ class Attribution:
 
     def _register(self) -> None:
         model = self.model
-        plan = Plan(rules=dict(self.composite.assign(model)))
+        plan = RuleAssignment(rules=dict(self.composite.assign(model)))
         for c in self.canonizers:
             c.prepare(model, plan)
         self.plan = plan

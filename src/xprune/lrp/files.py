@@ -57,7 +57,7 @@ def save_composite(path: str | os.PathLike, spec: Any, *, kwargs: Mapping[str, A
     doc = {"xprune": "composite", "version": FORMAT_VERSION, "spec": _jsonable(spec),
            "kwargs": _jsonable(dict(kwargs or {})), "options": _jsonable(dict(options or {})),
            "meta": _jsonable(dict(meta or {}))}
-    composite(_spec_from_json(doc["spec"]), **doc["kwargs"])  # fail here, not at load time
+    composite(spec_from_json(doc["spec"]), **doc["kwargs"])  # fail here, not at load time
     path = Path(path)
     atomic_write(path, json.dumps(doc, indent=1) + "\n")
     return path
@@ -84,18 +84,14 @@ def load_composite(path: str | os.PathLike, **kwargs: Any):
     from .composites import composite
 
     doc = read_composite(path)
-    spec = _spec_from_json(doc["spec"])
-    if isinstance(spec, str) or (isinstance(spec, tuple) and isinstance(spec[0], str)):
-        name = spec if isinstance(spec, str) else spec[0]
-        if name.lower().replace("_", "-") in ("attnlrp", "cp-lrp"):
-            from . import attention  # noqa: F401  (registers the attention presets)
+    spec = spec_from_json(doc["spec"])
     try:
         return composite(spec, **{**doc.get("kwargs", {}), **kwargs})
     except XpruneError as e:
         raise XpruneError(f"composite file {path}: {e}") from None
 
 
-def _spec_from_json(spec: Any) -> Any:
+def spec_from_json(spec: Any) -> Any:
     # JSON has no tuples: a top-level [name, kwargs] pair is the (name, kwargs) form
     if isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict):
         return (spec[0], spec[1])

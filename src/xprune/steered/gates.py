@@ -4,7 +4,7 @@ Gates (:class:`ChannelGates`)
 -----------------------------
 One gate per unit of every channel group (groups of one unit are never
 gated). The gate multiplies the unit's output at the sites of
-:func:`xprune.criteria.singe.gate_sites` (``"after-norm"``: after the
+:func:`xprune.gates.sites_of` (``"after-norm"``: after the
 BatchNorm that follows a producer, so a closed gate is exactly the unit's
 removal), every coupled producer of a group sharing the group's gate through
 :meth:`~xprune.units.UnitGroup.units_of`. Each gate has a logit
@@ -54,10 +54,11 @@ import torch
 from torch import nn
 
 from .. import _inputs
-from ..criteria.singe import gate_sites
+from ..gates import sites_of
 from ..errors import XpruneError
 from ..scores import Scores
-from ..select import Plan, select
+from ..plan import Plan
+from ..select import select
 from ..units import UnitSet
 
 __all__ = ["ChannelGates", "MacsModel", "select_for_macs"]
@@ -140,11 +141,11 @@ class ChannelGates(nn.Module):
         target = dict(model.named_modules())
         for name in self.names:
             group = self.units[name]
-            for site in gate_sites(like, self.units, group, gate_at):
+            for site in sites_of(like, self.units, group, gate_at):
                 module = target.get(names.get(site.module, ""))
                 if module is None:
                     raise XpruneError(f"the model has no layer {names.get(site.module)!r} to gate; is it a copy of `like`?")
-                self._handles.append(module.register_forward_hook(self._hook(group, site)))
+                self._handles.append(site.attach(group, self._gate(group.name), module=module))
         return self
 
     def detach(self) -> None:
@@ -152,19 +153,8 @@ class ChannelGates(nn.Module):
             h.remove()
         self._handles = []
 
-    def _hook(self, group, site):
-        def hook(module, args, out):
-            if self._values is None or group.name not in self._values:
-                return None
-            v = self._values[group.name]
-            dim = site.unit_dim % out.dim()
-            n = out.shape[dim]
-            gv = group.gather(v, site.producer, n, fill=1.0)
-            shape = [gv.shape[0]] + [1] * (out.dim() - 1)
-            shape[dim] = n
-            return out * gv.reshape(shape).to(out.dtype)
-
-        return hook
+    def _gate(self, name: str):
+        return lambda: None if self._values is None else self._values.get(name)
 
     # ---------------------------------------------------------------- states
     def open(self) -> None:
@@ -282,7 +272,7 @@ class MacsModel:
 
     def check(self, model: nn.Module, plan: Plan, example_inputs: Any = None) -> tuple[float, float]:
         """``(predicted, measured)`` MACs of ``model`` pruned by ``plan``."""
-        from ..evaluate import count
+        from ..measure import count
         from ..surgery import apply
 
         example = example_inputs if example_inputs is not None else _inputs.from_spec(plan.example)

@@ -45,7 +45,7 @@ from torch import nn
 
 from ..errors import DataError, XpruneError
 from ..scores import Scores
-from ..select import Plan
+from ..plan import Plan
 from ..units import UnitSet, discover
 from . import explainer as ex
 from ._stage import StageCache, module_hash, run_stage, tensor_hash

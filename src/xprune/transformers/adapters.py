@@ -50,16 +50,12 @@ import torch
 from torch import nn
 
 from ..errors import XpruneError
+from ..layers import is_conv1d
 
 __all__ = ["AttentionSpec", "MLPSpec", "attention_specs", "mlp_specs", "is_conv1d", "out_features", "in_features"]
 
 
 # ----------------------------------------------------------------------------- linear-like layers
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    """Whether ``module`` is GPT-2's ``Conv1D`` (a linear layer with weight ``[in, out]``)."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
 
 
 def _linear_like(module: nn.Module | None) -> bool:

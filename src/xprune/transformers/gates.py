@@ -24,9 +24,11 @@ path of SInGE (Yvinec et al. 2022).
 The gated activations are also kept (``Gates.captured``): the LRP criterion
 reads relevance :math:`R = t \odot \partial^{\mathrm{LRP}} O / \partial t` on them.
 
-Hooks are forward pre-hooks on the consuming projections registered with
-``prepend=True``: entered *inside* an :func:`xprune.lrp.attribution`
-context, the LRP rule of that projection sees the gated input. Leaving the
+The gates are the sites of the ``"heads"``/``"neurons"`` kinds
+(:mod:`xprune.transformers.kinds`) driven by :class:`xprune.gates.Gates`:
+forward pre-hooks on the consuming projections registered with
+``prepend=True``, so that entered *inside* an :func:`xprune.lrp.attribution`
+context the LRP rule of that projection sees the gated input. Leaving the
 context removes every hook; no parameter or attribute of the model changes.
 """
 
@@ -37,14 +39,14 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from .. import gates as _core
 from ..errors import XpruneError
 from ..units import UnitSet
-from .adapters import spec_of
 
 __all__ = ["Gates", "gates"]
 
 
-class Gates:
+class Gates(_core.Gates):
     """Context manager inserting unit gates; see :func:`gates`.
 
     Attributes
@@ -64,65 +66,20 @@ class Gates:
         if not isinstance(units, UnitSet) or units.kind not in ("heads", "neurons"):
             raise XpruneError("gates() needs a UnitSet of kind 'heads' or 'neurons' "
                               "(xprune.discover(model, inputs, 'heads'))")
-        self.model, self.units, self.capture = model, units, capture
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        self.values: dict[str, torch.Tensor] = {}
+        vals: dict[str, torch.Tensor] = {}
         for g in units:
             v = None if values is None else values.get(g.name)
             if v is None:
                 v = torch.ones(g.size, device=device, requires_grad=True)
             elif v.shape != (g.size,):
                 raise XpruneError(f"gate of {g.name!r} must have shape ({g.size},), got {tuple(v.shape)}")
-            self.values[g.name] = v
-        self.captured: dict[str, list[torch.Tensor]] = {g.name: [] for g in units}
-        self._handles: list = []
+            vals[g.name] = v
+        super().__init__(model, units, vals, capture=capture)
 
     def clear(self) -> None:
         for v in self.captured.values():
             v.clear()
-
-    def __enter__(self) -> "Gates":
-        modules = dict(self.model.named_modules())
-        try:
-            for g in self.units:
-                spec = spec_of(self.model, self.units.kind, g.name)
-                if self.units.kind == "heads":
-                    if spec.units != g.size:
-                        raise XpruneError(f"{g.name!r} has {spec.units} head units, the UnitSet says {g.size}")
-                    target, width = modules[spec.o], spec.group_size * spec.head_dim
-                else:
-                    if spec.size != g.size:
-                        raise XpruneError(f"{g.name!r} has {spec.size} neurons, the UnitSet says {g.size}")
-                    target, width = modules[spec.output], 1
-                hook = self._make_hook(g.name, g.size, width)
-                self._handles.append(target.register_forward_pre_hook(hook, prepend=True))
-        except BaseException:
-            self._remove()
-            raise
-        return self
-
-    def _make_hook(self, name: str, size: int, width: int):
-        def hook(module, args):
-            x = args[0]
-            if x.shape[-1] != size * width:
-                raise XpruneError(f"gate of {name!r}: the output projection reads {x.shape[-1]} features, "
-                                  f"expected {size} units x {width}")
-            lead = x.shape[:-1]
-            gated = x.reshape(*lead, size, width) * self.values[name].to(x.dtype).view(size, 1)
-            if self.capture:
-                self.captured[name].append(gated)
-            return (gated.reshape(*lead, size * width), *args[1:])
-
-        return hook
-
-    def _remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def __exit__(self, *exc) -> bool:
-        self._remove()
-        return False
 
 
 def gates(model: nn.Module, units: UnitSet, values: Mapping[str, torch.Tensor] | None = None, *,

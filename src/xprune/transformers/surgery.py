@@ -33,8 +33,6 @@ import torch
 from torch import nn
 
 from ..errors import XpruneError
-from ..select import Plan
-from ..surgery import register_surgery
 from .adapters import AttentionSpec, MLPSpec, attention_specs, is_conv1d, mlp_specs, spec_of
 
 __all__ = ["remove_heads", "remove_neurons", "load_pruned", "record_sizes", "resize_to"]
@@ -156,38 +154,6 @@ def remove_neurons(model: nn.Module, spec: MLPSpec, units, mode: str = "remove")
     _keep_in(modules[spec.output], keep)
     for owner in spec.owners:
         _set_if(modules[owner], "intermediate_size", len(keep))
-
-
-# ----------------------------------------------------------------------------- registered surgery
-
-
-def _apply(kind: str, model: nn.Module, plan: Plan, mode: str) -> None:
-    specs = {}
-    for name, idxs in plan.remove.items():
-        spec = spec_of(model, kind, name)
-        size = spec.units if kind == "heads" else spec.size
-        if size != plan.sizes[name]:
-            raise XpruneError(f"{name!r} has {size} {kind} but the plan expects {plan.sizes[name]}; "
-                              "the plan does not fit this model")
-        _check(name, idxs, size, kind)
-        specs[name] = spec
-    for name, idxs in plan.remove.items():
-        if kind == "heads":
-            remove_heads(model, specs[name], idxs, mode)
-        else:
-            remove_neurons(model, specs[name], idxs, mode)
-    if mode == "remove":
-        record_sizes(model)
-
-
-@register_surgery("heads")
-def _surgery_heads(model: nn.Module, plan: Plan, mode: str) -> None:
-    _apply("heads", model, plan, mode)
-
-
-@register_surgery("neurons")
-def _surgery_neurons(model: nn.Module, plan: Plan, mode: str) -> None:
-    _apply("neurons", model, plan, mode)
 
 
 # ----------------------------------------------------------------------------- save / load

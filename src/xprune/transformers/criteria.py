@@ -71,7 +71,9 @@ from torch import nn
 
 from .. import _inputs
 from ..errors import DataError, XpruneError
-from .base import Criterion, register
+from ..criteria.base import Criterion, register
+from ..layers import is_conv1d
+from .adapters import spec_of
 
 __all__ = ["LLMPruner", "Wanda", "unit_slices"]
 
@@ -85,8 +87,6 @@ def _check_kind(crit: Criterion, units) -> None:
 
 
 def _specs(model: nn.Module, units) -> dict:
-    from ..transformers.adapters import spec_of
-
     return {g.name: spec_of(model, units.kind, g.name) for g in units}
 
 
@@ -97,8 +97,6 @@ def _mask(inputs: Any) -> torch.Tensor | None:
 
 def _feature_dim(module: nn.Module, output: bool) -> int:
     """Axis of ``module.weight`` that indexes output (``output=True``) or input features."""
-    from ..transformers.adapters import is_conv1d
-
     if is_conv1d(module):  # GPT-2's Conv1D: weight [in, out]
         return 1 if output else 0
     return 0 if output else 1
@@ -163,7 +161,7 @@ def _per_unit(t: torch.Tensor, axis: int, units_of: torch.Tensor, n_units: int) 
 class Wanda(Criterion):
     r"""Structured Wanda (Wanda-sp): :math:`s_u = \sum_{j \in J(u)} \|X_j\|_2 \sum_i |W_{ij}|` on the projection reading the unit.
 
-    See :mod:`xprune.criteria.llm` for the formula and references.
+    See :mod:`xprune.transformers.criteria` for the formula and references.
     """
 
     def distributed_sums(self, kind: str) -> bool:
@@ -232,7 +230,7 @@ class LLMPruner(Criterion):
     ``aggregate="element"`` (default, ``param_first``) or ``"vector"``
     (:math:`\sum_P |\sum_{w \in P \cap u} w \, \partial L/\partial w|`); the
     loss is the mean causal-LM next-token loss on the calibration tokens. See
-    :mod:`xprune.criteria.llm`.
+    :mod:`xprune.transformers.criteria`.
     """
 
     default_normalize: ClassVar[str | None] = None
