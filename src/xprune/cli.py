@@ -501,6 +501,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Optional packages and the extra of xprune that installs each (pyproject.toml).
+EXTRAS = {"sklearn": "data", "mlxtend": "data", "PIL": "data", "matplotlib": "plots", "rich": "cli",
+          "optuna": "tune", "transformers": "hf", "onnx": "export", "onnxruntime": "export"}
+
+
+def _missing_extra(e: BaseException) -> str | None:
+    """For an optional package that is not installed, the line saying which extra to install."""
+    name = getattr(e, "name", None) or ""
+    extra = EXTRAS.get(name.split(".")[0])
+    if not isinstance(e, ModuleNotFoundError) or extra is None:
+        return None
+    return f"this needs the optional package {name.split('.')[0]!r}: pip install 'xprune[{extra}]' (or 'xprune[all]')"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -516,9 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # under torchrun (WORLD_SIZE > 1): join the process group; scoring and evaluation split across ranks
         started = distributed.init_from_env(device=getattr(args, "device", None))
         return args.func(args)
-    except (XpruneError, ValueError, FileNotFoundError) as e:
+    except (XpruneError, ValueError, FileNotFoundError, ModuleNotFoundError) as e:
         prefix = f"xprune: error (rank {distributed.rank()}): " if distributed.world_size() > 1 else "xprune: error: "
-        print(f"{prefix}{e}", file=sys.stderr)
+        print(f"{prefix}{_missing_extra(e) or e}", file=sys.stderr)
         return 2
     finally:
         if started:

@@ -24,6 +24,7 @@ import torch
 
 from . import criteria as _criteria
 from . import evaluate, report
+from .errors import XpruneError
 from .scores import score
 from .select import select
 from .surgery import apply
@@ -75,7 +76,7 @@ def run(
     criteria = list(criteria or default_criteria())
     unknown = [c for c in criteria if c not in _criteria.available()]
     if unknown:
-        raise ValueError(f"unknown criteria {unknown}; known: {', '.join(_criteria.available())}")
+        raise XpruneError(f"unknown criteria {unknown}; known: {', '.join(_criteria.available())}")
 
     console.rule(f"[bold]xprune demo[/]: {arch} on {dataset}, {n_per_class} reference samples per class")
     model, ds = pretrained(arch, dataset, cache_dir=cache_dir, progress=True)

@@ -15,3 +15,14 @@ class NothingToPrune(XpruneError):
 
 class DataError(XpruneError):
     """The data does not fit the model or is empty / malformed."""
+
+
+class UnknownName(XpruneError, KeyError):
+    """A name (unit group, layer, registry entry) that does not exist; also a ``KeyError``."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+class XpruneTypeError(XpruneError, TypeError):
+    """An argument of the wrong type; also a ``TypeError``."""

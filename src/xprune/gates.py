@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from .errors import XpruneError
-from .units import UnitGroup, UnitSet, get_kind
+from .units import Signals, UnitGroup, UnitKind, UnitSet, get_kind
 
-__all__ = ["GateSite", "Gates", "sites_of"]
+__all__ = ["GateSignals", "GateSite", "Gates", "sites_of"]
 
 
 @dataclass(frozen=True)
@@ -154,3 +154,39 @@ class Gates:
     def __exit__(self, *exc) -> bool:
         self.remove()
         return False
+
+
+class GateSignals(Signals):
+    """Signals read at a kind's gate sites (gates open: the model computes what it computed).
+
+    One key per group, ``(group name, group name)``; captured tensors of input
+    sites are ``[..., size, width]`` and are viewed as ``[N, S, C, W]``. The
+    ready-made :meth:`~xprune.units.UnitKind.signals` of any kind whose units
+    are read where a layer consumes them (heads, neurons, your own).
+    """
+
+    def __init__(self, kind: UnitKind, model: nn.Module, units: UnitSet):
+        super().__init__()
+        self._sub: dict[tuple[str, str], int] = {}
+        self._handles: list = []
+        try:
+            for group in units:
+                key = (group.name, group.name)
+                self.captured[key] = []
+                self._sub[key] = kind.subunits(model, group)
+                for site in kind.gate_sites(model, units, group):
+                    self._handles.append(site.attach(group, lambda: None, capture=self.captured[key]))
+        except BaseException:
+            self.close()
+            raise
+
+    def view(self, key, t):
+        return t.reshape(t.shape[0], -1, *t.shape[-2:])  # [N, S, C, W]
+
+    def subunits(self, key):
+        return self._sub[key]
+
+    def close(self):
+        for h in self._handles:
+            h.remove()
+        self._handles = []

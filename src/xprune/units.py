@@ -19,7 +19,6 @@ physical removal and the weight slices of each unit. ``"channels"`` and
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator, Sequence
@@ -29,7 +28,7 @@ import torch_pruning as tp
 from torch import nn
 
 from . import _inputs
-from .errors import DataError, NothingToPrune, XpruneError
+from .errors import DataError, UnknownName, XpruneError
 
 #: Layer types whose output channels can be roots of a channel group.
 PRODUCER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -133,7 +132,7 @@ class UnitSet:
         for g in self.groups:
             if g.name == name:
                 return g
-        raise KeyError(f"no unit group named {name!r}; known: {[g.name for g in self.groups]}")
+        raise UnknownName(f"no unit group named {name!r}; known: {[g.name for g in self.groups]}")
 
     @property
     def names(self) -> list[str]:
@@ -216,6 +215,10 @@ class UnitKind:
 
     def gate_sites(self, model: nn.Module, units: UnitSet, group: UnitGroup, gate_at: str = "after-norm") -> list:
         raise XpruneError(f"unit kind {self.name!r} has no gate sites (gates multiply unit outputs)")
+
+    def subunits(self, model: nn.Module, group: UnitGroup) -> int:
+        """Parts of one unit explained separately (the query heads of a KV group); 1 by default."""
+        return 1
 
     def weight_rows(self, model: nn.Module, group: UnitGroup) -> list[tuple[str, torch.Tensor]]:
         """``(producer, rows)`` pairs: ``rows[j]`` are the weights of channel ``j`` of ``producer``

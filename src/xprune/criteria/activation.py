@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-
 from .base import HookedCriterion, register
 
 

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from .. import _inputs
-from ..errors import DataError, XpruneError
-from ..units import UnitGroup, UnitKind, UnitSet, get_kind
+from ..errors import DataError, XpruneError, XpruneTypeError
+from ..units import UnitKind, UnitSet, get_kind
 
 #: Criteria by name: a class, or "module:Class" for one imported on first use (costly or optional modules).
 _REGISTRY: dict[str, "type[Criterion] | str"] = {
@@ -57,7 +57,7 @@ def register(name: str, target: str | None = None) -> Callable[[type["Criterion"
 
     def deco(cls: type[Criterion]) -> type[Criterion]:
         if not (isinstance(cls, type) and issubclass(cls, Criterion)):
-            raise TypeError("register() decorates subclasses of xprune.criteria.Criterion")
+            raise XpruneTypeError("register() decorates subclasses of xprune.criteria.Criterion")
         cls.name = name
         _REGISTRY[name] = cls
         return cls

@@ -27,8 +27,7 @@ gate_at : {"after-norm", "output"}
 from __future__ import annotations
 
 import contextlib
-import math
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn

@@ -41,7 +41,8 @@ from torch import nn
 from ..errors import XpruneError
 from .canonizers import Canonizer, RuleAssignment, default_canonizers
 from .composites import Composite, composite as resolve_composite
-from .rules import _PARAMETRIC, Gradient, LayerCall, Pass, Rule
+from .calls import _PARAMETRIC, LayerCall
+from .rules import Gradient, Pass, Rule
 
 __all__ = ["Attribution", "attribution", "relevance", "explain", "weight_relevance", "start_seed"]
 

@@ -31,8 +31,8 @@ from torch import nn
 
 from .. import _inputs
 from ..errors import NothingToPrune, XpruneError
-from ..gates import GateSite
-from ..units import Signals, UnitGroup, UnitKind, UnitSet, forward_order
+from ..gates import GateSignals, GateSite
+from ..units import UnitGroup, UnitKind, UnitSet, forward_order
 from .adapters import attention_specs, is_conv1d, mlp_specs, spec_of
 from .surgery import _check, record_sizes, remove_heads, remove_neurons
 
@@ -91,37 +91,11 @@ def _rows(module: nn.Module, idx: torch.Tensor, output: bool) -> torch.Tensor:
     return w[idx] if output else w[:, idx].t()
 
 
-class _GateSignals(Signals):
-    """Unit outputs captured at the gate sites (gates open: the model computes what it computed)."""
-
-    def __init__(self, kind: "_TransformerKind", model: nn.Module, units: UnitSet):
-        super().__init__()
-        self._sub: dict[tuple[str, str], int] = {}
-        self._handles = []
-        try:
-            for group in units:
-                key = (group.name, group.name)
-                self.captured[key] = []
-                self._sub[key] = kind.subunits(model, group)
-                for site in kind.gate_sites(model, units, group):
-                    self._handles.append(site.attach(group, lambda: None, capture=self.captured[key]))
-        except BaseException:
-            self.close()
-            raise
-
-    def view(self, key, t):
-        return t.reshape(t.shape[0], -1, *t.shape[-2:])  # [N, T, U, W]
-
-    def subunits(self, key):
-        return self._sub[key]
+class _TokenSignals(GateSignals):
+    """Gate-site signals of heads and neurons: padding tokens are excluded where a criterion masks them."""
 
     def mask_for(self, inputs):
         return _token_mask(inputs)
-
-    def close(self):
-        for h in self._handles:
-            h.remove()
-        self._handles = []
 
 
 class _TransformerKind(UnitKind):
@@ -137,11 +111,8 @@ class _TransformerKind(UnitKind):
             raise XpruneError(f"{group.name!r} has {size} {self.name} units, the UnitSet says {group.size}")
         return spec
 
-    def subunits(self, model: nn.Module, group: UnitGroup) -> int:
-        return 1
-
     def signals(self, model, units):
-        return _GateSignals(self, model, units)
+        return _TokenSignals(self, model, units)
 
     def lrp_context(self, model, composite, canonizers):
         from .attnlrp import attnlrp

@@ -25,7 +25,6 @@ relies on either.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import XpruneError
-from .adapters import AttentionSpec, MLPSpec, attention_specs, is_conv1d, mlp_specs, spec_of
+from .adapters import AttentionSpec, MLPSpec, attention_specs, is_conv1d, mlp_specs
 
 __all__ = ["remove_heads", "remove_neurons", "load_pruned", "record_sizes", "resize_to"]
 
