@@ -1,7 +1,7 @@
 """Reference architectures, training helpers, a weights cache and the transfer setting.
 
 Architectures (all built from standard ``nn`` modules plus the hookable
-:mod:`~xprune.models.layers` ``Add`` / ``MatMul`` / ``Concat``, so LRP hooks and
+:mod:`~xprune.layers` ``Add`` / ``MatMul`` / ``Concat``, so LRP hooks and
 torch-pruning's dependency graph see every operation that matters):
 
 ======== =================================================================
@@ -18,7 +18,10 @@ registry name in ``model.arch``: ``build(model.arch, **model.config)`` rebuilds 
 
 Note that ``xprune.models.train`` is the :func:`train` *function*; the module
 that defines it is ``sys.modules["xprune.models.train"]`` (import names from it
-with ``from xprune.models.train import ...``).
+with ``from xprune.models.train import ...``). The training loops live in
+``train``, the weights cache in ``cache``, the output-layer helpers in
+``heads`` and the transfer setting in ``transfer_setting``; ``train`` re-exports
+the names of the other three.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import Any, Sequence
 from torch import nn
 
 from ._base import Configurable, prod
-from .layers import Add, Concat, MatMul
+from ..errors import XpruneError
+from ..layers import Add, Concat, MatMul
 from .mlp import MLP
 from .resnet import BasicBlock, ResNet
 from .vgg import VGG
@@ -66,12 +70,12 @@ def build(arch: str, *, input_shape: Sequence[int] | None = None, **kwargs: Any)
 
     Raises
     ------
-    ValueError
-        Unknown ``arch`` (lists the known ones) or an image architecture asked
+    XpruneError
+        A ``ValueError``: unknown ``arch`` (lists the known ones) or an image architecture asked
         for non-image ``input_shape``.
     """
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+        raise XpruneError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
     kwargs = dict(kwargs)
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
@@ -79,7 +83,7 @@ def build(arch: str, *, input_shape: Sequence[int] | None = None, **kwargs: Any)
             kwargs.setdefault("in_features", prod(shape))
         else:
             if len(shape) != 3:
-                raise ValueError(
+                raise XpruneError(
                     f"architecture {arch!r} needs image inputs (C, H, W); got input_shape={shape}. "
                     "Use 'mlp' for tabular data"
                 )

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ._base import Configurable, prod
+from ..errors import XpruneError
 
 
 class MLP(Configurable):
@@ -51,7 +52,7 @@ class MLP(Configurable):
         self._remember(in_features=in_features, hidden=list(hidden), num_classes=num_classes)
         n_in = prod(in_features)
         if n_in < 1 or num_classes < 1 or any(int(h) < 1 for h in hidden):
-            raise ValueError(
+            raise XpruneError(
                 f"MLP sizes must be positive; got in_features={in_features}, hidden={hidden}, "
                 f"num_classes={num_classes}"
             )

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from ._base import Configurable
-from .layers import Add
+from ..errors import XpruneError
+from ..layers import Add
 
 
 class BasicBlock(nn.Module):
@@ -109,7 +110,7 @@ class ResNet(Configurable):
             blocks_per_stage=blocks_per_stage,
         )
         if not widths or blocks_per_stage < 1:
-            raise ValueError("ResNet needs at least one stage (widths) and blocks_per_stage >= 1")
+            raise XpruneError("ResNet needs at least one stage (widths) and blocks_per_stage >= 1")
         c = int(widths[0])
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ._base import Configurable, image_hw
+from ..errors import XpruneError
 
 
 class VGG(Configurable):
@@ -76,7 +77,7 @@ class VGG(Configurable):
             dropout=dropout,
         )
         if not widths or convs_per_stage < 1:
-            raise ValueError("VGG needs at least one stage (widths) and convs_per_stage >= 1")
+            raise XpruneError("VGG needs at least one stage (widths) and convs_per_stage >= 1")
         h, w = image_hw(image_size)
         layers: list[nn.Module] = []
         c = in_channels

@@ -8,14 +8,15 @@ import torch
 from torch import nn
 
 from ._base import Configurable, image_hw
-from .layers import Add, Concat, MatMul
+from ..errors import XpruneError
+from ..layers import Add, Concat, MatMul
 
 
 class Attention(nn.Module):
     """Multi-head self-attention with separate ``q``, ``k``, ``v`` projections.
 
     ``proj(concat_h(softmax(q_h k_hᵀ / sqrt(d)) v_h))`` for heads ``h``, where
-    the products go through the :class:`~xprune.models.layers.MatMul` modules
+    the products go through the :class:`~xprune.layers.MatMul` modules
     ``qk`` and ``av`` and the normalisation through the ``softmax`` module.
 
     Parameters
@@ -50,7 +51,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int = 4):
         super().__init__()
         if num_heads < 1 or dim % num_heads:
-            raise ValueError(f"num_heads={num_heads} must be >= 1 and divide dim={dim}")
+            raise XpruneError(f"num_heads={num_heads} must be >= 1 and divide dim={dim}")
         self.num_heads = int(num_heads)
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
@@ -69,7 +70,7 @@ class Attention(nn.Module):
     def head_dim(self, value: int) -> None:
         # Kept settable for pruning tools that assign it; it must agree with the weights.
         if int(value) * self.num_heads != self.q.out_features:
-            raise ValueError(
+            raise XpruneError(
                 f"head_dim={value} with num_heads={self.num_heads} does not match q.out_features="
                 f"{self.q.out_features}; head_dim is derived from the weights: slice q/k/v first "
                 "and set num_heads"
@@ -79,13 +80,13 @@ class Attention(nn.Module):
         h = int(self.num_heads)
         inner = self.q.out_features
         if h < 1 or inner % h or self.k.out_features != inner or self.v.out_features != inner:
-            raise ValueError(
+            raise XpruneError(
                 f"inconsistent attention: num_heads={h}, q/k/v out_features="
                 f"{self.q.out_features}/{self.k.out_features}/{self.v.out_features}; "
                 "q, k and v must have the same width, a multiple of num_heads"
             )
         if self.proj.in_features != inner:
-            raise ValueError(f"proj.in_features={self.proj.in_features} must equal q.out_features={inner}")
+            raise XpruneError(f"proj.in_features={self.proj.in_features} must equal q.out_features={inner}")
         return h, inner // h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -214,13 +215,13 @@ class ViT(Configurable):
         H, W = image_hw(image_size)
         if patch_size is None:
             if H % 4 or W % 4:
-                raise ValueError(
+                raise XpruneError(
                     f"cannot pick a default patch_size for image_size={image_size}; pass patch_size= "
                     "(a divisor of height and width)"
                 )
             patch_size = min(H, W) // 4
         if H % patch_size or W % patch_size:
-            raise ValueError(f"patch_size={patch_size} must divide the image size {H}x{W}")
+            raise XpruneError(f"patch_size={patch_size} must divide the image size {H}x{W}")
         self._remember(
             image_size=image_size,
             patch_size=patch_size,
