@@ -26,6 +26,7 @@ from xprune.models import (
 from xprune.models.layers import Add, MatMul
 
 train_module = sys.modules["xprune.models.train"]
+cache_module = sys.modules["xprune.models.cache"]  # the cache calls train() from here
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +253,7 @@ def test_pretrained_cache_roundtrip(tmp_path, monkeypatch):
     meta = json.loads((tmp_path / files[0]).read_text())
     assert meta["config"]["hidden"] == [16] and 0 <= meta["test_accuracy"] <= 1
 
-    monkeypatch.setattr(train_module, "train", _fail)
+    monkeypatch.setattr(cache_module, "train", _fail)
     again, ds2 = pretrained("mlp", "digits", **kw)
     assert not again.training
     assert torch.equal(model(ds.test.X), again(ds2.test.X))
@@ -280,27 +281,27 @@ def test_pretrained_ignores_damaged_cache(tmp_path, monkeypatch, damage):
         meta.unlink()
     else:
         meta.write_text("{not json")
-    monkeypatch.setattr(train_module, "train", _fail)
+    monkeypatch.setattr(cache_module, "train", _fail)
     with pytest.warns(UserWarning, match="unusable cache entry"), pytest.raises(AssertionError, match="cached"):
         pretrained("mlp", "digits", **kw)
     monkeypatch.undo()
     with pytest.warns(UserWarning):
         again, _ = pretrained("mlp", "digits", **kw)  # retrains and repairs the entry
     assert torch.equal(model(ds.test.X), again(ds.test.X))  # deterministic retraining
-    monkeypatch.setattr(train_module, "train", _fail)
+    monkeypatch.setattr(cache_module, "train", _fail)
     pretrained("mlp", "digits", **kw)  # now loads cleanly
 
 
 def test_atomic_write_never_leaves_partial_files(tmp_path, monkeypatch):
     target = tmp_path / "sub" / "w.bin"
-    train_module._atomic_write(target, b"old")
+    cache_module._atomic_write(target, b"old")
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(train_module.os, "replace", boom)
+    monkeypatch.setattr(cache_module.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
-        train_module._atomic_write(target, b"new")
+        cache_module._atomic_write(target, b"new")
     monkeypatch.undo()
     assert target.read_bytes() == b"old"
     assert [p.name for p in target.parent.iterdir()] == ["w.bin"]
@@ -340,7 +341,7 @@ def test_transfer_on_digits(tmp_path, monkeypatch):
     assert res.source_accuracy >= 0.9
     assert res.target_accuracy == accuracy(model, ds.test) and res.target_accuracy >= 0.7
     # pretraining is cached; adaptation is deterministic
-    monkeypatch.setattr(train_module, "train", _fail)
+    monkeypatch.setattr(cache_module, "train", _fail)
     res2 = models.transfer(
         "mlp", source="digits", n_per_class=5, max_per_class=None, pretrain_epochs=15, head_steps=100,
         full_steps=20, cache_dir=tmp_path, progress=False, hidden=(64,),

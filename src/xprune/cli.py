@@ -22,7 +22,7 @@ import importlib
 import re
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -304,7 +304,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from . import data as xdata
     from .distributed import is_main, run_on_main
     from .tune import tune
 
@@ -324,8 +323,6 @@ def cmd_tune(args) -> int:
     run_on_main(check_out, "checking --out")
     ds = load_data(args.data, seed=0, root=args.data_root)
     model = load_model(args.model, weights=args.weights, dataset=args.data)
-    if args.units in ("heads", "neurons"):
-        from . import transformers  # noqa: F401  (registers the unit kinds)
     reference = _reference(ds, args.n_per_class, args.seed)
     val = ds.val
     if len(val) == 0:

@@ -37,7 +37,7 @@ def _tp_taylor(model: nn.Module, batches, example: torch.Tensor) -> dict[str, to
     """Torch-Pruning's GroupTaylorImportance of every conv/linear out-channel group (output layer excluded)."""
     import torch_pruning as tp
 
-    from ..models.train import output_layer
+    from ..models.heads import output_layer
 
     head = output_layer(model)[2]
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)

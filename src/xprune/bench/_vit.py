@@ -23,7 +23,6 @@ def vit(ctx: Context) -> dict:
     """
     import random as _random
 
-    from .. import transformers as _transformers  # noqa: F401  (heads / neurons)
     from ..data import RestrictedModel, reference_samples, restrict
     from ..models import pretrained
 

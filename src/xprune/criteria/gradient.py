@@ -19,7 +19,7 @@ weight and the gradient at the weight: ``|mean dO/dw|`` and ``|w * sum dO/dw|``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 

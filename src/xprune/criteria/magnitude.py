@@ -11,8 +11,6 @@ are included. Reference: Li et al., "Pruning Filters for Efficient ConvNets"
 
 from __future__ import annotations
 
-import torch
-
 from .base import WeightCriterion, register
 
 

@@ -14,9 +14,9 @@ reads composite files, :func:`save_composite`/:func:`load_composite`),
 """
 
 from .canonizers import Canonizer, MergeBatchNorm, RuleAssignment, ResidualNorm, default_canonizers
-from .composites import PRESETS, TYPE_GROUPS, Composite, GroupComposite, composite, conv_groups, register_composite
+from .composites import (PRESETS, TYPE_GROUPS, Composite, GroupComposite, composite, conv_groups, load_composite,
+                         register_composite, save_composite)
 from .core import Attribution, attribution, explain, relevance, start_seed, weight_relevance
-from .files import load_composite, save_composite
 from .heatmap import heatmap_array, save_heatmap
 from .rules import (
     RULES,

@@ -9,16 +9,13 @@ terms (:func:`reroute`), so one ordinary backward pass propagates relevance.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XpruneError
-
-if TYPE_CHECKING:
-    from .rules import Rule
 
 __all__ = ["stabilize", "ratio", "reroute", "layer_function", "LayerCall"]
 
@@ -164,7 +161,8 @@ class LayerCall:
             raise XpruneError("carrier rules need an Attribution context")
         return self.engine._carrier(self, value)
 
-    def require_params(self, rule: "Rule") -> None:
+    def require_params(self, rule: Any) -> None:
+        """Refuse a rule (anything with a ``name``) that needs the weights of a linear or conv layer."""
         if self.weight is None or not isinstance(self.module, _PARAMETRIC):
             raise XpruneError(
                 f"rule {rule.name!r} needs a nn.Linear or nn.Conv1d/2d/3d module; "

@@ -32,16 +32,20 @@ dict, see :meth:`Composite.from_groups`.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from torch import nn
 
 from ..errors import XpruneError
+from .files import FORMAT_VERSION, is_composite_path, jsonable, read_composite, spec_from_json
 from ..layers import Add
 from .rules import Epsilon, Flat, Gamma, Norm, Pass, Rule, ZBox, ZPlus, AlphaBeta, make_rule
 
-__all__ = ["Composite", "GroupComposite", "composite", "register_composite", "PRESETS", "TYPE_GROUPS", "conv_groups"]
+__all__ = ["Composite", "GroupComposite", "composite", "register_composite", "save_composite", "load_composite", "PRESETS", "TYPE_GROUPS", "conv_groups"]
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR = (nn.Linear,)
@@ -400,8 +404,6 @@ def composite(spec: Any = "epsilon-plus", **kwargs: Any) -> Composite:
         if kwargs:
             raise XpruneError("keyword arguments cannot be combined with a Composite instance")
         return spec
-    from .files import is_composite_path, load_composite
-
     if is_composite_path(spec):  # a composite file (e.g. written by xprune.tune)
         return load_composite(spec, **kwargs)
     if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict):
@@ -420,3 +422,33 @@ def composite(spec: Any = "epsilon-plus", **kwargs: Any) -> Composite:
         "a composite is a preset name, (name, kwargs), a dict of layer groups to rules, or a Composite; "
         f"got {type(spec).__name__}"
     )
+
+
+# ----------------------------------------------------------------------------- composite files
+
+
+def save_composite(path: str | os.PathLike, spec: Any, *, kwargs: Mapping[str, Any] | None = None,
+                   options: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write a composite file (atomically) and return its path.
+
+    The spec is resolved once before writing, so a file that is written can be loaded.
+    """
+    from .._io import atomic_write
+
+    doc = {"xprune": "composite", "version": FORMAT_VERSION, "spec": jsonable(spec),
+           "kwargs": jsonable(dict(kwargs or {})), "options": jsonable(dict(options or {})),
+           "meta": jsonable(dict(meta or {}))}
+    composite(spec_from_json(doc["spec"]), **doc["kwargs"])  # fail here, not at load time
+    path = Path(path)
+    atomic_write(path, json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def load_composite(path: str | os.PathLike, **kwargs: Any):
+    """Resolve the composite stored in ``path``; ``kwargs`` override the file's resolver arguments."""
+    doc = read_composite(path)
+    spec = spec_from_json(doc["spec"])
+    try:
+        return composite(spec, **{**doc.get("kwargs", {}), **kwargs})
+    except XpruneError as e:
+        raise XpruneError(f"composite file {path}: {e}") from None

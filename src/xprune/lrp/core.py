@@ -31,7 +31,6 @@ with only the tensors of interest skips all weight gradients.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Iterable, Sequence
 
 import torch

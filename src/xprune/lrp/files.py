@@ -35,7 +35,7 @@ from typing import Any, Mapping
 
 from ..errors import XpruneError
 
-__all__ = ["save_composite", "load_composite", "read_composite", "is_composite_path"]
+__all__ = ["read_composite", "is_composite_path", "spec_from_json", "jsonable", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 
@@ -43,24 +43,6 @@ FORMAT_VERSION = 1
 def is_composite_path(spec: Any) -> bool:
     """Whether ``spec`` names a composite file (a path ending in ``.json``)."""
     return isinstance(spec, (str, os.PathLike)) and str(spec).lower().endswith(".json")
-
-
-def save_composite(path: str | os.PathLike, spec: Any, *, kwargs: Mapping[str, Any] | None = None,
-                   options: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None) -> Path:
-    """Write a composite file (atomically) and return its path.
-
-    The spec is resolved once before writing, so a file that is written can be loaded.
-    """
-    from .._io import atomic_write
-    from .composites import composite
-
-    doc = {"xprune": "composite", "version": FORMAT_VERSION, "spec": _jsonable(spec),
-           "kwargs": _jsonable(dict(kwargs or {})), "options": _jsonable(dict(options or {})),
-           "meta": _jsonable(dict(meta or {}))}
-    composite(spec_from_json(doc["spec"]), **doc["kwargs"])  # fail here, not at load time
-    path = Path(path)
-    atomic_write(path, json.dumps(doc, indent=1) + "\n")
-    return path
 
 
 def read_composite(path: str | os.PathLike) -> dict[str, Any]:
@@ -79,18 +61,6 @@ def read_composite(path: str | os.PathLike) -> dict[str, Any]:
     return doc
 
 
-def load_composite(path: str | os.PathLike, **kwargs: Any):
-    """Resolve the composite stored in ``path``; ``kwargs`` override the file's resolver arguments."""
-    from .composites import composite
-
-    doc = read_composite(path)
-    spec = spec_from_json(doc["spec"])
-    try:
-        return composite(spec, **{**doc.get("kwargs", {}), **kwargs})
-    except XpruneError as e:
-        raise XpruneError(f"composite file {path}: {e}") from None
-
-
 def spec_from_json(spec: Any) -> Any:
     # JSON has no tuples: a top-level [name, kwargs] pair is the (name, kwargs) form
     if isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict):
@@ -98,11 +68,11 @@ def spec_from_json(spec: Any) -> Any:
     return spec
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if x is None or isinstance(x, (bool, int, float, str)):
         return x
     raise XpruneError(f"a composite file stores specs made of names, numbers, lists and dicts; got {type(x).__name__} "

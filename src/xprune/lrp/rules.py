@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from ..errors import XpruneError
-from .calls import _PARAMETRIC, LayerCall, ratio, reroute, stabilize  # noqa: F401  (re-exported)
+from .calls import LayerCall, ratio, reroute, stabilize
 
 __all__ = [
     "LayerCall",

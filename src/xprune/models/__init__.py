@@ -20,8 +20,8 @@ Note that ``xprune.models.train`` is the :func:`train` *function*; the module
 that defines it is ``sys.modules["xprune.models.train"]`` (import names from it
 with ``from xprune.models.train import ...``). The training loops live in
 ``train``, the weights cache in ``cache``, the output-layer helpers in
-``heads`` and the transfer setting in ``transfer_setting``; ``train`` re-exports
-the names of the other three.
+``heads`` and the transfer setting in ``transfer_setting``; this package
+re-exports their public names.
 """
 
 from __future__ import annotations
@@ -98,17 +98,10 @@ def available() -> list[str]:
     return list(ARCHITECTURES)
 
 
-from .train import (  # noqa: E402  (needs build / ARCHITECTURES above)
-    TransferResult,
-    accuracy,
-    cache_dir,
-    fine_tune,
-    output_layer,
-    pretrained,
-    replace_head,
-    train,
-    transfer,
-)
+from .cache import cache_dir, pretrained  # noqa: E402  (needs build / ARCHITECTURES above)
+from .heads import output_layer, replace_head  # noqa: E402
+from .train import accuracy, fine_tune, train  # noqa: E402
+from .transfer_setting import TransferResult, transfer  # noqa: E402
 
 __all__ = [
     "ARCHITECTURES",

@@ -22,6 +22,7 @@ from .._io import atomic_write
 from ..data import Dataset, load
 from ..errors import XpruneError
 from ._common import _seeded
+from .train import accuracy, train
 
 __all__ = ["pretrained", "cache_dir", "training_config", "DEFAULT_TRAINING", "FORMAT_VERSION"]
 
@@ -139,7 +140,6 @@ def _train_cached(
     arch_kwargs: dict[str, Any],
 ) -> tuple[nn.Module, dict[str, Any]]:
     from . import build
-    from .train import accuracy, train  # looked up when called, so a replaced xprune.models.train.train is used
 
     with _seeded(seed):
         model = build(arch, input_shape=data.input_shape, num_classes=data.num_classes, **arch_kwargs)

@@ -20,7 +20,6 @@ threads is never changed.
 from __future__ import annotations
 
 import math
-import os  # noqa: F401  (``xprune.models.train.os`` stays reachable: tests patch ``os.replace`` through it)
 import time
 from contextlib import nullcontext
 from typing import Any, Iterable
@@ -33,19 +32,7 @@ from ..data import Split
 from ..errors import DataError, XpruneError
 from ._common import _as_split, _model_device, _modes, _progress, _restore_modes, _seeded
 
-__all__ = [
-    "train",
-    "fine_tune",
-    "accuracy",
-    "pretrained",
-    "transfer",
-    "TransferResult",
-    "cache_dir",
-    "output_layer",
-    "replace_head",
-    "DEFAULT_TRAINING",
-    "FORMAT_VERSION",
-]
+__all__ = ["train", "fine_tune", "accuracy"]
 
 
 # --------------------------------------------------------------------------- train / fine-tune / accuracy
@@ -322,25 +309,3 @@ def accuracy(
     if device is not None and _model_device(model) != torch.device(device):
         raise XpruneError(f"the model is on {_model_device(model)}, not {device}; move it first")
     return _accuracy(model, data, batch_size=batch_size)
-
-
-# The cache, head and transfer modules look ``train`` / ``fine_tune`` / ``accuracy`` up in this
-# module when called, so replacing them here (e.g. ``monkeypatch.setattr``) still reaches them.
-from .cache import (  # noqa: E402,F401  (re-exported: these names used to live here)
-    DEFAULT_TRAINING,
-    FORMAT_VERSION,
-    _atomic_write,
-    _cache_key,
-    _data_id,
-    _defaults_name,
-    _load_cached,
-    _resolve_cache,
-    _save_cached,
-    _slug,
-    _train_cached,
-    cache_dir,
-    pretrained,
-    training_config,
-)
-from .heads import output_layer, replace_head  # noqa: E402,F401
-from .transfer_setting import TransferResult, _cap_per_class, transfer  # noqa: E402,F401

@@ -17,6 +17,7 @@ from torch import nn
 from ..data import Dataset, Split, _class_ids, load, reference_indices, reference_samples, split_classes
 from .cache import _data_id, _defaults_name, _resolve_cache, _train_cached, training_config
 from .heads import replace_head
+from .train import accuracy, fine_tune
 
 __all__ = ["transfer", "TransferResult"]
 
@@ -136,7 +137,6 @@ def transfer(
         Unpacks to ``(model, dataset, reference)``; also carries the source
         model and the accuracies.
     """
-    from .train import accuracy, fine_tune  # looked up when called (see _train_cached)
 
     data_kwargs = dict(data_kwargs or {})
     full = load(source, seed=seed, **data_kwargs)

@@ -228,7 +228,7 @@ def as_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _default_cache() -> Any:
-    from ..models.train import cache_dir
+    from ..models.cache import cache_dir
 
     return cache_dir()
 

@@ -317,7 +317,7 @@ def tune(
 def _finish(study, design: Design, ev: Evaluator, out: Path) -> TuneResult:
     import optuna
 
-    from ..lrp.files import save_composite
+    from ..lrp import save_composite
 
     TS = optuna.trial.TrialState
     all_trials = study.get_trials(deepcopy=False)
