@@ -181,3 +181,13 @@ def test_a_new_kind_is_one_call():
     kept = h.detach().clone()
     kept[:, gone] = 0
     torch.testing.assert_close(ns["masked"](X), model.head(kept))
+
+
+def test_import_xprune_loads_no_optional_package():
+    import subprocess
+    import sys
+
+    code = ("import sys, xprune; print(sorted(m for m in ('optuna', 'transformers', 'matplotlib', 'sklearn', "
+            "'mlxtend', 'rich', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
