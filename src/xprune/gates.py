@@ -168,7 +168,6 @@ class GateSignals(Signals):
     def __init__(self, kind: UnitKind, model: nn.Module, units: UnitSet):
         super().__init__()
         self._sub: dict[tuple[str, str], int] = {}
-        self._handles: list = []
         try:
             for group in units:
                 key = (group.name, group.name)
@@ -185,8 +184,3 @@ class GateSignals(Signals):
 
     def subunits(self, key):
         return self._sub[key]
-
-    def close(self):
-        for h in self._handles:
-            h.remove()
-        self._handles = []

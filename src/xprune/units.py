@@ -156,6 +156,7 @@ class Signals:
 
     def __init__(self) -> None:
         self.captured: dict[tuple[str, str], list[torch.Tensor]] = {}
+        self._handles: list = []  # hook handles, removed by close()
 
     def unit_dim(self, key: tuple[str, str]) -> int:
         """Dimension of the captured tensor that indexes the units (1 for a conv output, -1 otherwise)."""
@@ -183,6 +184,9 @@ class Signals:
 
     def close(self) -> None:
         """Remove every hook (the model is as before)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
 
 
 class UnitKind:

@@ -208,7 +208,6 @@ class _ProducerSignals(Signals):
     def __init__(self, model: nn.Module, units: UnitSet):
         super().__init__()
         self._dims: dict[tuple[str, str], int] = {}
-        self._handles = []
         names = dict(model.named_modules())
         try:
             for group in units:
@@ -226,11 +225,6 @@ class _ProducerSignals(Signals):
 
     def unit_dim(self, key):
         return self._dims[key]
-
-    def close(self):
-        for h in self._handles:
-            h.remove()
-        self._handles = []
 
 
 class ChannelsKind(UnitKind):
