@@ -5,7 +5,9 @@ model: ``R(t) = t * (modified gradient at t)``. Rules (:mod:`.rules`) are small
 objects attached to modules by a :class:`Composite` (by module type, name, or
 the first layer; or by layer group for PXP); canonizers merge BatchNorm into
 the preceding layer and give residual sums the norm rule, without ever
-touching the model's parameters.
+touching the model's parameters. Layers with their own forward, gating
+products and norm layers are handled inside the forward (:mod:`.ops`; the
+rules chosen and what is refused: ``docs/lrp.md``).
 
 Main entry points: :func:`relevance`, :func:`explain`, :func:`weight_relevance`,
 :func:`attribution` (context manager), :func:`composite` (resolver; also
@@ -16,7 +18,8 @@ reads composite files, :func:`save_composite`/:func:`load_composite`),
 from .canonizers import Canonizer, MergeBatchNorm, RuleAssignment, ResidualNorm, default_canonizers
 from .composites import (PRESETS, TYPE_GROUPS, Composite, GroupComposite, composite, conv_groups, load_composite,
                          register_composite, save_composite)
-from .core import Attribution, attribution, explain, relevance, start_seed, weight_relevance
+from .core import Attribution, attribution
+from .functions import explain, relevance, start_seed, weight_relevance
 from .heatmap import heatmap_array, save_heatmap
 from .rules import (
     RULES,
@@ -24,8 +27,10 @@ from .rules import (
     Epsilon,
     Flat,
     Gamma,
+    Gate,
     Gradient,
     LayerCall,
+    LayerNormRule,
     Norm,
     Pass,
     Rule,
@@ -41,6 +46,6 @@ __all__ = [
     "Composite", "GroupComposite", "composite", "conv_groups", "register_composite", "PRESETS", "TYPE_GROUPS",
     "Canonizer", "MergeBatchNorm", "ResidualNorm", "RuleAssignment", "default_canonizers",
     "Rule", "LayerCall", "Gradient", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "Flat", "WSquare", "ZBox",
-    "Pass", "Norm", "RULES", "make_rule", "stabilize",
+    "Pass", "Gate", "LayerNormRule", "Norm", "RULES", "make_rule", "stabilize",
     "heatmap_array", "save_heatmap", "load_composite", "save_composite",
 ]  # fmt: skip

@@ -32,8 +32,10 @@ propagation for transformers", ICML 2024)
 - **LayerNorm** :math:`y = w \odot (x - \mu)/\sigma + b`: identity rule on the
   division by :math:`\sigma` (no relevance through the normalising statistic):
   :math:`\sigma` is detached, the centring stays a linear map
-  (:class:`LayerNormRule`). **RMSNorm** :math:`y = w \odot x / \mathrm{rms}(x)`
-  with the statistic detached is an element-wise linear map, i.e. the identity
+  (:class:`~xprune.lrp.rules.LayerNormRule`, applied inside the module's
+  forward, so channels-first and hand-written LayerNorms are handled too).
+  **RMSNorm** :math:`y = w \odot x / \mathrm{rms}(x)` with the statistic
+  detached is an element-wise linear map, i.e. the identity
   (:class:`~xprune.lrp.rules.Pass`) rule.
 - **element-wise activations** (GELU, SiLU, the Hugging Face activation
   modules): identity rule :math:`R^{in} = R^{out}` (Pass).
@@ -69,7 +71,8 @@ also works for CP-LRP, where the probabilities receive none.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -77,7 +80,7 @@ from torch import nn
 from ..errors import XpruneError
 from ..layers import MatMul, is_conv1d
 from .composites import Composite, _pairs
-from .rules import Epsilon, Gamma, LayerCall, Pass, Rule, make_rule, reroute, stabilize
+from .rules import Epsilon, Gamma, LayerCall, LayerNormRule, Pass, Rule, make_rule, reroute, stabilize
 
 __all__ = ["UniformProduct", "Softmax", "LayerNormRule", "AttentionComposite", "uniform_product"]
 
@@ -85,18 +88,45 @@ __all__ = ["UniformProduct", "Softmax", "LayerNormRule", "AttentionComposite", "
 # ----------------------------------------------------------------------------- rules
 
 
-def uniform_product(z: torch.Tensor, factors: Sequence[torch.Tensor], epsilon: float = 1e-6) -> torch.Tensor:
+class _StabilizedLater(torch.autograd.Function):
+    """Forward: ``z`` (not copied). Backward: the gradient times ``scale * z / stab(z)``, ``z`` recomputed.
+
+    ``recompute()`` gives ``z`` again from the factors, which the product's own
+    backward keeps anyway: no coefficient tensor is stored (for attention
+    scores one ``[B, H, T, T]`` tensor per layer).
+    """
+
+    @staticmethod
+    def forward(ctx, z, recompute, epsilon, scale):
+        ctx.recompute, ctx.epsilon, ctx.scale = recompute, epsilon, scale
+        return z.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        with torch.no_grad():
+            z = ctx.recompute()
+            return grad * (z / stabilize(z, ctx.epsilon)).mul_(ctx.scale), None, None, None
+
+
+def uniform_product(z: torch.Tensor, factors: Sequence[torch.Tensor], epsilon: float = 1e-6,
+                    recompute: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
     r"""Uniform rule on a product ``z`` of ``factors``: the gradient at ``z`` times :math:`z/(n\,\operatorname{stab}(z))`.
 
     :math:`n` is the number of factors that carry relevance (require grad);
-    with :math:`n = 0` ``z`` is returned unchanged.
+    with :math:`n = 0` ``z`` is returned unchanged. ``recompute()``, if given,
+    computes ``z`` again from the factors: the coefficient is then formed in
+    the backward pass instead of being stored (same result, less memory).
+    With ``epsilon=0`` the coefficient is the constant :math:`1/n`.
     """
     n = sum(1 for f in factors if isinstance(f, torch.Tensor) and f.requires_grad)
     if n == 0 or not z.requires_grad:
         return z
+    if not epsilon:
+        return reroute(z, [(z, 1.0 / n)])
+    if recompute is not None:
+        return _StabilizedLater.apply(z, recompute, float(epsilon), 1.0 / n)
     zd = z.detach()
-    coef = zd / stabilize(zd, epsilon) if epsilon else torch.ones_like(zd)
-    return reroute(z, [(z, coef / n)])
+    return reroute(z, [(z, zd / stabilize(zd, epsilon) / n)])
 
 
 class UniformProduct(Rule):
@@ -115,7 +145,12 @@ class UniformProduct(Rule):
         self.epsilon = float(epsilon)
 
     def __call__(self, call: LayerCall) -> torch.Tensor:
-        return uniform_product(call.output, [t for t in call.inputs if isinstance(t, torch.Tensor)], self.epsilon)
+        factors = [t for t in call.inputs if isinstance(t, torch.Tensor)]
+        recompute = None
+        if type(call.module) is MatMul and len(factors) == 2:  # its forward is torch.matmul
+            a, b = (f.detach() for f in factors)
+            recompute = functools.partial(torch.matmul, a, b)
+        return uniform_product(call.output, factors, self.epsilon, recompute)
 
 
 class Softmax(Rule):
@@ -135,33 +170,6 @@ class Softmax(Rule):
 
     def __call__(self, call: LayerCall) -> torch.Tensor:
         return call.output.detach() if self.variant == "cp" else call.output
-
-
-class LayerNormRule(Rule):
-    r"""Identity rule on the normalising statistic of ``nn.LayerNorm`` (AttnLRP).
-
-    .. math:: y = w \odot \frac{x - \mu(x)}{[\sigma(x)]_{\text{const}}} + b
-
-    so :math:`R_x = x \odot J^\top g` with :math:`J = \mathrm{diag}(w/\sigma)(I - \tfrac1N \mathbf{1}\mathbf{1}^\top)`:
-    conservative up to the bias share :math:`\sum b\,g`.
-    """
-
-    name = "layernorm"
-
-    def __call__(self, call: LayerCall) -> torch.Tensor:
-        m = call.module
-        x = call.input
-        if not x.requires_grad:
-            return call.output
-        dims = tuple(range(-len(m.normalized_shape), 0))
-        mean = x.mean(dims, keepdim=True)
-        var = x.detach().var(dims, unbiased=False, keepdim=True)
-        y = (x - mean) / torch.sqrt(var + m.eps)
-        if m.weight is not None:
-            y = y * m.weight.detach()
-        if getattr(m, "bias", None) is not None:
-            y = y + m.bias.detach()
-        return reroute(call.output, [(y, 1.0)])
 
 
 # ----------------------------------------------------------------------------- composite

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import XpruneError
 
-__all__ = ["stabilize", "ratio", "reroute", "layer_function", "LayerCall"]
+__all__ = ["stabilize", "ratio", "reroute", "defer", "layer_function", "LayerCall", "split_terms", "apply_terms"]
 
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -60,7 +60,9 @@ class _Reroute(torch.autograd.Function):
         coefs = terms[1::2]
         ctx.n = len(terms) // 2
         ctx.save_for_backward(*[c if isinstance(c, torch.Tensor) else torch.tensor(float(c)) for c in coefs])
-        return z.detach().clone()
+        # a value without a graph of its own (the engine ran the layer without one) is used as it is; a tensor
+        # with a graph is copied, so that in-place changes of the result cannot reach what its graph saved
+        return z.detach() if not z.requires_grad else z.detach().clone()
 
     @staticmethod
     def backward(ctx, grad):
@@ -85,6 +87,54 @@ def reroute(z: torch.Tensor, terms: Sequence[tuple[torch.Tensor, Any]]) -> torch
     if not flat:  # nothing below needs relevance (e.g. the first layer of a non-grad input)
         return z
     return _Reroute.apply(z, *flat)
+
+
+class _Deferred(torch.autograd.Function):
+    """Forward: the value of ``z`` (not copied). Backward: the rule's terms, computed from the saved input.
+
+    Called as ``_Deferred.apply(z, x, terms)`` with ``terms(x, z) -> [(z_k, c_k)]``
+    and ``terms.output(x) -> z``. The terms are evaluated in the backward pass
+    on the layer input ``x`` (which the next layer's backward keeps anyway), so
+    the forward pass stores nothing of the rule: no coefficient tensor, no
+    graph of the terms. The cost is the same (each term's forward moves from
+    the forward pass to the backward pass). If the layer's output was changed
+    in place after the layer, its value is recomputed from ``x``.
+    """
+
+    @staticmethod
+    def forward(ctx, z, x, terms):
+        ctx.save_for_backward(x)
+        ctx.z, ctx.version, ctx.terms = z, z._version, terms
+        return z.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.terms is None:
+            raise XpruneError("LRP terms computed in the backward pass support one backward pass through the graph; "
+                              "pass defer=False to xprune.lrp.attribution to backpropagate twice")
+        (x,) = ctx.saved_tensors
+        terms, z = ctx.terms, ctx.z
+        ctx.terms = ctx.z = None  # released as soon as the layer is done (the memory the deferral saves)
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_(True)
+            with torch.no_grad():
+                z = z if z._version == ctx.version else terms.output(xd)
+            outs, seeds = [], []
+            for zk, ck in terms(xd, z):
+                if zk is not None and zk.requires_grad:
+                    outs.append(zk)
+                    seeds.append(grad * ck)
+            gx = torch.autograd.grad(outs, xd, seeds, allow_unused=True)[0] if outs else None
+        return None, gx, None
+
+
+def defer(z: torch.Tensor, x: torch.Tensor, terms: Any) -> torch.Tensor:
+    """A tensor with the value of ``z`` whose gradient flows into terms computed in the backward pass.
+
+    ``terms(x, z)`` returns ``[(z_k, c_k)]`` as for :func:`reroute` (``z_k`` computed
+    from the given ``x``, ``c_k`` detached); ``terms.output(x)`` recomputes ``z``.
+    """
+    return _Deferred.apply(z, x, terms)
 
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -120,6 +170,16 @@ class LayerCall:
     engine:
         The :class:`~xprune.lrp.Attribution` running the call (weight leaves,
         carriers).
+    op:
+        The layer's map ``op(x, weight, bias)`` when it is not the base
+        class's (a module with its own forward: the functional call seen in
+        that forward, see :mod:`xprune.lrp.ops`); ``inputs`` are then that
+        call's inputs (e.g. after padding inside the forward).
+    params:
+        ``params() -> (weight, bias)``: the effective parameters computed
+        again (BatchNorm merged), for rules that need them after the forward
+        pass without keeping a copy; ``None``: ``weight`` and ``bias`` are views
+        of the module's own tensors.
     """
 
     module: nn.Module
@@ -129,6 +189,8 @@ class LayerCall:
     weight: torch.Tensor | None
     bias: torch.Tensor | None
     engine: Any = field(repr=False, default=None)
+    op: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = field(repr=False, default=None)
+    params: Callable[[], tuple] | None = field(repr=False, default=None)
 
     @property
     def input(self) -> torch.Tensor:
@@ -136,6 +198,8 @@ class LayerCall:
 
     def fn(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The module's linear map with replaced parameters."""
+        if self.op is not None:
+            return self.op(x, weight, bias)
         return layer_function(self.module)(x, weight, bias)
 
     def bias_like(self, bias: torch.Tensor) -> torch.Tensor:
@@ -143,6 +207,17 @@ class LayerCall:
         if isinstance(self.module, _CONV):
             return bias.view(1, -1, *([1] * (self.output.dim() - 2)))
         return bias
+
+    @property
+    def deferrable(self) -> bool:
+        """Whether the rule may compute its terms in the backward pass (:func:`defer`).
+
+        True inside an :class:`~xprune.lrp.Attribution` when relevance flows into
+        the input and no weight relevance is recorded for this layer.
+        """
+        x = self.inputs[0] if self.inputs else None
+        return (self.engine is not None and getattr(self.engine, "defer", False) and torch.is_grad_enabled()
+                and isinstance(x, torch.Tensor) and x.requires_grad and not self.weight_mode)
 
     @property
     def weight_mode(self) -> bool:
@@ -168,3 +243,62 @@ class LayerCall:
                 f"rule {rule.name!r} needs a nn.Linear or nn.Conv1d/2d/3d module; "
                 f"{self.name!r} is {type(self.module).__name__}"
             )
+
+
+# ----------------------------------------------------------------------------- terms of the sign-split rules
+
+
+def split_terms(call: LayerCall, w_pos, w_neg, b_pos, b_neg, need_neg: bool = True, x=None):
+    """The two forward terms of the sign-split rules.
+
+    ``zp = f(x+, w_pos, b_pos) + f(x-, w_neg)`` (positive contributions) and
+    ``zn = f(x+, w_neg, b_neg) + f(x-, w_pos)`` (negative contributions).
+    When the input is non-negative (after a ReLU) the ``x-`` parts vanish and
+    are skipped. ``need_neg=False`` skips ``zn`` (returned as ``None``).
+    ``x`` defaults to the call's input.
+    """
+    x = call.input if x is None else x
+    nonneg = x.numel() == 0 or bool(x.detach().min() >= 0)
+    if nonneg:
+        zp = call.fn(x, call.leaf(w_pos), b_pos)
+        zn = call.fn(x, call.leaf(w_neg), b_neg) if need_neg else None
+        return zp, zn
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    zp = call.fn(xp, call.leaf(w_pos), b_pos) + call.fn(xn, call.leaf(w_neg), None)
+    zn = None
+    if need_neg:
+        zn = call.fn(xp, call.leaf(w_neg), b_neg) + call.fn(xn, call.leaf(w_pos), None)
+    return zp, zn
+
+
+class _Terms:
+    """The terms of a sign-split rule for one call, evaluated in the backward pass (see :func:`~.calls.defer`).
+
+    Keeps no modified weights: they are derived again from the layer's
+    effective parameters when the backward pass reaches the layer.
+    """
+
+    def __init__(self, make, weights, call: LayerCall):
+        self.make, self.weights, self.fn = make, weights, call.fn
+        if call.params is not None:
+            self.params = call.params
+        else:
+            w, b = call.weight, call.bias
+            self.params = lambda: (w, b)
+        self.call = LayerCall(call.module, call.name, (), call.output, None, None, None, op=call.op)
+
+    def __call__(self, x, z):
+        return self.make(self.call, x, z.detach(), *self.weights(*self.params()))
+
+    def output(self, x):  # the layer's value, when it was changed in place after the layer
+        return self.fn(x, *self.params())
+
+
+def apply_terms(call: LayerCall, make, weights) -> torch.Tensor:
+    """A rule's terms in the forward pass (weight relevance, inputs without graph) or deferred to the backward.
+
+    ``weights(w, b)`` gives the modified parameters, ``make(call, x, z, *modified)`` the terms.
+    """
+    if call.deferrable:
+        return defer(call.output, call.input, _Terms(make, weights, call))
+    return reroute(call.output, make(call, call.input, call.output.detach(), *weights(call.weight, call.bias)))

@@ -4,8 +4,11 @@ A :class:`Composite` maps modules to :mod:`~xprune.lrp.rules` by, in order of
 precedence, (1) module name, (2) the *first layer* (the first module in
 ``named_modules()`` order matching a type of ``first_map``), (3) module type
 (first matching entry of ``layer_map``), then (4) the base map shared by all
-presets: element-wise activations -> pass, residual :class:`~xprune.layers.Add`
-and average pooling -> norm, un-merged BatchNorm -> pass. Modules without a
+presets: gate activations (sigmoid, hard sigmoid) -> gate (identity, and the
+uniform rule on the products they gate), other element-wise activations ->
+pass, residual :class:`~xprune.layers.Add` and average pooling -> norm,
+LayerNorm / GroupNorm (and norm modules known by class name) -> the identity
+rule on their statistic, un-merged BatchNorm -> pass. Modules without a
 rule (max pooling, flatten, dropout, ...) propagate the plain gradient, which
 for max pooling is the winner-take-all rule.
 
@@ -43,7 +46,7 @@ from torch import nn
 from ..errors import XpruneError
 from .files import FORMAT_VERSION, is_composite_path, jsonable, read_composite, spec_from_json
 from ..layers import Add
-from .rules import Epsilon, Flat, Gamma, Norm, Pass, Rule, ZBox, ZPlus, AlphaBeta, make_rule
+from .rules import AlphaBeta, Epsilon, Flat, Gamma, Gate, LayerNormRule, Norm, Pass, Rule, ZBox, ZPlus, make_rule
 
 __all__ = ["Composite", "GroupComposite", "composite", "register_composite", "save_composite", "load_composite", "PRESETS", "TYPE_GROUPS", "conv_groups"]
 
@@ -61,6 +64,8 @@ MAXPOOL = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
 )  # fmt: skip
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+GATE = (nn.Sigmoid, nn.Hardsigmoid)
+NORM = (nn.LayerNorm, nn.GroupNorm)
 
 TYPE_GROUPS: dict[str, tuple[type, ...]] = {
     "conv": CONV,
@@ -70,6 +75,8 @@ TYPE_GROUPS: dict[str, tuple[type, ...]] = {
     "avgpool": AVGPOOL,
     "maxpool": MAXPOOL,
     "batchnorm": BATCHNORM,
+    "gate": GATE,
+    "norm": NORM,
     "add": (Add,),
 }
 """Names usable instead of module types in ``layer_map``/``first_map``."""
@@ -96,13 +103,37 @@ def _pairs(mapping: Any) -> list[tuple[Any, Any]]:
 
 
 def base_map(stabilizer: float = 1e-6) -> list[tuple[tuple[type, ...], Rule]]:
-    """Rules shared by all presets: activations pass, sums and average pooling norm, BatchNorm pass."""
+    """Rules shared by all presets.
+
+    Gate activations (sigmoid, hard sigmoid): :class:`~xprune.lrp.rules.Gate`
+    (identity, and the uniform rule on the products they gate); other
+    activations pass; sums and average pooling norm; LayerNorm / GroupNorm
+    the identity rule on their statistic; un-merged BatchNorm pass.
+    """
     return [
+        (GATE, Gate()),
         (ACTIVATION, Pass()),
+        (NORM, LayerNormRule()),
         ((Add,), Norm(stabilizer)),
         (AVGPOOL, Norm(stabilizer)),
         (BATCHNORM, Pass()),
     ]
+
+
+def _by_class_name(module: nn.Module) -> Rule | None:
+    """Base rules for modules of other libraries, known by class (no import of those libraries here).
+
+    Hugging Face activation modules (``transformers.activations``) pass;
+    norm modules that are no ``nn.LayerNorm``/``nn.GroupNorm`` subclass
+    (class names ending in ``LayerNorm``, ``GroupNorm`` or ``GRN``, e.g.
+    ConvNeXt-V2's global response norm) get the identity rule on their statistic.
+    """
+    cls = type(module)
+    if cls.__module__.startswith("transformers.activations"):
+        return Pass()
+    if cls.__name__.endswith(("LayerNorm", "GroupNorm", "GRN")):
+        return LayerNormRule()
+    return None
 
 
 class Composite:
@@ -150,6 +181,7 @@ class Composite:
         self.first_map = [(_types(k), make_rule(r)) for k, r in _pairs(first_map)]
         if base:
             self.layer_map += base_map(stabilizer)
+        self.base = bool(base)
         self.name = name
 
     def assign(self, model: nn.Module) -> dict[str, Rule]:
@@ -174,6 +206,8 @@ class Composite:
                         rules[name] = hit
                     continue
             rule = next((r for types, r in self.layer_map if isinstance(module, types)), None)
+            if rule is None and self.base:
+                rule = _by_class_name(module)
             if rule is not None:
                 rules[name] = rule
         return rules

@@ -24,13 +24,22 @@ under the flat / w-square / z-box rules, which :func:`relevance` and
 
 Cost: epsilon / pass / norm / gradient rules add no forward work; z+ adds one
 forward of the layer (two for inputs with negative values), alpha-beta and
-gamma two (four). The backward pass is a single ordinary autograd pass (no
-forward re-computation inside backward hooks), and ``torch.autograd.grad``
-with only the tensors of interest skips all weight gradients.
+gamma two (four). These terms are evaluated when the backward pass reaches the
+layer, from the layer input that is kept anyway (``defer=True``), so the
+forward pass stores no coefficient tensor or term graph. Layers whose rule
+does not use their own output's graph run without one, the others with their
+parameters frozen: no rule needs parameter gradients, so none are prepared.
+
+Modules are attributed as they compute: a Linear/Conv subclass with its own
+forward (padding inside it, weight standardisation, fake quantisation) gets
+its rule on the one ``conv``/``linear`` call of that forward; norm layers get
+a constant statistic inside their forward; products of gates (sigmoid outputs)
+with signals get the gate rule wherever they are taken (see :mod:`.ops`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -41,13 +50,14 @@ from ..errors import XpruneError
 from .canonizers import Canonizer, RuleAssignment, default_canonizers
 from .composites import Composite, composite as resolve_composite
 from .calls import _PARAMETRIC, LayerCall
-from .rules import Gradient, Pass, Rule
+from .ops import ConstantStatistics, GatingProducts, MergedBatchNorm, OpCapture, call_bound, standard_forward
+from .rules import Gate, Gradient, Pass, Rule
 
-__all__ = ["Attribution", "attribution", "relevance", "explain", "weight_relevance", "start_seed"]
+__all__ = ["Attribution", "attribution"]
 
 
-def _merged_params(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm):
-    """Effective (detached) weight and bias of ``bn(layer(x))`` and the per-channel scale/shift."""
+def _merged_params(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm):
+    """Effective (detached) weight and bias of ``bn(layer(x))`` for a layer with ``weight`` and ``bias``."""
     var, mean = bn.running_var.detach(), bn.running_mean.detach()
     scale = torch.rsqrt(var + bn.eps)
     if bn.weight is not None:
@@ -55,10 +65,23 @@ def _merged_params(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm):
     shift = -mean * scale
     if bn.bias is not None:
         shift = shift + bn.bias.detach()
-    w = layer.weight.detach()
+    w = weight.detach()
     w = w * scale.view(-1, *([1] * (w.dim() - 1))).to(w)
-    b = shift.to(w) if layer.bias is None else layer.bias.detach() * scale.to(w) + shift.to(w)
+    b = shift.to(w) if bias is None else bias.detach() * scale.to(w) + shift.to(w)
     return w, b
+
+
+def _apply_bn(output: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    return F.batch_norm(
+        output, bn.running_mean, bn.running_var,
+        None if bn.weight is None else bn.weight.detach(),
+        None if bn.bias is None else bn.bias.detach(),
+        False, 0.0, bn.eps,
+    )  # fmt: skip
+
+
+def _detached(t: Any) -> torch.Tensor | None:
+    return t.detach() if isinstance(t, torch.Tensor) else None
 
 
 class Attribution:
@@ -75,13 +98,20 @@ class Attribution:
     weight_relevance : bool or iterable of str
         Record the modified weights of the (named) layers as leaf tensors, so
         that :meth:`weight_relevance` can split relevance onto single weights.
+    defer : bool
+        Compute the extra terms of z+ / alpha-beta / gamma in the backward
+        pass from the saved layer input (default): the same work, but the
+        forward pass keeps no coefficient tensor or term graph per layer.
+        ``False``: compute them in the forward pass.
 
     Notes
     -----
     All hooks are registered with ``prepend=True``: hooks that others add to
     the same modules (e.g. a criterion capturing layer outputs) see the
     attributed outputs. Under ``torch.no_grad()`` the model computes its
-    normal outputs (BatchNorm merged) without any modified terms.
+    normal outputs (BatchNorm merged) without any modified terms. While a
+    layer with a rule runs its forward, its parameters do not require
+    grad (restored right after): LRP needs no parameter gradient.
     """
 
     def __init__(
@@ -91,8 +121,10 @@ class Attribution:
         canonizers: Sequence[Canonizer] | None = None,
         *,
         weight_relevance: bool | Iterable[str] = False,
+        defer: bool = True,
     ):
         self.model = model
+        self.defer = bool(defer)
         self.composite: Composite = resolve_composite(composite)
         self.canonizers = list(default_canonizers() if canonizers is None else canonizers)
         for c in self.canonizers:
@@ -114,6 +146,9 @@ class Attribution:
 
     def _reset_state(self) -> None:
         self._stash: dict[nn.Module, list] = {}
+        self._modes: dict[nn.Module, list] = {}
+        self._gates: dict[int, tuple[torch.Tensor, str]] = {}
+        self._gate_mode: GatingProducts | None = None
         self._pending: dict[nn.Module, torch.Tensor] = {}
         self._root_inputs: list[torch.Tensor] = []
         self._carriers: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -155,19 +190,35 @@ class Attribution:
                     "call model.eval() first (or pass canonizers=[] to keep BatchNorm as a layer)"
                 )
             self._bn_of[modules[layer]] = modules[bn]
-        self._handles.append(model.register_forward_pre_hook(self._root_pre_hook, prepend=True))
         merged_bns = set(self._bn_of.values())
+        self._gating = False
+        self._rule_of: dict[nn.Module, Rule] = {}
+        hooks = []
         for name, module in modules.items():
             rule = plan.rules.get(name)
             merged = module in self._bn_of
             if module in merged_bns:  # the identity while merged: no rule of its own
                 continue
+            if rule is not None and rule.intercept == "statistics" and not merged:
+                hooks.append((module, self._stats_pre_hook, self._mode_hook))
+                continue
+            self._rule_of[module] = rule or Gradient()
             if not merged and not self._needs_hook(name, module, rule):
                 continue
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook, prepend=True))
-            self._handles.append(module.register_forward_hook(self._forward_hook, prepend=True))
+            if isinstance(module, _PARAMETRIC) and not standard_forward(module):
+                hooks.append((module, self._op_pre_hook, self._op_hook))  # the rule goes inside its forward
+                continue
+            self._gating = self._gating or isinstance(rule, Gate)
+            hooks.append((module, self._pre_hook, self._forward_hook))
+        self._handles.append(model.register_forward_pre_hook(self._root_pre_hook, prepend=True, with_kwargs=True))
+        self._handles.append(model.register_forward_hook(self._root_hook, prepend=True, always_call=True))
+        for module, pre, post in hooks:
+            plain = pre == self._pre_hook
+            self._handles.append(module.register_forward_pre_hook(pre, prepend=True, with_kwargs=plain))
+            self._handles.append(module.register_forward_hook(post, prepend=True, always_call=True))
         for bn in self._bn_of.values():
-            self._handles.append(bn.register_forward_hook(self._bn_hook, prepend=True))
+            self._handles.append(bn.register_forward_pre_hook(self._bn_pre_hook, prepend=True))
+            self._handles.append(bn.register_forward_hook(self._bn_hook, prepend=True, always_call=True))
 
     def _needs_hook(self, name: str, module: nn.Module, rule: Rule | None) -> bool:
         if rule is None or type(rule) is Gradient:  # plain gradient: hook only to record weight leaves
@@ -181,54 +232,179 @@ class Attribution:
             h.remove()
         self._handles = []
         self._active = False
+        for stack in self._modes.values():  # left behind by a forward that raised
+            while stack:
+                mode, state = stack.pop()
+                mode.leave()
+                self._restore(state)
+        if self._gate_mode is not None:
+            self._gate_mode.__exit__(None, None, None)
         self._reset_state()
 
     # ------------------------------------------------------------------ hooks
-    def _root_pre_hook(self, module, args):
-        self._root_inputs = [a for a in args if isinstance(a, torch.Tensor)]
+    def _root_pre_hook(self, module, args, kwargs):
+        self._root_inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        self._pending.clear()
+        self._gates.clear()
+        if self._gating and self._gate_mode is None:  # products of gates, wherever the forward takes them
+            self._gate_mode = GatingProducts(self._gates)
+            self._gate_mode.__enter__()
 
-    def _pre_hook(self, module, args):
-        self._stash.setdefault(module, []).append(args)
-        if getattr(module, "inplace", False):  # keep the original input intact for the rule
-            return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+    def _root_hook(self, module, args, output):
+        if self._gate_mode is not None:
+            self._gate_mode.__exit__(None, None, None)
+            self._gate_mode = None
+        self._gates.clear()
+        pending, self._pending = self._pending, {}
+        if pending and output is not None:
+            bn = next(iter(pending))
+            raise XpruneError(
+                f"LRP: BatchNorm {self._names[bn]!r} is merged into {self._layer_of(bn)!r}, but that layer's output "
+                "never reached it; pass MergeBatchNorm(pairs=...) without this pair, or canonizers=[]"
+            )
+
+    def _pre_hook(self, module, args, kwargs):
+        if not args:  # the input passed by keyword
+            args, kwargs = tuple(v for v in kwargs.values() if isinstance(v, torch.Tensor))[:1], None
+        self._stash.setdefault(module, []).append((args, self._lighten(module, args)))
+        if kwargs is not None and getattr(module, "inplace", False):  # keep the original input for the rule
+            return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args), kwargs
         return None
 
+    def _lighten(self, module, args, graph: bool | None = None):
+        """Make the module's own forward cheap when relevance flows into it: what to undo after it.
+
+        No rule needs parameter gradients, and rules whose terms are their own
+        (z+, alpha-beta, gamma, pass on a smooth activation) do not use the graph
+        of the module's output at all: such a module runs without a graph;
+        the others run with their parameters frozen (no weight-gradient
+        bookkeeping, inputs not saved for it). Where no input carries a graph
+        (the first layer) nothing changes: the parameters are then the graph's root.
+        """
+        if not (torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)):
+            return None
+        if graph is None:
+            graph = self._rule_of[module].uses_output_graph(module) or any(True for _ in module.children())
+        if not graph:
+            torch.set_grad_enabled(False)
+            return True
+        frozen = [p for p in module.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        return frozen
+
+    @staticmethod
+    def _restore(state) -> None:
+        if state is True:
+            torch.set_grad_enabled(True)
+        elif state:
+            for p in state:
+                p.requires_grad_(True)
+
     def _forward_hook(self, module, args, output):
-        stack = self._stash.get(module)
-        inputs = stack.pop() if stack else args
+        inputs, state = self._stash[module].pop()
+        self._restore(state)
+        if output is None:  # the forward raised
+            return None
         name = self._names[module]
         if not isinstance(output, torch.Tensor):
             raise XpruneError(f"LRP rules need modules with one tensor output; {name!r} returned {type(output).__name__}")
+        return self._ruled(module, tuple(inputs), output, _detached(getattr(module, "weight", None)),
+                           _detached(getattr(module, "bias", None)))
+
+    def _ruled(self, module, inputs, output, weight, bias, op=None):
+        """``output`` of one call of ``module`` with its BatchNorm merged (if any) and its rule attached."""
+        name = self._names[module]
         bn = self._bn_of.get(module)
-        weight = getattr(module, "weight", None)
-        bias = getattr(module, "bias", None)
-        weight = weight.detach() if isinstance(weight, torch.Tensor) else None
-        bias = bias.detach() if isinstance(bias, torch.Tensor) else None
+        params = None
         if bn is not None:
-            weight, bias = _merged_params(module, bn)
-            output = F.batch_norm(
-                output, bn.running_mean, bn.running_var,
-                None if bn.weight is None else bn.weight.detach(),
-                None if bn.bias is None else bn.bias.detach(),
-                False, 0.0, bn.eps,
-            )  # fmt: skip
+            params = functools.partial(_merged_params, weight, bias, bn)
+            weight, bias = params()
+            output = _apply_bn(output, bn)
         if torch.is_grad_enabled():
             rule = self.plan.rules.get(name) or Gradient()
-            output = rule(LayerCall(module, name, tuple(inputs), output, weight, bias, self))
+            output = rule(LayerCall(module, name, inputs, output, weight, bias, self, op=op, params=params))
         if bn is not None:
-            self._pending[bn] = output
+            self._set_pending(bn, module, output)
         return output
 
-    def _bn_hook(self, bn, args, output):
-        expected = self._pending.pop(bn, None)
-        if expected is None or not args or args[0] is not expected:
-            layer = next((self._names[m] for m, b in self._bn_of.items() if b is bn), "?")
+    def _set_pending(self, bn, module, output) -> None:
+        if bn in self._pending:
             raise XpruneError(
-                f"BatchNorm {self._names[bn]!r} was merged into {layer!r} (the module registered before it), "
-                "but its input is not that layer's output. Pass MergeBatchNorm(pairs={bn_name: layer_name}) "
+                f"LRP: {self._names[module]!r} is called again before BatchNorm {self._names[bn]!r}, which is merged "
+                "into it, read its output; pass MergeBatchNorm(pairs=...) without this pair, or canonizers=[]"
+            )
+        self._pending[bn] = output
+
+    def _layer_of(self, bn) -> str:
+        return next((self._names[m] for m, b in self._bn_of.items() if b is bn), "?")
+
+    def _bn_pre_hook(self, bn, args):
+        self._push(bn, MergedBatchNorm())
+
+    def _bn_hook(self, bn, args, output):
+        self._pop(bn)
+        expected = self._pending.pop(bn, None)
+        if output is None:  # the forward raised
+            return None
+        x = args[0] if args else None
+        # the layer's output, or a copy of it (a hook after the layer's may continue with a copy, e.g. the
+        # signals of a criterion when an in-place op follows: xprune.units.Signals.keep)
+        same = x is expected or (
+            isinstance(x, torch.Tensor) and isinstance(expected, torch.Tensor) and x.shape == expected.shape
+            and x.dtype == expected.dtype and torch.equal(x, expected)
+        )
+        if expected is None or not same:
+            raise XpruneError(
+                f"BatchNorm {self._names[bn]!r} was merged into {self._layer_of(bn)!r} (the module registered before "
+                "it), but its input is not that layer's output. Pass MergeBatchNorm(pairs={bn_name: layer_name}) "
                 "with the right pairs, or canonizers=[] to keep BatchNorm as a layer."
             )
-        return args[0]
+        return output  # the module's forward with the normalisation as the identity (see ops.MergedBatchNorm)
+
+    # modules whose rule acts inside their own forward (see .ops)
+    def _push(self, module, mode, state=None) -> None:
+        self._modes.setdefault(module, []).append((mode.enter(), state))
+
+    def _pop(self, module):
+        mode, state = self._modes[module].pop()
+        mode.leave()
+        self._restore(state)
+        return mode
+
+    def _stats_pre_hook(self, module, args):
+        self._push(module, ConstantStatistics(), self._lighten(module, args, graph=True))
+
+    def _mode_hook(self, module, args, output):
+        self._pop(module)
+
+    def _op_pre_hook(self, module, args):
+        mode = OpCapture(self._names[module], module, lambda f, b, o, m=module: self._op_rule(m, f, b, o))
+        self._push(module, mode, self._lighten(module, args, graph=True))
+
+    def _op_hook(self, module, args, output):
+        mode = self._pop(module)
+        if output is None:  # the forward raised
+            return
+        mode.check(output)
+        bn = self._bn_of.get(module)
+        if bn is not None and output is not mode.result:
+            raise XpruneError(
+                f"LRP: {self._names[module]!r} has its own forward, whose output is not its "
+                f"{'linear' if isinstance(module, nn.Linear) else 'conv'} call's, so BatchNorm {self._names[bn]!r} "
+                "cannot be merged into it; pass MergeBatchNorm(pairs=...) without this pair, or canonizers=[]"
+            )
+
+    def _op_rule(self, module, func, bound, output):
+        rest = {k: v for k, v in bound.items() if k not in ("input", "weight", "bias")}
+
+        def op(x, weight, bias):
+            return call_bound(func, {**rest, "input": x, "weight": weight, "bias": bias})
+
+        return self._ruled(module, (bound["input"],), output, _detached(bound["weight"]), _detached(bound["bias"]), op)
+
+    def _mark_gate(self, t: torch.Tensor, share: str) -> None:
+        self._gates[id(t)] = (t, share)
 
     # ------------------------------------------------------------------ rule services
     def _weight_leaf_wanted(self, name: str) -> bool:
@@ -246,10 +422,12 @@ class Attribution:
 
     def _carrier(self, call: LayerCall, value: torch.Tensor) -> torch.Tensor:
         if not any(call.input is r for r in self._root_inputs):
+            why = (f"{call.name!r} changes its input in its own forward (e.g. padding), so give it another rule "
+                   f"(composite name_map={{{call.name!r}: 'zplus'}})" if call.op is not None else "use it on the first "
+                   "layer only, on the model input itself (no padding module before it)")
             raise XpruneError(
                 f"the rule of {call.name!r} (flat / w-square / z-box) needs the model input as the layer's input: "
-                "its input relevance is not input x gradient and cannot be passed further down. "
-                "Use it on the first layer only."
+                f"its input relevance is not input x gradient and cannot be passed further down; {why}"
             )
         carrier = value.detach().clone().requires_grad_(True)
         self._carriers.append((call.input, carrier))
@@ -299,162 +477,7 @@ def attribution(
     canonizers: Sequence[Canonizer] | None = None,
     *,
     weight_relevance: bool | Iterable[str] = False,
+    defer: bool = True,
 ) -> Attribution:
     """Context manager applying ``composite`` (and canonizers) to ``model``; see :class:`Attribution`."""
-    return Attribution(model, composite, canonizers, weight_relevance=weight_relevance)
-
-
-def start_seed(output: torch.Tensor, target: Any = None, start: str = "onehot") -> torch.Tensor:
-    r"""Gradient seed for ``output`` that starts LRP at the target logit.
-
-    Parameters
-    ----------
-    output : Tensor ``[N, C]``
-        Model output (logits) of the attributed forward pass.
-    target : None, int, sequence/LongTensor ``[N]`` or float Tensor ``[N, C]``
-        Class to explain (``None``: the predicted class). A float tensor of
-        the output's shape is taken as the starting relevance itself.
-    start : {"onehot", "logit"}
-        ``"onehot"``: relevance 1 at the target logit (seed ``1 / logit``,
-        0 where the logit is exactly 0); ``"logit"``: relevance = the logit
-        value (seed = one-hot, i.e. the gradient of the logit).
-    """
-    if start not in ("onehot", "logit"):
-        raise XpruneError(f"start must be 'onehot' or 'logit'; got {start!r}")
-    if output.dim() != 2:
-        raise XpruneError(f"LRP starts from a [N, C] output; got shape {tuple(output.shape)}")
-    out = output.detach()
-    if isinstance(target, torch.Tensor) and target.is_floating_point():
-        if target.shape != out.shape:
-            raise XpruneError(f"a float target is the starting relevance and needs shape {tuple(out.shape)}")
-        rel = target.to(out)
-        return torch.where(out == 0, torch.zeros_like(out), rel / torch.where(out == 0, torch.ones_like(out), out))
-    if target is None:
-        classes = out.argmax(-1)
-    elif isinstance(target, int) and not isinstance(target, bool):
-        classes = torch.full((out.shape[0],), target, dtype=torch.long, device=out.device)
-    else:
-        classes = torch.as_tensor(target, device=out.device).long().reshape(-1)
-    if classes.numel() != out.shape[0] or (classes.numel() and (classes.min() < 0 or classes.max() >= out.shape[1])):
-        raise XpruneError(f"target must give one class in [0, {out.shape[1] - 1}] per sample ({out.shape[0]} samples)")
-    seed = torch.zeros_like(out)
-    seed[torch.arange(out.shape[0], device=out.device), classes] = 1.0
-    if start == "onehot":
-        seed = seed * torch.where(out == 0, torch.zeros_like(out), 1.0 / torch.where(out == 0, torch.ones_like(out), out))
-    return seed
-
-
-def _sum_calls(name: str, tensors: list[torch.Tensor], grads: list) -> torch.Tensor | None:
-    rels = [t.detach() * (torch.zeros_like(t) if g is None else g) for t, g in zip(tensors, grads)]
-    if not rels:
-        return None
-    if any(r.shape != rels[0].shape for r in rels):
-        raise XpruneError(f"module {name!r} is called several times with different output shapes; read it by hand")
-    return sum(rels[1:], rels[0])
-
-
-def relevance(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Any = None,
-    composite: Any = "epsilon-plus",
-    layers: Iterable[str] = (),
-    *,
-    canonizers: Sequence[Canonizer] | None = None,
-    start: str = "onehot",
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """LRP relevance at the input and at the outputs of ``layers``.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Classifier mapping ``x`` to ``[N, C]`` logits (use ``model.eval()``).
-    x : Tensor
-        Input batch.
-    target, start :
-        The starting relevance, see :func:`start_seed`.
-    composite, canonizers :
-        Rules and canonizers, see :class:`Attribution`.
-    layers : iterable of str
-        Module names whose output relevance to return (for a layer merged with
-        its BatchNorm: after the BatchNorm). A module called several times
-        gets the sum over its calls.
-
-    Returns
-    -------
-    input_relevance : Tensor, shape of ``x``
-    layer_relevance : dict of name to Tensor, shape of each layer's output
-    """
-    layers = list(layers)
-    with attribution(model, composite, canonizers) as attr, torch.enable_grad():
-        store = attr.tap(layers)
-        x = x.detach().requires_grad_(True)
-        output = model(x)
-        seed = start_seed(output, target, start)
-        outs = [t for n in layers for t in store[n]]
-        carriers = attr.carriers(x)
-        wanted = [x, *carriers, *outs]
-        grads = torch.autograd.grad(output, wanted, seed, allow_unused=True)
-        r_in = attr.input_relevance(x, grads[: 1 + len(carriers)])
-        layer_grads = list(grads[1 + len(carriers) :])
-        result: dict[str, torch.Tensor] = {}
-        for n in layers:
-            k = len(store[n])
-            r = _sum_calls(n, store[n], layer_grads[:k])
-            layer_grads = layer_grads[k:]
-            if r is None:
-                raise XpruneError(f"module {n!r} was not called in the forward pass")
-            result[n] = r
-    return r_in.detach(), result
-
-
-def explain(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Any = None,
-    composite: Any = "epsilon-plus",
-    *,
-    canonizers: Sequence[Canonizer] | None = None,
-    start: str = "onehot",
-) -> torch.Tensor:
-    """Input relevance (heatmap) of ``model`` for ``x``; see :func:`relevance`."""
-    return relevance(model, x, target, composite, canonizers=canonizers, start=start)[0]
-
-
-def weight_relevance(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Any = None,
-    composite: Any = "epsilon-plus",
-    layers: Iterable[str] | None = None,
-    *,
-    canonizers: Sequence[Canonizer] | None = None,
-    start: str = "onehot",
-) -> dict[str, torch.Tensor]:
-    r"""Relevance of single weights, summed over the batch.
-
-    The relevance flowing through weight :math:`w_{ij}` is its share of the
-    message from input :math:`j` to output :math:`i`, e.g.
-    :math:`x_j w_{ij} R_i / \operatorname{stab}(z_i)` for epsilon, computed as
-    :math:`\sum_k W_k \odot \partial / \partial W_k` over the rule's modified
-    weights :math:`W_k` (for a conv: summed over positions). Summed over
-    :math:`i` and :math:`j` it is the layer's output relevance minus the
-    bias share. BatchNorm-merged layers report the merged weights'
-    relevance (same shape as the layer's weight). Layers with the flat rule
-    get no weight relevance.
-
-    Returns
-    -------
-    dict of layer name to Tensor of the layer's weight shape.
-    """
-    names = None if layers is None else list(layers)
-    with attribution(model, composite, canonizers, weight_relevance=True if names is None else names) as attr:
-        with torch.enable_grad():
-            output = model(x)
-            seed = start_seed(output, target, start)
-            leaves = [leaf for _, leaf in attr.weight_leaves]
-            grads = torch.autograd.grad(output, leaves, seed, allow_unused=True) if leaves else []
-        rel = attr.weight_relevance_from(grads)
-    modules = dict(model.named_modules())
-    wanted = names if names is not None else [n for n, m in modules.items() if isinstance(getattr(m, "weight", None), torch.Tensor) and n in rel]
-    return {n: rel.get(n, torch.zeros_like(modules[n].weight.detach())).detach() for n in wanted}
+    return Attribution(model, composite, canonizers, weight_relevance=weight_relevance, defer=defer)

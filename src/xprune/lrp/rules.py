@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from ..errors import XpruneError
-from .calls import LayerCall, ratio, reroute, stabilize
+from .calls import LayerCall, apply_terms, ratio, reroute, split_terms, stabilize
 
 __all__ = [
     "LayerCall",
@@ -67,6 +67,8 @@ __all__ = [
     "WSquare",
     "ZBox",
     "Pass",
+    "Gate",
+    "LayerNormRule",
     "Norm",
     "RULES",
     "make_rule",
@@ -89,6 +91,15 @@ class Rule:
     """
 
     name: ClassVar[str] = "rule"
+    #: ``"statistics"``: applied inside the module's forward (see :mod:`xprune.lrp.ops`), not on its output
+    intercept: ClassVar[str | None] = None
+    #: whether the rule sends gradient through the graph of the module's own output (False: only through
+    #: terms it computes itself, so the engine runs the module's forward without building a graph)
+    output_graph: ClassVar[bool] = True
+
+    def uses_output_graph(self, module: nn.Module) -> bool:
+        """Whether the rule routes gradient through ``module``'s own output graph (see :attr:`output_graph`)."""
+        return self.output_graph
 
     def __call__(self, call: LayerCall) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -163,28 +174,6 @@ class Epsilon(Rule):
         return reroute(z, [(term, ratio(zd, denom, self.epsilon))])
 
 
-def _split_terms(call: LayerCall, w_pos, w_neg, b_pos, b_neg, need_neg: bool = True):
-    """The two forward terms of the sign-split rules.
-
-    ``zp = f(x+, w_pos, b_pos) + f(x-, w_neg)`` (positive contributions) and
-    ``zn = f(x+, w_neg, b_neg) + f(x-, w_pos)`` (negative contributions).
-    When the input is non-negative (after a ReLU) the ``x-`` parts vanish and
-    are skipped. ``need_neg=False`` skips ``zn`` (returned as ``None``).
-    """
-    x = call.input
-    nonneg = x.numel() == 0 or bool(x.detach().min() >= 0)
-    if nonneg:
-        zp = call.fn(x, call.leaf(w_pos), b_pos)
-        zn = call.fn(x, call.leaf(w_neg), b_neg) if need_neg else None
-        return zp, zn
-    xp, xn = x.clamp(min=0), x.clamp(max=0)
-    zp = call.fn(xp, call.leaf(w_pos), b_pos) + call.fn(xn, call.leaf(w_neg), None)
-    zn = None
-    if need_neg:
-        zn = call.fn(xp, call.leaf(w_neg), b_neg) + call.fn(xn, call.leaf(w_pos), None)
-    return zp, zn
-
-
 class AlphaBeta(Rule):
     r"""LRP-alpha-beta (Bach et al. 2015), with :math:`\alpha - \beta = 1`.
 
@@ -207,6 +196,7 @@ class AlphaBeta(Rule):
     """
 
     name = "alpha-beta"
+    output_graph = False
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6, zero_bias: bool = False):
         if alpha < 0 or beta < 0:
@@ -220,18 +210,20 @@ class AlphaBeta(Rule):
 
     def __call__(self, call: LayerCall) -> torch.Tensor:
         call.require_params(self)
-        w, b = call.weight, (None if self.zero_bias else call.bias)
-        w_pos, w_neg = w.clamp(min=0), w.clamp(max=0)
-        b_pos = None if b is None else b.clamp(min=0)
-        b_neg = None if b is None else b.clamp(max=0)
-        zp, zn = _split_terms(call, w_pos, w_neg, b_pos, b_neg, need_neg=self.beta != 0)
-        zd = call.output.detach()
+        return apply_terms(call, self._terms, self._weights)
+
+    def _weights(self, w, b):
+        b = None if self.zero_bias else b
+        return w.clamp(min=0), w.clamp(max=0), None if b is None else b.clamp(min=0), None if b is None else b.clamp(max=0)
+
+    def _terms(self, call, x, zd, w_pos, w_neg, b_pos, b_neg):
+        zp, zn = split_terms(call, w_pos, w_neg, b_pos, b_neg, need_neg=self.beta != 0, x=x)
         # z+ >= 0 and z- <= 0 by construction: known signs, cheaper stabiliser
         cp = ratio(zd, zp, self.stabilizer, sign=+1)
         terms = [(zp, cp if self.alpha == 1 else cp.mul_(self.alpha))]
         if zn is not None:
             terms.append((zn, ratio(zd, zn, self.stabilizer, sign=-1).mul_(-self.beta)))
-        return reroute(call.output, terms)
+        return terms
 
 
 class ZPlus(AlphaBeta):
@@ -277,6 +269,7 @@ class Gamma(Rule):
     """
 
     name = "gamma"
+    output_graph = False
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6, zero_bias: bool = False):
         if gamma < 0:
@@ -287,15 +280,20 @@ class Gamma(Rule):
 
     def __call__(self, call: LayerCall) -> torch.Tensor:
         call.require_params(self)
-        w, b, g = call.weight, (None if self.zero_bias else call.bias), self.gamma
+        return apply_terms(call, self._terms, self._weights)
+
+    def _weights(self, w, b):
+        b, g = (None if self.zero_bias else b), self.gamma
         w_pos, w_neg = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
         b_pos = None if b is None else b + g * b.clamp(min=0)
         b_neg = None if b is None else b + g * b.clamp(max=0)
-        zp, zn = _split_terms(call, w_pos, w_neg, b_pos, b_neg)
-        zd = call.output.detach()
+        return w_pos, w_neg, b_pos, b_neg
+
+    def _terms(self, call, x, zd, w_pos, w_neg, b_pos, b_neg):
+        zp, zn = split_terms(call, w_pos, w_neg, b_pos, b_neg, x=x)
         cp = ratio(zd.clamp(min=0), zp, self.stabilizer)  # [z > 0] z / stab(zeta+)
         cn = ratio(zd.clamp(max=0), zn, self.stabilizer)
-        return reroute(call.output, [(zp, cp), (zn, cn)])
+        return [(zp, cp), (zn, cn)]
 
 
 class Flat(Rule):
@@ -308,6 +306,7 @@ class Flat(Rule):
     """
 
     name = "flat"
+    output_graph = False
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = float(stabilizer)
@@ -328,6 +327,7 @@ class WSquare(Rule):
     """
 
     name = "w-square"
+    output_graph = False
 
     def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False):
         self.stabilizer = float(stabilizer)
@@ -353,6 +353,7 @@ class ZBox(Rule):
     """
 
     name = "z-box"
+    output_graph = False
 
     def __init__(self, low: float | torch.Tensor, high: float | torch.Tensor, stabilizer: float = 1e-6):
         self.low = low
@@ -383,19 +384,79 @@ class Pass(Rule):
     name = "pass"
     _GRADIENT_EQUIVALENT = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout)
 
+    def uses_output_graph(self, module: nn.Module) -> bool:
+        return isinstance(module, self._GRADIENT_EQUIVALENT)
+
     def __call__(self, call: LayerCall) -> torch.Tensor:
         y = call.output
-        if isinstance(call.module, self._GRADIENT_EQUIVALENT) or not y.requires_grad:
-            return y
         x = call.input
+        if isinstance(call.module, self._GRADIENT_EQUIVALENT) or not (isinstance(x, torch.Tensor) and x.requires_grad):
+            return y
         if x.shape != y.shape:
             raise XpruneError(
                 f"pass rule needs an element-wise module (output shape = input shape); "
                 f"{call.name!r} maps {tuple(x.shape)} to {tuple(y.shape)}"
             )
-        xd = x.detach()
-        ratio = torch.where(xd == 0, torch.zeros_like(xd), y.detach() / torch.where(xd == 0, torch.ones_like(xd), xd))
+        # y / x, 0 where it is not finite (x = 0, or so small that the quotient overflows: e.g. a sigmoid
+        # whose input underflowed); there the relevance is absorbed instead of turning into Inf/NaN
+        ratio = torch.nan_to_num(y.detach() / x.detach(), nan=0.0, posinf=0.0, neginf=0.0)
         return reroute(y, [(x, ratio)])
+
+
+class Gate(Pass):
+    r"""Rule of a gate activation (sigmoid, hard sigmoid) and of the products it gates.
+
+    The activation itself gets the identity rule (:class:`Pass`). Wherever
+    its output :math:`s` then multiplies a signal :math:`x` element-wise
+    (``x * s``, ``torch.mul(x, s)``, also after reshaping :math:`s`, as in
+    squeeze-excitation blocks), the product :math:`z = x s` splits its
+    relevance by ``share``:
+
+    - ``"uniform"`` (default; the uniform rule of AttnLRP, Achtibat et al.
+      2024, for bilinear products): :math:`R_x = R_s = R_z / 2`. The gate's
+      branch (e.g. the squeeze-excitation convs) receives relevance, so its
+      units can be ranked.
+    - ``"signal"`` ("signal takes all", Arras et al., "Explaining recurrent
+      neural network predictions in sentiment analysis", WASSA 2017, for
+      LSTM gates): the gate is a constant, :math:`R_x = R_z`, :math:`R_s = 0`;
+      no relevance enters the gate's branch.
+
+    Both conserve relevance through the product. The engine watches the
+    forward pass for such products only when some module has this rule.
+    """
+
+    name = "gate"
+
+    def __init__(self, share: str = "uniform"):
+        if share not in ("uniform", "signal"):
+            raise XpruneError(f"gate rule: share must be 'uniform' or 'signal'; got {share!r}")
+        self.share = share
+
+    def __call__(self, call: LayerCall) -> torch.Tensor:
+        y = super().__call__(call)
+        if call.engine is not None:
+            call.engine._mark_gate(y, self.share)
+        return y
+
+
+class LayerNormRule(Rule):
+    r"""Identity rule on the normalising statistic of a norm layer (AttnLRP, Achtibat et al. 2024).
+
+    .. math:: y = w \odot \frac{x - \mu(x)}{[\sigma(x)]_{\text{const}}} + b
+
+    so :math:`R_x = x \odot J^\top g` with :math:`J = \mathrm{diag}(w/\sigma)(I - \tfrac1N \mathbf{1}\mathbf{1}^\top)`:
+    conservative up to the bias share :math:`\sum b\,g`. Applied inside the
+    module's own forward (:class:`~xprune.lrp.ops.ConstantStatistics`), so
+    ``nn.LayerNorm``, ``nn.GroupNorm`` and subclasses that permute around the
+    call (ConvNeXt's channels-first LayerNorm) or compute the statistic by
+    hand (RMSNorm, GRN) are all handled.
+    """
+
+    name = "layernorm"
+    intercept: ClassVar[str] = "statistics"
+
+    def __call__(self, call: LayerCall) -> torch.Tensor:  # the engine applies it inside the forward
+        return call.output
 
 
 class Norm(Rule):
@@ -429,6 +490,8 @@ RULES: dict[str, type[Rule]] = {
     "w-square": WSquare,
     "z-box": ZBox,
     "pass": Pass,
+    "gate": Gate,
+    "layernorm": LayerNormRule,
     "norm": Norm,
     "gradient": Gradient,
 }

@@ -63,9 +63,12 @@ def attention_function(module: nn.Module, query: torch.Tensor, key: torch.Tensor
         key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
+    if state is not None:  # contiguous factors: the ones the products keep for backward, reused below
+        query, key, value = query.contiguous(), key.transpose(-2, -1).contiguous().transpose(-2, -1), value.contiguous()
     scores = torch.matmul(query, key.transpose(-2, -1))
-    if state is not None:
-        scores = uniform_product(scores, [query, key], eps)
+    if state is not None:  # the coefficient is formed in the backward pass from q and k (no [B, H, T, T] kept)
+        q_, k_ = query.detach(), key.detach()
+        scores = uniform_product(scores, [query, key], eps, lambda: torch.matmul(q_, k_.transpose(-2, -1)))
     scores = scores * scaling
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
@@ -81,7 +84,8 @@ def attention_function(module: nn.Module, query: torch.Tensor, key: torch.Tensor
         state.probs.append(probs)
     out = torch.matmul(probs, value)
     if state is not None:
-        out = uniform_product(out, [probs, value], eps)
+        p_, v_ = probs.detach(), value.detach()
+        out = uniform_product(out, [probs, value], eps, lambda: torch.matmul(p_, v_))
     return out.transpose(1, 2).contiguous(), probs
 
 
