@@ -21,7 +21,7 @@ from .measure import accuracy
 from .plan import Plan
 from .scores import Scores, score
 from .select import select
-from .surgery import apply
+from .surgery import apply, evaluation_mode, inexact_masks
 
 __all__ = ["prune", "default_mode", "curve", "Curve", "DEFAULT_RATES"]
 
@@ -116,7 +116,13 @@ def curve(
     Relevance is computed once on the unpruned model from ``reference``;
     each rate prunes the lowest-ranked units of that single ranking (nested
     sets). Pruning is simulated by masking by default (identical accuracies to
-    removal in eval mode, much faster); ``mode="remove"`` prunes physically.
+    removal in eval mode, faster); ``mode="remove"`` prunes physically. Where
+    masking would not equal removal (a LayerNorm or GroupNorm across the pruned
+    channels, e.g. ConvNeXt; see :func:`xprune.surgery.inexact_masks`), the
+    rates touching those groups are pruned physically: ``meta["mode"]`` says
+    how the pruned rates were evaluated (``"mask"``, ``"remove"`` or
+    ``"mask+remove"``), ``meta["modes"]`` per rate (``None``: nothing
+    removed), ``meta["inexact_mask"]`` the modules that ruled masking out.
 
     Parameters
     ----------
@@ -163,8 +169,11 @@ def curve(
         if scores is not None:
             ckpt.meta = {"name": scores.criterion if not isinstance(criterion, str) else criterion,
                          "units": scores.kind, "total": scores.total}
+        inexact = inexact_masks(model, scores) if mode == "mask" and scores is not None else {}
+        if inexact:  # kept with the checkpoint, for a resumed curve that needs no scores
+            ckpt.meta["inexact_mask"] = sorted({m for ms in inexact.values() for m in ms})
         name = ckpt.meta["name"]
-        accs, removed = [], []
+        accs, removed, modes = [], [], []
         iterator = rates
         if progress and distributed.is_main():
             from rich.progress import track
@@ -172,20 +181,26 @@ def curve(
             iterator = track(rates, description=f"curve ({name})", transient=True)
         for r in iterator:
             if r in ckpt.done:
-                acc, n_removed = ckpt.done[r]
+                acc, n_removed, used = ckpt.done[r]
             else:
                 plan = select(scores, r, scope=scope)
+                used = evaluation_mode(mode, plan, inexact) if plan.n_removed else None
                 # an empty plan still copies when fine-tuning follows: the caller's model must not change
-                pruned = apply(model, plan, mode) if plan.n_removed or fine_tune is not None else model
+                pruned = apply(model, plan, used or mode) if plan.n_removed or fine_tune is not None else model
                 if fine_tune is not None:
                     tuned = fine_tune(pruned)
                     pruned = tuned if tuned is not None else pruned
                 acc, n_removed = accuracy(pruned, test, classes=classes), plan.n_removed
-                ckpt.record(r, acc, n_removed)
+                ckpt.record(r, acc, n_removed, used)
             accs.append(acc)
             removed.append(n_removed)
-    return Curve(name, rates, accs, removed, {"units": ckpt.meta["units"], "scope": scope,
-                                              "total": ckpt.meta["total"]})
+            modes.append(used)
+    done = sorted({m for m in modes if m is not None})
+    meta = {"units": ckpt.meta["units"], "scope": scope, "total": ckpt.meta["total"],
+            "mode": "+".join(done) if done else mode, "modes": modes}
+    if "inexact_mask" in ckpt.meta:
+        meta["inexact_mask"] = ckpt.meta["inexact_mask"]
+    return Curve(name, rates, accs, removed, meta)
 
 
 def _check_reference_classes(reference: Any, classes: Sequence[int]) -> None:
@@ -208,7 +223,7 @@ class _CurveCheckpoint:
         from pathlib import Path
 
         self.path = None if path is None else Path(path)
-        self.done: dict[float, tuple[float, int]] = {}
+        self.done: dict[float, tuple[float, int, str | None]] = {}
         self.meta: dict[str, Any] = {}
         crit = scores.criterion if scores is not None else (
             criterion if isinstance(criterion, str) else type(criterion).__name__)
@@ -229,7 +244,9 @@ class _CurveCheckpoint:
                 raise ValueError("not a curve checkpoint")
             diff = {k: (saved["settings"].get(k), v) for k, v in self.settings.items()
                     if saved["settings"].get(k) != v}
-            done = {float(r): (float(a), int(n)) for r, (a, n) in saved["done"].items()}
+            # (accuracy, units removed, mode used); checkpoints of older versions lack the mode
+            done = {float(r): (float(v[0]), int(v[1]), v[2] if len(v) > 2 else None)
+                    for r, v in saved["done"].items()}
             meta = dict(saved["meta"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise XpruneError(f"curve checkpoint {self.path} cannot be read ({e}): it is damaged or not "
@@ -242,12 +259,12 @@ class _CurveCheckpoint:
     def complete(self, rates) -> bool:
         return bool(self.meta) and all(r in self.done for r in rates)
 
-    def record(self, rate: float, acc: float, n_removed: int) -> None:
+    def record(self, rate: float, acc: float, n_removed: int, mode: str | None = None) -> None:
         import json
 
         from ._io import atomic_write
 
-        self.done[rate] = (acc, n_removed)
+        self.done[rate] = (acc, n_removed, mode)
         if self.path is not None and distributed.is_main():
             atomic_write(self.path, json.dumps({"xprune": "curve-checkpoint", "settings": self.settings,
                                                 "meta": self.meta,

@@ -18,7 +18,7 @@ from ..errors import DataError, XpruneError
 from ..evaluate import DEFAULT_RATES
 from ..scores import Scores, score
 from ..select import select
-from ..surgery import apply
+from ..surgery import apply, evaluation_mode, inexact_masks
 from .result import RateChoice
 from .stats import _check_level, binomial_cdf
 
@@ -171,7 +171,9 @@ def choose_rate(
     """The largest pruning rate whose accuracy drop is at most ``max_drop`` with probability ``confidence``.
 
     Relevance is computed once on ``reference``; for each candidate rate the
-    model is pruned by masking (nested unit sets from one ranking) and its
+    model is pruned by masking (nested unit sets from one ranking; physically
+    where masking would not equal removal, e.g. a LayerNorm across the pruned
+    channels: ``meta["mode"]``, ``meta["modes"]`` per rate) and its
     per-sample correctness on ``calibration`` is recorded in one pass. The
     rates are then tested in increasing order by Learn-then-Test with exact
     binomial p-values (see docs/guarantee.md for the procedure, the
@@ -251,17 +253,24 @@ def choose_rate(
         from rich.progress import track
 
         iterator = track(grid, description=f"calibrating ({scores.criterion})", transient=True)
-    rows, removed = [], []
+    inexact = inexact_masks(model, scores)  # groups whose masking is not their removal: those are removed
+    rows, removed, modes = [], [], []
     for r in iterator:
         plan = select(scores, r, scope=scope, min_keep=min_keep, round_to=round_to)
         removed.append(plan.n_removed)
         if plan.n_removed == 0:
             rows.append(base)
+            modes.append(None)
             continue
-        rows.append(correctness(apply(model, plan, "mask"), calibration, classes=classes, batch_size=batch_size))
+        modes.append(evaluation_mode("mask", plan, inexact))
+        rows.append(correctness(apply(model, plan, modes[-1]), calibration, classes=classes, batch_size=batch_size))
     choice = choose_from_outcomes(base.numpy(), torch.stack(rows).numpy(), grid, max_drop=alpha,
                                   confidence=conf, method=method, removed=removed)
     choice.criterion = scores.criterion or (criterion if isinstance(criterion, str) else "")
     choice.scope, choice.units = scope, scores.kind
-    choice.meta.update(total=scores.total, min_keep=min_keep, round_to=round_to)
+    used = sorted({m for m in modes if m is not None})
+    choice.meta.update(total=scores.total, min_keep=min_keep, round_to=round_to,
+                       mode="+".join(used) if used else "mask", modes=modes)
+    if inexact:
+        choice.meta["inexact_mask"] = sorted({m for ms in inexact.values() for m in ms})
     return choice

@@ -117,10 +117,10 @@ class XpruneImportance(tp.importance.Importance):
         if name is None:
             return None
         for unit_group in self._units:
-            if name == unit_group.root:
-                units = torch.arange(unit_group.size)
-            elif name in unit_group.producers:
+            if name in unit_group.producers:  # channel -> unit (mirrored grouped-conv units: channel % size)
                 units = unit_group.units_of(name, dep.target.module.weight.shape[0])
+            elif name == unit_group.root:
+                units = torch.arange(unit_group.size)
             else:
                 continue
             values = scores[unit_group.name].float()

@@ -13,12 +13,21 @@ removed units contribute: the producing rows (and biases) of conv/linear
 layers, the affine parameters of the norms that follow them (so a BatchNorm
 cannot turn a zeroed channel back into a constant), and the consumers' input
 weights. In eval mode the masked and the removed model compute the same
-function, except where a norm normalises *across* units (LayerNorm/GroupNorm
-over the pruned dimension), whose statistics differ.
+function, except where something reads *across* the units (a LayerNorm or
+GroupNorm over the pruned dimension, a softmax or mean over it): masking such
+a group is refused unless asked for (``exact=False``), and :func:`inexact_masks`
+names those modules (see :mod:`xprune.kinds.masking`).
+
+Grouped convolutions (``1 < groups != out_channels``, e.g. RegNet, ResNeXt)
+and GroupNorms split the channels into blocks that must stay equally wide. As
+Torch-Pruning does, one unit of such a group is the ``j``-th channel of every
+block: ``j, j + w, j + 2w, ...`` (``w`` = channels / blocks, the group's
+``size``), so the conv keeps its number of groups and any plan fits.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -32,10 +41,10 @@ from ..gates import GateSite
 from ..plan import Plan
 from ..units import (PRODUCER_TYPES, Signals, UnitGroup, UnitKind, UnitSet, _is_depthwise, build_graph,
                      forward_order)
+from .masking import inexact_members, is_grouped, mask_group
 
-__all__ = ["ChannelsKind", "check_plan", "discover_channels", "mask_groups", "pruning_group", "weight_slices"]
-
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+__all__ = ["ChannelsKind", "check_plan", "discover_channels", "inexact_masks", "mask_groups", "pruning_group",
+           "weight_slices"]
 
 
 def _output_modules(graph: tp.DependencyGraph) -> set[nn.Module]:
@@ -67,7 +76,7 @@ def _output_coupled(graph: tp.DependencyGraph, group, outputs: set[nn.Module]) -
     )
 
 
-def _fixed_coupled(group) -> bool:
+def _fixed_coupled(group, graph=None) -> bool:
     """True when the group's channels meet a tensor xprune cannot shrink (the model input, a buffer).
 
     E.g. a residual block whose skip path starts at the input image: its
@@ -76,14 +85,47 @@ def _fixed_coupled(group) -> bool:
     In the traced graph such an operand has no ``grad_fn`` (``None`` among
     the operation's ``next_functions``).
     """
+    constant = getattr(graph, "constant_coupled", None)  # None: a graph not built by build_graph
     for item in group:
         node = item.dep.target
         nexts = getattr(node.grad_fn, "next_functions", ())
         if node.type in (tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.CONCAT):
             if len(nexts) >= 2 and any(f is None for f, _ in nexts):
-                return True
+                # a constant operand of the units' width (not a scalar such as x - 0.2)
+                if constant is None or id(node.grad_fn) in constant:
+                    return True
         elif _is_depthwise(node.module) and nexts and nexts[0][0] is None:
             return True  # a depthwise conv ties its output channels to its input's
+    return False
+
+
+def _splits_units(group) -> bool:
+    """True when a reshape in the group splits the units' dimension into several (heads x head_dim).
+
+    Attention layers view the query/key/value channels as ``[..., heads,
+    head_dim]`` with a fixed ``head_dim``: removing single channels would
+    break that view. Those channels are units of the ``"heads"`` kind.
+    """
+    n = len(group[0].idxs)
+    for item in group:
+        node = item.dep.target
+        if node.type != tp.ops.OPTYPE.RESHAPE or node.grad_fn is None:
+            continue
+        before = tuple(getattr(node.grad_fn, "_saved_self_sym_sizes", ()) or ())
+        meta = getattr(node.grad_fn, "_input_metadata", ())
+        after = tuple(meta[0].shape) if meta and hasattr(meta[0], "shape") else ()
+        if not before or len(after) <= len(before):
+            continue
+        i = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b), None)
+        # the units are the last dimension (linear layers, tokens) or dimension 1 of a 4-D conv output
+        if i is None or before[i] != n or i not in (len(before) - 1, 1 if len(before) == 4 else -1):
+            continue
+        tail = before[i + 1:]
+        middle = after[i:len(after) - len(tail)]
+        # dimension i (the units) becomes several whose product is n; everything after it is unchanged
+        if (tuple(after[len(after) - len(tail):]) == tuple(tail) and math.prod(middle) == n
+                and sum(1 for d in middle if d > 1) > 1):  # a real split, not an added size-1 dimension
+            return True
     return False
 
 
@@ -118,13 +160,41 @@ def _matmul_parameters(group) -> list[nn.Parameter]:
     return found
 
 
+def _blocks(group, n_channels: int) -> int | None:
+    """Into how many equally wide blocks the group's ``n_channels`` root channels are split.
+
+    The least common multiple of the ``groups`` of the grouped convs and of the
+    ``num_groups`` of the GroupNorms among the group's members (1 without any):
+    every block must lose the same channels for these layers to stay valid.
+    ``None`` where xprune cannot prune the group: a grouped transposed conv
+    (Torch-Pruning slices its weight wrongly), or a grouped layer whose channels
+    are not the root's one to one (reached through a concatenation).
+    """
+    blocks = 1
+    for item in group:
+        module = item.dep.target.module
+        if is_grouped(module):
+            out = group._DG.is_out_channel_pruning_fn(item.dep.handler)
+            width, g = (module.out_channels if out else module.in_channels), module.groups
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):
+                return None
+        elif isinstance(module, nn.GroupNorm) and module.num_groups > 1:
+            width, g = module.num_channels, module.num_groups
+        else:
+            continue
+        if width != n_channels or list(item.idxs) != list(item.root_idxs):
+            return None
+        blocks = blocks * g // math.gcd(blocks, g)
+    return blocks
+
+
 
 def discover_channels(model, example_inputs, *, include_output=False, ignore=(), **options) -> UnitSet:
     """Conv output channels and linear neurons, coupled into groups by the dependency graph."""
     if options:
         raise XpruneError(f"unknown options for kind 'channels': {sorted(options)}")
-    order = forward_order(model, example_inputs)
     graph = build_graph(model, example_inputs)
+    order = forward_order(model, example_inputs, graph)  # recorded by the graph's traced pass
     names = {m: n for n, m in model.named_modules()}
     groups = []
     outputs = _output_modules(graph)
@@ -134,7 +204,7 @@ def discover_channels(model, example_inputs, *, include_output=False, ignore=(),
     for group in graph.get_all_groups(ignored_layers=list(ignore), root_module_types=PRODUCER_TYPES):
         if not include_output and _output_coupled(graph, group, outputs):
             continue
-        if _fixed_coupled(group):
+        if _fixed_coupled(group, graph) or _splits_units(group):
             continue
         bare = [owner[id(p)] for p in _matmul_parameters(group) if id(p) in owner]
         if any(layer in ignored_names or any(layer.startswith(i + ".") for i in ignored_names if i)
@@ -145,6 +215,10 @@ def discover_channels(model, example_inputs, *, include_output=False, ignore=(),
                 unsupported.setdefault(layer, f"{layer or '<model>'} ({type(model.get_submodule(layer)).__name__}, "
                                               f"parameter {param})")
             continue
+        blocks = _blocks(group, len(group[0].idxs))
+        if blocks is None:
+            continue  # a grouped layer xprune cannot prune through (see _blocks): its channels stay
+        width = len(group[0].idxs) // blocks  # units of the group: channel j of every block
         producers, members, index = [], [], {}
         for item in group:
             module, handler = item.dep.target.module, item.dep.handler
@@ -159,16 +233,16 @@ def discover_channels(model, example_inputs, *, include_output=False, ignore=(),
                     local = list(item.idxs)
                     root_idxs = list(item.root_idxs)
                     n_out = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
-                    if local != root_idxs or len(local) != len(group[0].idxs) or n_out != len(local):
+                    if blocks > 1 or local != root_idxs or len(local) != len(group[0].idxs) or n_out != len(local):
                         mapping = [-1] * (max(local) + 1)
                         for j, r in zip(local, root_idxs):
-                            mapping[j] = r
+                            mapping[j] = r % width
                         index[name] = tuple(mapping)
         if not producers:
             continue
         producers.sort(key=lambda n: order.get(n, 1 << 30))
         members.sort(key=lambda n: order.get(n, 1 << 30))
-        size = len(group[0].idxs)
+        size = width
         root = names[group[0].dep.target.module]
         groups.append(
             UnitGroup(producers[0], "channels", size, tuple(producers), tuple(members), root, index)
@@ -216,7 +290,7 @@ class _ProducerSignals(Signals):
                     self._dims[key] = group.unit_dim(names[p])
 
                     def hook(mod, args, out, key=key):
-                        self.captured.setdefault(key, []).append(out)
+                        return self.keep(key, out)
 
                     self._handles.append(names[p].register_forward_hook(hook))
         except BaseException:
@@ -260,16 +334,26 @@ class ChannelsKind(UnitKind):
     def validate(self, model, plan, mode):
         check_plan(model, plan)
 
-    def apply(self, model, plan, mode, example_inputs=None):
+    def apply(self, model, plan, mode, example_inputs=None, *, exact=True):
+        """Remove or mask the plan's channels in ``model`` (in place).
+
+        Masking a group whose channels something reads across (see
+        :func:`inexact_masks`) raises :class:`~xprune.errors.XpruneError`
+        before any tensor changes, unless ``exact=False``.
+        """
         if example_inputs is None:
             if plan.example is None:
                 raise XpruneError("the plan records no example inputs; pass example_inputs=")
             example_inputs = _inputs.from_spec(plan.example)
         device = next((p.device for p in model.parameters()), None)
-        _apply_groups(model, plan, _inputs.to_device(example_inputs, device), mode)
+        _apply_groups(model, plan, _inputs.to_device(example_inputs, device), mode, exact)
+
+    def inexact_masks(self, model, units, example_inputs=None):
+        """See :func:`inexact_masks`."""
+        return inexact_masks(model, units, example_inputs)
 
 
-def _apply_groups(model: nn.Module, plan: Plan, example_inputs: Any, mode: str) -> None:
+def _apply_groups(model: nn.Module, plan: Plan, example_inputs: Any, mode: str, exact: bool = True) -> None:
     """Prune (or mask) the plan's groups one after the other.
 
     Each group is taken from the graph right before it is pruned: removing one
@@ -277,83 +361,124 @@ def _apply_groups(model: nn.Module, plan: Plan, example_inputs: Any, mode: str) 
     flattening, which Torch-Pruning's index mapping updates only then.
     """
     graph = build_graph(model, example_inputs)
+    if mode == "mask":
+        mask_groups(model, graph, plan, exact=exact)
+        return
     for name in plan.remove:
         group = pruning_group(graph, model, plan, name)
         if group is not None:
-            _apply_group(group, mode)
+            group.prune(record_history=False)
 
 
 def pruning_group(graph, model: nn.Module, plan: Plan, name: str):
-    idxs = plan.remove[name]
+    """The Torch-Pruning group removing the plan's units of group ``name`` (None when it removes none).
+
+    A unit of a group split into blocks by grouped convs or GroupNorms (see
+    :func:`_blocks`) is the same channel of every block; a plan made per
+    channel (size = channels) must then remove the same channels of every block.
+    """
+    idxs = sorted(plan.remove[name])
     if not idxs:
         return None
     root = plan.roots.get(name, name)
-    module = dict(model.named_modules())[root]
+    module = model.get_submodule(root)  # (not a dict of every module: called once per group)
     pruner = graph.get_pruner_of_module(module)
-    out_channels = pruner.get_out_channels(module) if pruner is not None else None
-    if out_channels != plan.sizes[name]:
-        raise XpruneError(
-            f"layer {root!r} has {out_channels} output channels but the plan expects "
-            f"{plan.sizes[name]}; the plan does not fit this model"
-        )
-    return graph.get_pruning_group(module, pruner.prune_out_channels, list(idxs))
+    n = pruner.get_out_channels(module) if pruner is not None else None
+    size = plan.sizes[name]
+    if n is None or not size or n % size:
+        raise XpruneError(f"layer {root!r} has {n} output channels but the plan expects {size}; "
+                          "the plan does not fit this model")
+    group = graph.get_pruning_group(module, pruner.prune_out_channels, idxs)
+    blocks = _blocks(group, n)
+    if blocks is None:
+        raise XpruneError(f"the channels of {root!r} reach a grouped layer xprune cannot prune (a grouped "
+                          "transposed conv, or a grouped conv behind a concatenation); leave them out of the plan "
+                          f"(xprune.discover(..., ignore=[{root!r}]))")
+    if n == size * blocks and blocks > 1:  # units -> the same channel of every block
+        return graph.get_pruning_group(module, pruner.prune_out_channels,
+                                       sorted(i + k * size for k in range(blocks) for i in idxs))
+    if n != size:
+        raise XpruneError(f"layer {root!r} has {n} output channels but the plan expects {size}; "
+                          "the plan does not fit this model")
+    if blocks > 1:
+        width, gone = n // blocks, set(idxs)
+        uneven = sorted(i for i in gone if any((i % width) + k * width not in gone for k in range(blocks)))
+        if uneven:
+            raise XpruneError(
+                f"the plan removes channels {uneven[:6]} of {root!r} from some of the {blocks} blocks of its grouped "
+                "conv/GroupNorm but not from all, which would leave the blocks unequal; select the plan from "
+                f"xprune.score on xprune.discover units (one unit = one channel of every block), or remove channel "
+                f"j + k*{width} for every k")
+    return group
 
 
-def mask_groups(model: nn.Module, graph, plan: Plan) -> None:
+def mask_groups(model: nn.Module, graph, plan: Plan, *, exact: bool = True) -> None:
     """Mask the plan's channel groups in ``model`` in place through a dependency ``graph`` built on it.
 
     For callers that mask many plans into one reusable copy (rebuilding the graph once, not per plan).
+    With ``exact=True`` (default) a plan whose masking would not equal its removal
+    (:func:`inexact_masks`) raises :class:`~xprune.errors.XpruneError` before any tensor changes.
     """
-    for name in plan.remove:
-        group = pruning_group(graph, model, plan, name)
-        if group is not None:
-            _mask_group(group)
+    groups = [g for g in (pruning_group(graph, model, plan, name) for name in plan.remove) if g is not None]
+    if exact:
+        found = _inexact(graph, model, {n: plan.roots.get(n, n) for n, v in plan.remove.items() if v})
+        if found:
+            reasons = {m: why for bad in found.values() for m, why in bad.items()}
+            listed = "; ".join(f"{m} ({why})" for m, why in sorted(reasons.items())[:4])
+            more = f" and {len(reasons) - 4} more" if len(reasons) > 4 else ""
+            raise XpruneError(f"masking would not equal removal here: {listed}{more} would read the zeroed channels "
+                              "that removal drops; use mode='remove' (or exact=False to mask anyway)")
+    for group in groups:
+        mask_group(group)
 
 
-def _apply_group(group, mode: str) -> None:
-    if mode == "remove":
-        group.prune(record_history=False)
-    else:
-        _mask_group(group)
-
-
-@torch.no_grad()
-def _mask_group(group) -> None:
-    graph = group._DG
-    for item in group:
-        module, handler = item.dep.target.module, item.dep.handler
-        idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
-        if not isinstance(module, nn.Module) or not len(idxs) or not any(True for _ in module.parameters(recurse=False)):
+def _inexact(graph, model: nn.Module, roots: dict[str, str]) -> dict[str, dict[str, str]]:
+    """``{group: {module: reason}}`` for the groups (name -> root layer) whose masking is not removal."""
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    found = {}
+    for name, root in roots.items():
+        if root not in modules:
+            raise XpruneError(f"the units name layer {root!r}, which this model does not have")
+        module = modules[root]
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is None:
             continue
-        if isinstance(module, _NORMS):
-            _zero(getattr(module, "weight", None), 0, idxs)
-            _zero(getattr(module, "bias", None), 0, idxs)
-        elif isinstance(module, nn.modules.conv._ConvNd):
-            transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
-            out_dim, in_dim = (1, 0) if transposed else (0, 1)
-            depthwise = module.groups == module.out_channels == module.in_channels and module.groups > 1
-            if graph.is_out_channel_pruning_fn(handler) or depthwise:
-                _zero(module.weight, out_dim, idxs)
-                _zero(module.bias, 0, idxs)
-            elif module.groups == 1:
-                _zero(module.weight, in_dim, idxs)
-            else:
-                raise XpruneError(f"masking input channels of grouped conv {module} is not supported; use mode='remove'")
-        elif isinstance(module, nn.Linear):
-            if graph.is_out_channel_pruning_fn(handler):
-                _zero(module.weight, 0, idxs)
-                _zero(module.bias, 0, idxs)
-            else:
-                _zero(module.weight, 1, idxs)
-        else:
-            raise XpruneError(
-                f"mask mode does not know how to zero units of {type(module).__name__}; use mode='remove'"
-            )
+        # the whole group: which modules it reaches does not depend on the indices removed
+        everything = list(range(pruner.get_out_channels(module)))
+        bad = inexact_members(graph.get_pruning_group(module, pruner.prune_out_channels, everything), names)
+        if bad:
+            found[name] = bad
+    return found
 
 
-def _zero(t: torch.Tensor | None, dim: int, idxs: torch.Tensor) -> None:
-    if t is not None:
-        t.index_fill_(dim, idxs.to(t.device), 0.0)
+def inexact_masks(model: nn.Module, units: Any, example_inputs: Any = None) -> dict[str, list[str]]:
+    """The groups whose masking would not compute what their removal computes, with the modules to blame.
+
+    ``units`` is a :class:`~xprune.units.UnitSet`, :class:`~xprune.scores.Scores`
+    (every group) or :class:`~xprune.plan.Plan` (the groups it removes units
+    from). Returns ``{group name: [module, ...]}`` for the groups where a
+    module reads across the group's channels (a LayerNorm or GroupNorm over
+    them, a softmax, mean or variance along them; see
+    :mod:`xprune.kinds.masking`); an empty dict: masking equals removal.
+    """
+    modules = dict(model.named_modules())
+    graph = getattr(units, "graph", None)
+    if graph is None or not any(m in graph.module2node for m in modules.values()):  # none, or another model's
+        example = getattr(units, "example", None)
+        if example_inputs is None:
+            if example is None:
+                raise XpruneError("the units record no example inputs; pass example_inputs=")
+            example_inputs = _inputs.from_spec(example)
+        device = next((p.device for p in model.parameters()), None)
+        graph = build_graph(model, _inputs.to_device(example_inputs, device))
+    if isinstance(units, UnitSet):
+        roots = {g.name: (g.root or g.name) for g in units}
+    elif isinstance(units, Plan):
+        roots = {n: units.roots.get(n, n) for n, v in units.remove.items() if v}
+    else:
+        roots = {n: units.roots.get(n, n) for n in units}
+    return {name: sorted(bad) for name, bad in _inexact(graph, model, roots).items()}
 
 
 def check_plan(model: nn.Module, plan: Plan) -> None:

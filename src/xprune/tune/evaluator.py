@@ -4,7 +4,11 @@
 reuses: the reference and validation data (on the model's device, checked to
 be disjoint), the unit discovery, a working copy of the model with its
 dependency graph (pruning is masking, restored before each rate), and a cache
-of validation accuracies keyed by the set of removed units. Parameters:
+of validation accuracies keyed by the set of removed units. Plans touching a
+group whose masking would not equal its removal (a LayerNorm or GroupNorm
+across its channels, see :func:`xprune.surgery.inexact_masks`) are evaluated
+on a physically pruned copy instead; :attr:`Evaluator.inexact` lists those
+groups and :attr:`Evaluator.modes` how each cached plan was evaluated. Parameters:
 ``model``, ``reference``, ``validation``, ``units``, ``classes`` (domain
 restriction), ``rates`` (increasing, in [0, 1)), ``batch_size``. Part of
 :mod:`xprune.tune` (PXP, Hatefi et al. 2024, arXiv:2408.12568); see
@@ -79,6 +83,7 @@ class Evaluator:
 
     def __init__(self, model: nn.Module, reference: Any, validation: Any, units: str, classes, rates,
                  batch_size: int = 256):
+        from ..surgery import inexact_masks
         from ..units import UnitSet, build_graph, discover
 
         if not isinstance(model, nn.Module):
@@ -98,6 +103,10 @@ class Evaluator:
         self.units = units if isinstance(units, UnitSet) else discover(model, example, units)
         self.kind = self.units.kind
         self.cache: dict[Any, float] = {}
+        #: how each cached plan was evaluated: "mask" (the fast path) or "remove" (masking would not be exact)
+        self.modes: dict[Any, str] = {}
+        #: groups whose masking is not their removal, with the modules to blame (see xprune.surgery.inexact_masks)
+        self.inexact = inexact_masks(model, self.units)
         self.work = None
         if self.kind == "channels":  # mask in place on one working copy with one dependency graph
             self.work = copy.deepcopy(model).eval()
@@ -115,19 +124,20 @@ class Evaluator:
             plan = select(scores, rate)
             key = tuple((n, tuple(v)) for n, v in plan.remove.items() if v)
             if key not in self.cache:
-                self.cache[key] = self._accuracy(plan)
+                self.cache[key] = self._accuracy(plan, key)
             yield rate, self.cache[key]
 
-    def _accuracy(self, plan) -> float:
-        from ..surgery import apply, mask_groups
+    def _accuracy(self, plan, key=None) -> float:
+        from ..surgery import apply, evaluation_mode, mask_groups
 
         if not plan.n_removed:
             return accuracy(self.model, self.validation, classes=self.classes)
-        if self.work is None:
-            return accuracy(apply(self.model, plan, "mask"), self.validation, classes=self.classes)
+        mode = self.modes[key] = evaluation_mode("mask", plan, self.inexact)
+        if self.work is None or mode == "remove":
+            return accuracy(apply(self.model, plan, mode), self.validation, classes=self.classes)
         with torch.no_grad():
             state = self.work.state_dict()
             for k, v in self.original.items():
                 state[k].copy_(v)
-            mask_groups(self.work, self.graph, plan)
+            mask_groups(self.work, self.graph, plan, exact=False)  # exact: checked above against self.inexact
         return accuracy(self.work, self.validation, classes=self.classes)
