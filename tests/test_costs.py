@@ -154,3 +154,22 @@ def test_entwined_by_macs_lands_on_target():
     final = res.history[-1]["macs_reduction"]
     assert 0.5 <= final <= 0.52, final
     assert res.history[-1]["macs"] == count(res.model, X[:1])["macs"]
+
+
+@pytest.mark.parametrize("family", ["regnet", "grouped-depthwise"])
+def test_cost_model_on_grouped_convs(family):
+    """Units of grouped convs are one channel of every conv group; their MACs and parameters are still exact."""
+    from zoo import HF, PATTERNS
+
+    m, size = (HF[family][0] if family in HF else PATTERNS[family])()
+    X = torch.randn(4, 3, size, size)
+    scores = xprune.score(m, (X, torch.arange(4) % 5), "weight")
+    cm = CostModel(m, scores)
+    rng = random.Random(1)
+    for _ in range(3):
+        remove = {n: sorted(rng.sample(range(v.numel()), rng.randint(0, v.numel() - 1))) for n, v in scores.items()}
+        plan = xprune.Plan("channels", remove, {n: v.numel() for n, v in scores.items()}, dict(scores.members),
+                           dict(scores.roots), scores.example)
+        measured = count(xprune.apply(m, plan), X[:1])
+        assert cm.of_plan(plan, "macs") == pytest.approx(measured["macs"], rel=1e-9)
+        assert cm.of_plan(plan, "params") == pytest.approx(measured["params"], rel=1e-9)

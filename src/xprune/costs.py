@@ -124,8 +124,9 @@ class CostModel:
                 h.remove()
         batch = _batch_size(example)
         modules = dict(model.named_modules())
-        # channels of each node (module, operation or bare parameter) that every unit takes with it
-        owned: dict[tuple[int, str], dict[str, list[set]]] = {}
+        # channels of each node (module, operation or bare parameter) that every unit takes with it, as
+        # (unit, channel) index pairs: per node side and group, arrays of units and of channels
+        owned: dict[tuple[int, str], dict[str, tuple[list, list]]] = {}
         conv_owned: set[int] = set()
         for name, size in self.sizes.items():
             root_name = roots.get(name, name)
@@ -135,27 +136,34 @@ class CostModel:
             root = modules[root_name]
             pruner = graph.get_pruner_of_module(root)
             n_out = pruner.get_out_channels(root) if pruner is not None else None
-            if n_out != size:
+            if n_out is None or not size or n_out % size:  # mirrored groups: n_out = size x blocks
                 raise XpruneError(f"layer {root_name!r} has {n_out} output channels but the scores expect {size}; "
                                   "they were computed for another model (score this one again)")
             conv = isinstance(root, nn.modules.conv._ConvNd)
-            for item in graph.get_pruning_group(root, pruner.prune_out_channels, list(range(size))):
+            for item in graph.get_pruning_group(root, pruner.prune_out_channels, list(range(n_out))):
                 key = id(item.dep.target.module)
                 side = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
-                sets = owned.setdefault((key, side), {}).setdefault(name, [set() for _ in range(size)])
-                for j, u in zip(item.idxs, item.root_idxs):
-                    sets[int(u)].add(int(j))
+                units, chans = owned.setdefault((key, side), {}).setdefault(name, ([], []))
+                units.append(np.asarray(item.root_idxs, dtype=np.int64) % size)  # root channel -> its unit
+                chans.append(np.asarray(item.idxs, dtype=np.int64))
                 if conv:
                     conv_owned.add(key)
         for key, side in list(owned):  # "ch": channels of a layer whose inputs are its outputs
-            for name, sets in owned[(key, side)].items():
-                ch = owned.setdefault((key, "ch"), {}).setdefault(name, [set() for _ in sets])
-                for u, s in enumerate(sets):
-                    ch[u] |= s
-        self._owned = {k: {n: np.array([len(s) for s in sets], dtype=np.float64) for n, sets in v.items()}
-                       for k, v in owned.items()}
-        self._max_idx = {k: max((max(s) for sets in v.values() for s in sets if s), default=-1)
-                         for k, v in owned.items()}
+            for name, (units, chans) in owned[(key, side)].items():
+                ch = owned.setdefault((key, "ch"), {}).setdefault(name, ([], []))
+                ch[0].extend(units)
+                ch[1].extend(chans)
+        # per unit: the number of distinct channels of the node it takes; per node: the highest channel index
+        self._owned, self._max_idx = {}, {}
+        for k, v in owned.items():
+            self._owned[k], top = {}, -1
+            for name, (units, chans) in v.items():
+                u, j = np.concatenate(units), np.concatenate(chans)
+                pairs = np.unique(u * (int(j.max(initial=0)) + 1) + j)  # distinct (unit, channel) pairs
+                self._owned[k][name] = np.bincount(pairs // (int(j.max(initial=0)) + 1),
+                                                   minlength=self.sizes[name]).astype(np.float64)
+                top = max(top, int(j.max(initial=-1)))
+            self._max_idx[k] = top
         op_of = {id(node.grad_fn): node.module for node in graph.module2node.values()
                  if getattr(node, "grad_fn", None) is not None}
         in_graph = {id(m) for m in graph.module2node}

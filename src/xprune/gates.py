@@ -79,9 +79,20 @@ class GateSite:
 
         ``gate()`` returning ``None`` leaves the tensor as it is. With
         ``capture``, the gated tensor of every call is appended to it
-        (``[..., size, width]`` for input sites). Returns the hook handle.
+        (``[..., size, width]`` for input sites); ``capture`` may also be a
+        callable ``capture(t) -> tensor or None`` (e.g. :meth:`Signals.keep`)
+        returning what the model continues with. Returns the hook handle.
         """
         module = self.module if module is None else module
+
+        def keep(t):
+            if capture is None:
+                return None
+            if callable(capture):
+                return capture(t)
+            capture.append(t)
+            return None
+
         if self.on_input:
             def pre_hook(mod, args):
                 g = gate()
@@ -91,8 +102,8 @@ class GateSite:
                 u = self.units_view(x, group)
                 if g is not None:
                     u = self._scale_units(u, g)
-                if capture is not None:
-                    capture.append(u)  # upstream of what the layer reads: gradients arrive here
+                kept = keep(u)  # upstream of what the layer reads: gradients arrive here
+                u = u if kept is None else kept
                 return (u.reshape(x.shape), *args[1:])
 
             # prepend: inside an LRP attribution context the layer's rule sees the gated input
@@ -101,8 +112,9 @@ class GateSite:
         def hook(mod, args, out):
             g = gate()
             y = out if g is None else self.scale(out, group, g)
-            if capture is not None:
-                capture.append(y)
+            kept = keep(y)
+            if kept is not None:
+                return kept
             return None if g is None else y
 
         return module.register_forward_hook(hook)
@@ -174,7 +186,7 @@ class GateSignals(Signals):
                 self.captured[key] = []
                 self._sub[key] = kind.subunits(model, group)
                 for site in kind.gate_sites(model, units, group):
-                    self._handles.append(site.attach(group, lambda: None, capture=self.captured[key]))
+                    self._handles.append(site.attach(group, lambda: None, capture=lambda t, key=key: self.keep(key, t)))
         except BaseException:
             self.close()
             raise

@@ -144,7 +144,9 @@ def select(
         removed = _global_by_cost(values, caps, scores.parts, costs, by, ratio)
 
     if round_to:
-        if scores.parts:
+        # a part short of the whole group is a concatenated branch (a producer covering every unit, as the
+        # convs of a group split into conv-group blocks do, is no constraint)
+        if any(len(set(p)) < sizes.get(n, 0) for n, plist in scores.parts.items() for p in plist):
             raise XpruneError("round_to is not supported for models with concatenated channel groups")
         removed = {n: _round(values[n], removed[n], sizes[n], round_to, _keep_floor(sizes[n], min_keep))
                    for n in names}
@@ -263,6 +265,7 @@ class _PartGuard:
         self.member_of: dict[tuple[str, int], list[tuple[str, int]]] = {}
         for name, plist in parts.items():
             for j, part in enumerate(plist):
+                part = sorted(set(part))  # a unit made of several channels of one producer counts once
                 self.left[(name, j)] = len(part)
                 for u in part:
                     self.member_of.setdefault((name, u), []).append((name, j))

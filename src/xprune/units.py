@@ -19,6 +19,8 @@ physical removal and the weight slices of each unit. ``"channels"`` and
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator, Sequence
@@ -157,6 +159,36 @@ class Signals:
     def __init__(self) -> None:
         self.captured: dict[tuple[str, str], list[torch.Tensor]] = {}
         self._handles: list = []  # hook handles, removed by close()
+        #: keys whose tensors the model continues with a copy of (see :meth:`keep`)
+        self.copy_keys: set[tuple[str, str]] = set()
+        self._versions: list[tuple[tuple[str, str], torch.Tensor, int]] = []
+
+    def keep(self, key: tuple[str, str], t: torch.Tensor) -> torch.Tensor | None:
+        """Capture ``t`` as the signal at ``key``; return what the model should continue with (None: ``t``).
+
+        A later in-place operation (``nn.ReLU(inplace=True)``, ``x.add_()``)
+        would overwrite a captured tensor and reroute its gradient. For keys
+        in :attr:`copy_keys` the model continues with a copy and the captured
+        tensor stays what the layer returned; for the others the tensor's
+        version counter is recorded, so :meth:`overwritten` can tell which
+        keys need the copy (no copy is made where nothing writes in place).
+        """
+        self.captured.setdefault(key, []).append(t)
+        if key in self.copy_keys:
+            return t.clone()
+        self._versions.append((key, t, t._version))
+        return None
+
+    def take(self) -> list[tuple[tuple[str, str], torch.Tensor]]:
+        """The captured ``(key, tensor)`` pairs in capture order; the signals keep no reference to them after."""
+        pairs = [(key, t) for key, ts in self.captured.items() for t in ts]
+        self.captured = {key: [] for key in self.captured}
+        self._versions = []
+        return pairs
+
+    def overwritten(self) -> set[tuple[str, str]]:
+        """Keys whose captured tensors were modified in place since :meth:`keep` (to redo with copies)."""
+        return {key for key, t, v in self._versions if t._version != v}
 
     def unit_dim(self, key: tuple[str, str]) -> int:
         """Dimension of the captured tensor that indexes the units (1 for a conv output, -1 otherwise)."""
@@ -187,6 +219,32 @@ class Signals:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._versions = []
+
+
+@contextlib.contextmanager
+def captured_call(kind: "UnitKind", model: nn.Module, units: "UnitSet", run: Callable[[], Any],
+                  copy_keys: set | None = None) -> Iterator[tuple[Signals, Any]]:
+    """``run()`` (a forward pass) inside ``kind.signals(model, units)``, yielding ``(signals, result)``.
+
+    If the pass overwrote a captured tensor in place, it is run again with
+    those keys copied (:meth:`Signals.keep`), so the signals are what the
+    layers returned. Pass the same ``copy_keys`` set for every batch: it
+    learns the keys once.
+    """
+    copy_keys = set() if copy_keys is None else copy_keys
+    while True:
+        sig = kind.signals(model, units)
+        try:
+            sig.copy_keys = copy_keys
+            result = run()
+            bad = sig.overwritten() - copy_keys
+            if not bad:
+                yield sig, result
+                return
+            copy_keys |= bad
+        finally:
+            sig.close()
 
 
 class UnitKind:
@@ -363,8 +421,14 @@ def _resolve_modules(model: nn.Module, items: Sequence[str | nn.Module]) -> list
     return out
 
 
-def forward_order(model: nn.Module, example_inputs: Any) -> dict[str, int]:
-    """Order in which leaf modules are first called on ``example_inputs``."""
+def forward_order(model: nn.Module, example_inputs: Any, graph: Any = None) -> dict[str, int]:
+    """Order in which modules first return on ``example_inputs``.
+
+    With a ``graph`` from :func:`build_graph` on the same inputs, the order its
+    traced forward pass recorded (no forward pass of its own).
+    """
+    if getattr(graph, "forward_order", None) is not None:
+        return dict(graph.forward_order)
     order: dict[str, int] = {}
     handles = []
     for name, m in model.named_modules():
@@ -391,14 +455,70 @@ def _check_forward(model: nn.Module, example_inputs: Any) -> Any:
         ) from e
 
 
+class _ConstantOperands(torch.overrides.TorchFunctionMode):
+    """Records the autograd nodes of operations that combine a traced tensor with a constant *per-unit* tensor.
+
+    ``x + image`` or ``torch.cat([x, image])`` ties ``x``'s channels to a
+    tensor xprune cannot shrink (the model input, a buffer); ``x - 0.2`` or
+    ``x * mask[None, None]`` (size 1 along the channels) does not. In the
+    traced graph both show only as a ``None`` operand, so the shapes are read
+    here, while the graph is traced.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fixed: set[int] = set()
+        self._keep: list = []  # the nodes, kept alive so their ids stay unique
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.grad_fn is not None and out.dim() >= 2:
+            flat = [a for a in args if isinstance(a, torch.Tensor)]
+            flat += [t for a in args if isinstance(a, (list, tuple)) for t in a if isinstance(t, torch.Tensor)]
+            for t in flat:
+                if t.requires_grad or t.numel() <= 1:
+                    continue
+                shape = (1,) * (out.dim() - t.dim()) + tuple(t.shape)
+                if any(shape[d] > 1 and shape[d] == out.shape[d] for d in {1, out.dim() - 1}):
+                    self.fixed.add(id(out.grad_fn))
+                    self._keep.append(out.grad_fn)
+                    break
+        return out
+
+
 def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
-    """Torch-Pruning dependency graph of ``model`` traced in eval mode (the model is not changed)."""
-    with _inputs.preserved_state(model), torch.enable_grad():
-        try:
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
-        except (RuntimeError, TypeError, ValueError, IndexError) as e:
-            _check_forward(model, example_inputs)  # raises a clear error when the inputs do not fit
-            raise XpruneError(f"could not trace the model's dependency graph: {e}") from e
+    """Torch-Pruning dependency graph of ``model`` traced in eval mode (the model is not changed).
+
+    ``graph.constant_coupled`` holds the ids of the autograd nodes that join
+    traced channels with a constant tensor of the same width (see
+    :class:`_ConstantOperands`).
+    """
+    constants = _ConstantOperands()
+    order: dict[str, int] = {}  # what forward_order() finds, recorded by the traced pass itself
+    def called(mod, args, out, name):
+        order.setdefault(name, len(order))
+
+    handles = [model.register_forward_pre_hook(lambda module, args: order.clear())]  # the last call (see costs)
+    for name, m in model.named_modules():
+        handles.append(m.register_forward_hook(functools.partial(called, name=name)))
+    try:
+        with _inputs.preserved_state(model), torch.enable_grad():
+            try:
+                with constants:
+                    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+                                                                  verbose=False)
+            except (RuntimeError, TypeError, ValueError, IndexError) as e:
+                for h in handles:
+                    h.remove()
+                _check_forward(model, example_inputs)  # raises a clear error when the inputs do not fit
+                raise XpruneError(f"could not trace the model's dependency graph: {e}") from e
+    finally:
+        for h in handles:
+            h.remove()
+    graph.constant_coupled = constants.fixed
+    graph._constant_nodes = constants._keep
+    graph.forward_order = order
+    return graph
 
 
 def _is_depthwise(module) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .base import HookedCriterion, register
+from .base import HookedCriterion, register, wide
 
 
 @register("activation")
@@ -19,15 +19,16 @@ class Activation(HookedCriterion):
     needs_grad: ClassVar[bool] = False
 
     def reduce(self, activation, grad, unit_dim):
-        return activation.double().abs().sum(dim=(0, 1))
+        return wide(activation).abs().sum(dim=1).double().sum(0)
 
     def contribution(self, signal):
-        a = signal.activation.double().abs()  # [N, S, C, W]
+        # per sample a sum over positions and features in the tensor's dtype, then over samples in float64
+        a = wide(signal.activation).abs()  # [N, S, C, W]
         mask = signal.token_mask
         if mask is not None and mask.shape == a.shape[:2]:  # padding tokens do not count
             a = a * mask.to(a.dtype)[..., None, None]
-            return a.sum(dim=(0, 1, 3)), float(mask.sum()) * a.shape[3]
-        return a.sum(dim=(0, 1, 3)), float(a.shape[0] * a.shape[1] * a.shape[3])
+            return a.sum(dim=(1, 3)).double().sum(0), float(mask.sum()) * a.shape[3]
+        return a.sum(dim=(1, 3)).double().sum(0), float(a.shape[0] * a.shape[1] * a.shape[3])
 
     def finalize(self, total, count):
         return total / count

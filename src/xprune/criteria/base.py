@@ -36,7 +36,7 @@ from torch import nn
 
 from .. import _inputs
 from ..errors import DataError, XpruneError, XpruneTypeError
-from ..units import UnitKind, UnitSet, get_kind
+from ..units import UnitKind, UnitSet, captured_call, get_kind
 
 #: Criteria by name: a class, or "module:Class" for one imported on first use (costly or optional modules).
 _REGISTRY: dict[str, "type[Criterion] | str"] = {
@@ -168,6 +168,16 @@ def flatten_units(t: torch.Tensor, unit_dim: int) -> torch.Tensor:
     return t.reshape(t.shape[0], -1, t.shape[-1])
 
 
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself in float32/float64, else (bf16/fp16 under autocast) in float32: the dtype to reduce in.
+
+    Criteria reduce the big ``[N, S, C, W]`` tensors over positions in this
+    dtype (no float64 copy of them) and accumulate the small per-sample,
+    per-unit results in float64.
+    """
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def reduces_sums(method: Callable) -> Callable:
     """Mark a ``compute``-like method as passing its sums through :func:`xprune.distributed.all_reduce_sums`.
 
@@ -252,27 +262,40 @@ class HookedCriterion(Criterion):
             return self.compute_weights(model, units, data, target=target)
         totals: dict[tuple[str, str], torch.Tensor] = {}
         counts: dict[tuple[str, str], float] = {}
+        copy_keys: set = set()  # sites a later in-place op overwrites: captured before it (learned once)
         for inputs, labels in data:
-            with self.context_for(model, kind), kind.signals(model, units) as sig:
+            def forward():
                 with torch.set_grad_enabled(self.needs_grad):
-                    output = _inputs.logits(_inputs.call(model, self.prepare_inputs(inputs)))
+                    return _inputs.logits(_inputs.call(model, self.prepare_inputs(inputs)))
+
+            with self.context_for(model, kind), captured_call(kind, model, units, forward, copy_keys) as (sig, output):
+                with torch.set_grad_enabled(self.needs_grad):
                     classes = resolve_target(target, output, labels)
-                    keys = [k for k, v in sig.captured.items() for _ in v]
-                    acts = [a for k in sig.captured for a in sig.captured[k]]
-                    grads = [None] * len(acts)
-                    if self.needs_grad and acts:
-                        grads = torch.autograd.grad(
-                            output, acts, grad_outputs=self.seed(output, classes), allow_unused=True
-                        )
-            mask = sig.mask_for(inputs)
-            for key, act, grad in zip(keys, acts, grads):
-                if grad is None and self.needs_grad:  # the output does not depend on it
-                    grad = torch.zeros_like(act)
-                signal = Signal(sig.view(key, act.detach()), None if grad is None else sig.view(key, grad.detach()),
-                                sig.unit_dim(key), sig.subunits(key), mask)
-                value, count = self.contribution(signal)
-                totals[key] = totals.get(key, 0) + value.detach().double().cpu()
-                counts[key] = counts.get(key, 0) + count
+                    seed = self.seed(output, classes) if self.needs_grad else None
+                mask = sig.mask_for(inputs)
+                pairs = sig.take()
+
+                def add(key, act, grad):
+                    if grad is None and self.needs_grad:  # the output does not depend on it
+                        grad = torch.zeros_like(act)
+                    signal = Signal(sig.view(key, act.detach()), None if grad is None else sig.view(key, grad.detach()),
+                                    sig.unit_dim(key), sig.subunits(key), mask)
+                    value, count = self.contribution(signal)
+                    totals[key] = totals.get(key, 0) + value.detach().double().cpu()
+                    counts[key] = counts.get(key, 0) + count
+
+                streams = self._streams()
+                if self.needs_grad and pairs and streams and all(a.requires_grad for _, a in pairs):
+                    _backward_streamed(output, seed, pairs, add)  # reduced while the gradients arrive
+                    continue
+                grads = [None] * len(pairs)
+                if self.needs_grad and pairs:
+                    with torch.enable_grad():
+                        grads = torch.autograd.grad(output, [a for _, a in pairs], grad_outputs=seed,
+                                                    allow_unused=True)
+                if streams:
+                    _add_all(pairs, grads, add)
+            _add_all(pairs, grads, add)  # a criterion with its own context: reduced after it, as before
         from .. import distributed  # sums over all ranks' shards (a no-op outside distributed scoring)
 
         totals, counts = distributed.all_reduce_sums(totals, counts)
@@ -281,6 +304,15 @@ class HookedCriterion(Criterion):
     def context_for(self, model: nn.Module, kind: UnitKind):
         """Context entered around each batch's passes, given the unit kind (default: :meth:`context`)."""
         return self.context(model)
+
+    def _streams(self) -> bool:
+        """Whether contributions are computed during the backward pass (criteria without their own context).
+
+        A criterion's context (LRP's rules) may hold torch-function modes that
+        must not see the reductions, so those reduce after it, as before.
+        """
+        cls = type(self)
+        return cls.context is HookedCriterion.context and cls.context_for is HookedCriterion.context_for
 
     def _combine(self, units, totals, counts) -> dict[str, torch.Tensor]:
         scores: dict[str, torch.Tensor] = {}
@@ -291,6 +323,50 @@ class HookedCriterion(Criterion):
                 group.scatter_add(s, key[1], per_channel)
             scores[group.name] = s
         return scores
+
+
+def _backward_streamed(output: torch.Tensor, seed: torch.Tensor, pairs: list, add: Callable) -> None:
+    """One backward pass from ``output`` (gradient ``seed``) calling ``add(key, act, grad)`` as each gradient arrives.
+
+    A tensor hook on each captured activation reduces it with its gradient
+    the moment that gradient is complete, and drops the activation; the
+    backward asks for the gradients by their graph edges, so no reference to
+    the activations outlives their hook and the memory they held goes while
+    the pass runs (the same values as ``torch.autograd.grad(output, acts)``).
+    """
+    pending = dict(enumerate(pairs))
+    pairs.clear()
+
+    def hook_for(i):
+        def hook(grad):
+            key, act = pending.pop(i)
+            add(key, act, grad)
+
+        return hook
+
+    handles, edges = [], []
+    try:
+        for i in pending:
+            handles.append(pending[i][1].register_hook(hook_for(i)))
+            edges.append(torch.autograd.graph.get_gradient_edge(pending[i][1]))
+        with torch.enable_grad():
+            grads = torch.autograd.grad(output, edges, grad_outputs=seed, allow_unused=True)
+        del grads
+    finally:
+        for h in handles:
+            h.remove()
+    for key, act in list(pending.values()):  # never reached by the gradient: the output does not depend on it
+        add(key, act, None)
+
+
+def _add_all(pairs: list, grads, add: Callable) -> None:
+    """``add(key, act, grad)`` for every captured pair, dropping each activation once it is reduced."""
+    grads = list(grads)
+    for i, (key, act) in enumerate(pairs):
+        pairs[i] = None
+        add(key, act, grads[i])
+        grads[i] = None
+    pairs.clear()
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 
 from .. import _inputs
 from ..errors import XpruneError
-from .base import HookedCriterion, reduces_sums, register, resolve_target
+from .base import HookedCriterion, reduces_sums, register, resolve_target, wide
 
 
 class _Objective(HookedCriterion):
@@ -75,7 +75,11 @@ class MeanGradient(_Objective):
     """|mean gradient of the objective at the unit's output|."""
 
     def reduce(self, activation, grad, unit_dim):
-        return grad.double().sum(dim=(0, 1))
+        return wide(grad).sum(dim=1).double().sum(0)  # over positions in the tensor's dtype, samples in float64
+
+    def contribution(self, signal):
+        g = wide(signal.grad)  # [N, S, C, W]: a sum over S and W per sample, then over samples in float64
+        return g.sum(dim=(1, 3)).double().sum(0), float(g.shape[0] * g.shape[1] * g.shape[3])
 
     def finalize(self, total, count):
         return (total / count).abs()
@@ -91,13 +95,15 @@ class Taylor(_Objective):
     default_normalize: ClassVar[str | None] = "l2"
 
     def reduce(self, activation, grad, unit_dim):
-        return (activation.double() * grad.double()).sum(dim=(0, 1))
+        return (wide(activation) * wide(grad)).sum(dim=1).double().sum(0)
 
     def contribution(self, signal):
         # the features of a unit (a head's width) are one unit: the mean is over samples and positions only,
-        # so the score is |dO/dg| / (N S) for a gate g on the unit (Michel et al. 2019 for heads)
-        a, g = signal.activation, signal.grad
-        return (a.double() * g.double()).sum(dim=(0, 1, 3)), float(a.shape[0] * a.shape[1])
+        # so the score is |dO/dg| / (N S) for a gate g on the unit (Michel et al. 2019 for heads).
+        # Per sample the products are summed over positions and features in the tensors' dtype (float32:
+        # no float64 copy of the big tensors), then the [N, C] sums are accumulated in float64.
+        a, g = wide(signal.activation), wide(signal.grad)
+        return (a * g).sum(dim=(1, 3)).double().sum(0), float(a.shape[0] * a.shape[1])
 
     def finalize(self, total, count):
         return (total / count).abs()

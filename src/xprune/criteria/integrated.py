@@ -53,7 +53,7 @@ from torch import nn
 
 from .. import _inputs
 from ..errors import DataError, XpruneError
-from ..units import UnitSet
+from ..units import UnitSet, captured_call, get_kind
 from .base import Criterion, flatten_units, register, resolve_target
 from .singe import objective_value
 
@@ -162,7 +162,9 @@ class IntegratedGradients(Criterion):
     def _per_batch(self, model, units, data, target):
         names = dict(model.named_modules())
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        sites = [(g, p) for g in units for p in g.producers]
+        kind = get_kind(units.kind)
+        groups = {g.name: g for g in units}
+        copy_keys: set = set()  # producers whose output a later in-place op overwrites (copied once known)
         self.passes = 0
         for inputs, labels in data:
             inputs = _inputs.to_device(inputs, device)
@@ -172,40 +174,35 @@ class IntegratedGradients(Criterion):
             batch = {g.name: None for g in units}
             for k in range(self.n_steps, -1, -1):  # from the input (t = 1) down to the baseline
                 t = k / self.n_steps
-                captured: dict[int, torch.Tensor] = {}
-                handles = []
-                for i, (group, p) in enumerate(sites):
-                    def hook(mod, args, out, i=i):
-                        captured[i] = out
-                    handles.append(names[p].register_forward_hook(hook))
-                try:
+
+                def forward():
                     with torch.enable_grad():
-                        output = _inputs.logits(_inputs.call(model, self._interpolate(inputs, baselines, t)))
+                        return _inputs.logits(_inputs.call(model, self._interpolate(inputs, baselines, t)))
+
+                with captured_call(kind, model, units, forward, copy_keys) as (sig, output):
+                    with torch.enable_grad():
                         if classes is None:  # the first pass is at the input itself: read the target there
                             classes = resolve_target(target, output, labels)
-                        order = sorted(captured)
+                        sites = [(key, j) for key, calls in sig.captured.items() for j in range(len(calls))]
                         grads = torch.autograd.grad(objective_value(output, classes, self.objective),
-                                                    [captured[i] for i in order], allow_unused=True)
-                finally:
-                    for h in handles:
-                        h.remove()
+                                                    [sig.captured[key][j] for key, j in sites], allow_unused=True)
                 self.passes += 1
                 z = {}
                 g = {}
-                for i, grad in zip(order, grads):
-                    group, p = sites[i]
-                    dim = group.unit_dim(names[p])
-                    z[i] = flatten_units(captured[i].detach(), dim).double()
-                    g[i] = torch.zeros_like(z[i]) if grad is None else flatten_units(grad.detach(), dim).double()
+                for (key, j), grad in zip(sites, grads):
+                    dim = groups[key[0]].unit_dim(names[key[1]])
+                    z[key, j] = flatten_units(sig.captured[key][j].detach(), dim).double()
+                    g[key, j] = torch.zeros_like(z[key, j]) if grad is None else flatten_units(grad.detach(), dim).double()
                 if prev_z is not None:
-                    for i in z:
-                        group, p = sites[i]
+                    for site in z:
+                        (name, p), _ = site
+                        group = groups[name]
                         # interval [t_k, t_k+1]: z(t_k+1) = prev_z, G(t_k) = g
-                        gbar = g[i] if self.rule == "left" else 0.5 * (prev_g[i] + g[i])
-                        contrib = ((prev_z[i] - z[i]) * gbar).sum(1).cpu()  # [N, channels]
-                        acc = batch[group.name]
+                        gbar = g[site] if self.rule == "left" else 0.5 * (prev_g[site] + g[site])
+                        contrib = ((prev_z[site] - z[site]) * gbar).sum(1).cpu()  # [N, channels]
+                        acc = batch[name]
                         if acc is None:
-                            acc = batch[group.name] = torch.zeros(contrib.shape[0], group.size, dtype=torch.float64)
+                            acc = batch[name] = torch.zeros(contrib.shape[0], group.size, dtype=torch.float64)
                         group.scatter_add(acc, p, contrib)
                 prev_z, prev_g = z, g
             yield {name: a for name, a in batch.items() if a is not None}

@@ -38,6 +38,9 @@ class Steered(Criterion):
     def compute(self, model, units, data, *, target="label"):
         from .pipeline import SteeredConfig, as_tensors, steer
 
+        if units.kind != "channels":  # its gates are trained against a MACs budget of conv channels
+            raise XpruneError(f"criterion 'steered' prunes conv channels (Ganjdanesh et al. 2022), not units of kind "
+                              f"{units.kind!r}; pass units='channels', or use 'taylor' or 'lrp' for {units.kind}")
         if not isinstance(target, str) or target not in ("label", "predicted"):
             raise XpruneError(f"criterion 'steered' explains target 'label' or 'predicted', got {target!r}")
         X, y = as_tensors(data)

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _inputs
 from ..errors import DataError, XpruneError
 from ..scores import Scores
 from ..plan import Plan
@@ -233,6 +234,16 @@ def _default_cache() -> Any:
     return cache_dir()
 
 
+def _to_logits(module, args, output):
+    return _inputs.logits(output)
+
+
+def _logits_only(model: nn.Module) -> nn.Module:
+    """``model`` (a private copy) returning the logits tensor (Hugging Face models return an output object)."""
+    model.register_forward_hook(_to_logits)
+    return model
+
+
 def steer(
     model: nn.Module,
     data: Any,
@@ -283,7 +294,7 @@ def steer(
         raise DataError(f"the steered method explains images [N, C, H, W]; got inputs of shape {tuple(X.shape)}")
     root = _default_cache() if cache_dir == "default" else cache_dir
     stop_after = stop_after or {}
-    original = ex.frozen(copy.deepcopy(model))
+    original = _logits_only(ex.frozen(copy.deepcopy(model)))
     with torch.no_grad():
         num_classes = int(original(X[:1]).shape[-1])
     layers = list(cfg.feature_layers or ex.feature_layers(original, X[:1]))
@@ -324,7 +335,7 @@ def steer(
     if units is None:
         units = discover(model, X[:1])
     macs = MacsModel(model, units, X[:1])
-    gated = ex.frozen(copy.deepcopy(model))
+    gated = _logits_only(ex.frozen(copy.deepcopy(model)))
     gates = ChannelGates(units, cfg.gate_init, cfg.gate_temperature, cfg.gate_init_noise, cfg.seed).attach(gated, like=model)
     gc = StageCache("gates", {**base, "selector": sc.key, "reduction": reduction, "groups": units.names,
                               "steps": cfg.gate_steps, "lr": cfg.gate_lr, "init": cfg.gate_init, "init_noise": cfg.gate_init_noise,

@@ -37,6 +37,27 @@ from .adapters import AttentionSpec, MLPSpec, attention_specs, is_conv1d, mlp_sp
 __all__ = ["remove_heads", "remove_neurons", "load_pruned", "record_sizes", "resize_to"]
 
 _HEAD_ATTRS = ("num_heads", "num_attention_heads")
+#: parameters holding one slice per query head, and the dimension indexing the heads:
+#: Swin's relative position bias table [(2w-1)^2, heads], Swin V2's logit scale [heads, 1, 1]
+_PER_HEAD_TABLES = {"relative_position_bias_table": -1, "logit_scale": 0}
+
+
+def _per_head_tables(model: nn.Module, spec) -> list[tuple[str, nn.Module, str, int]]:
+    """``(qualified name, owner module, attribute, head dim)`` of every per-head table under the block."""
+    found, seen = [], set()
+    for root in dict.fromkeys((spec.name, *spec.owners)):
+        for name, module in model.get_submodule(root).named_modules():
+            for attr, dim in _PER_HEAD_TABLES.items():
+                t = module._parameters.get(attr)
+                if t is None or id(t) in seen:
+                    continue
+                seen.add(id(t))
+                qualified = ".".join(n for n in (root, name, attr) if n)
+                if t.shape[dim] != spec.num_heads:
+                    raise XpruneError(f"{qualified} has {t.shape[dim]} slices along dim {dim}, expected one per head "
+                                      f"({spec.num_heads}); prune this model's heads with units='neurons' instead")
+                found.append((qualified, module, attr, dim))
+    return found
 
 
 # ----------------------------------------------------------------------------- slicing primitives
@@ -122,9 +143,15 @@ def remove_heads(model: nn.Module, spec: AttentionSpec, units, mode: str = "remo
             _zero_out(m, idx)
         _zero_in(o, q_sel)
         return
+    tables = _per_head_tables(model, spec)  # checked before any tensor changes
     for m, idx in targets:
         _keep_out(m, idx)
     _keep_in(o, q_sel)
+    q_heads = torch.as_tensor([u * spec.group_size + j for u in keep for j in range(spec.group_size)])
+    for _, module, attr, dim in tables:
+        t = module._parameters[attr]
+        module._parameters[attr] = nn.Parameter(t.detach().index_select(dim % t.dim(), q_heads.to(t.device)).clone(),
+                                                requires_grad=t.requires_grad)
     heads, kv = len(keep) * spec.group_size, len(keep)
     for owner in spec.owners:
         m = modules[owner]
