@@ -21,7 +21,7 @@ from .measure import accuracy
 from .plan import Plan
 from .scores import Scores, score
 from .select import select
-from .surgery import apply, evaluation_mode, inexact_masks
+from .surgery import apply, blamed_modules, evaluation_meta, evaluation_mode, inexact_masks
 
 __all__ = ["prune", "default_mode", "curve", "Curve", "DEFAULT_RATES"]
 
@@ -171,7 +171,7 @@ def curve(
                          "units": scores.kind, "total": scores.total}
         inexact = inexact_masks(model, scores) if mode == "mask" and scores is not None else {}
         if inexact:  # kept with the checkpoint, for a resumed curve that needs no scores
-            ckpt.meta["inexact_mask"] = sorted({m for ms in inexact.values() for m in ms})
+            ckpt.meta["inexact_mask"] = blamed_modules(inexact)
         name = ckpt.meta["name"]
         accs, removed, modes = [], [], []
         iterator = rates
@@ -195,11 +195,8 @@ def curve(
             accs.append(acc)
             removed.append(n_removed)
             modes.append(used)
-    done = sorted({m for m in modes if m is not None})
     meta = {"units": ckpt.meta["units"], "scope": scope, "total": ckpt.meta["total"],
-            "mode": "+".join(done) if done else mode, "modes": modes}
-    if "inexact_mask" in ckpt.meta:
-        meta["inexact_mask"] = ckpt.meta["inexact_mask"]
+            **evaluation_meta(modes, mode, ckpt.meta.get("inexact_mask"))}
     return Curve(name, rates, accs, removed, meta)
 
 

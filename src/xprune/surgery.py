@@ -27,7 +27,8 @@ from .kinds.channels import mask_groups
 from .plan import Plan
 from .units import get_kind
 
-__all__ = ["apply", "evaluation_mode", "history", "inexact_masks", "mask_groups", "HISTORY"]
+__all__ = ["apply", "blamed_modules", "evaluation_meta", "evaluation_mode", "history", "inexact_masks", "mask_groups",
+           "HISTORY"]
 
 #: Attribute holding the plans applied to a pruned model (what :func:`xprune.save` records).
 HISTORY = "_xprune_history"
@@ -91,6 +92,22 @@ def evaluation_mode(mode: str, plan: Plan, inexact: dict[str, list[str]]) -> str
     if mode == "mask" and any(plan.remove.get(name) for name in inexact):
         return "remove"
     return mode
+
+
+def evaluation_meta(modes: list, default: str, blamed: list[str] | None = None) -> dict[str, Any]:
+    """How a series of plans was measured, for a result's ``meta``: ``mode`` (the modes used, joined by
+    ``"+"``; ``default`` when nothing was removed), ``modes`` (per plan, ``None`` for an empty plan) and,
+    when some masking was inexact, ``inexact_mask`` (the modules ``blamed``)."""
+    used = sorted({m for m in modes if m is not None})
+    meta: dict[str, Any] = {"mode": "+".join(used) if used else default, "modes": list(modes)}
+    if blamed:
+        meta["inexact_mask"] = list(blamed)
+    return meta
+
+
+def blamed_modules(inexact: dict[str, list[str]]) -> list[str]:
+    """The modules named in :func:`inexact_masks`'s result, sorted, each once."""
+    return sorted({m for ms in inexact.values() for m in ms})
 
 
 def history(model: nn.Module) -> list[tuple[str, Plan]]:

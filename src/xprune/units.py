@@ -508,8 +508,6 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
                     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
                                                                   verbose=False)
             except (RuntimeError, TypeError, ValueError, IndexError) as e:
-                for h in handles:
-                    h.remove()
                 _check_forward(model, example_inputs)  # raises a clear error when the inputs do not fit
                 raise XpruneError(f"could not trace the model's dependency graph: {e}") from e
     finally:

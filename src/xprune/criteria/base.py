@@ -284,8 +284,7 @@ class HookedCriterion(Criterion):
                     totals[key] = totals.get(key, 0) + value.detach().double().cpu()
                     counts[key] = counts.get(key, 0) + count
 
-                streams = self._streams()
-                if self.needs_grad and pairs and streams and all(a.requires_grad for _, a in pairs):
+                if self.needs_grad and pairs and self._streams() and all(a.requires_grad for _, a in pairs):
                     _backward_streamed(output, seed, pairs, add)  # reduced while the gradients arrive
                     continue
                 grads = [None] * len(pairs)
@@ -293,9 +292,7 @@ class HookedCriterion(Criterion):
                     with torch.enable_grad():
                         grads = torch.autograd.grad(output, [a for _, a in pairs], grad_outputs=seed,
                                                     allow_unused=True)
-                if streams:
-                    _add_all(pairs, grads, add)
-            _add_all(pairs, grads, add)  # a criterion with its own context: reduced after it, as before
+            _add_all(pairs, grads, add)  # reduced after the context, once every gradient is there
         from .. import distributed  # sums over all ranks' shards (a no-op outside distributed scoring)
 
         totals, counts = distributed.all_reduce_sums(totals, counts)
@@ -306,10 +303,12 @@ class HookedCriterion(Criterion):
         return self.context(model)
 
     def _streams(self) -> bool:
-        """Whether contributions are computed during the backward pass (criteria without their own context).
+        """Whether contributions are computed during the backward pass (default: criteria without a context).
 
-        A criterion's context (LRP's rules) may hold torch-function modes that
-        must not see the reductions, so those reduce after it, as before.
+        A criterion's own context may hold state (torch-function modes, hooks)
+        that must not see the reductions, so by default those reduce after it;
+        a criterion whose context is inactive during the backward pass (LRP)
+        overrides this to return True.
         """
         cls = type(self)
         return cls.context is HookedCriterion.context and cls.context_for is HookedCriterion.context_for

@@ -52,7 +52,7 @@ from .. import _inputs
 from ..errors import XpruneError
 from ..lrp import attribution, composite as resolve_composite
 from ..lrp.canonizers import default_canonizers
-from .base import HookedCriterion, reduces_sums, register, resolve_target
+from .base import HookedCriterion, reduces_sums, register, resolve_target, wide
 
 __all__ = ["LRP"]
 
@@ -110,7 +110,7 @@ class LRP(HookedCriterion):
         a, g = signal.activation, signal.grad
         if a.shape[3] == 1:
             return super().contribution(signal)
-        r = a * g  # [N, S, C, W]: a head's W = query heads x head_dim features
+        r = wide(a) * wide(g)  # [N, S, C, W]: a head's W = query heads x head_dim features
         if self.aggregate == "yeom":
             return r.abs().sum((0, 1, 3)).double(), 1.0
         # PXP on heads: |relevance summed over each query head's features| per token, summed
@@ -126,9 +126,9 @@ class LRP(HookedCriterion):
         return seed
 
     def reduce(self, activation: torch.Tensor, grad: torch.Tensor, unit_dim: int) -> torch.Tensor:
-        # in the tensors' own precision (float32 sums are pairwise, hence accurate; a float64 accumulator
-        # is 4-5x slower on CPU); float64 for the totals over batches
-        r = activation * grad  # [N, S, C]
+        # in float32 (bf16/fp16 widened by wide(); float32 sums are pairwise, hence accurate, and a float64
+        # accumulator is 4-5x slower on CPU); float64 for the totals over batches
+        r = wide(activation) * wide(grad)  # [N, S, C]
         if self.aggregate == "pxp" and unit_dim == 1:  # conv channel: |sum over space| per sample
             return r.sum(1).abs().sum(0).double()
         return r.abs().sum((0, 1)).double()

@@ -18,7 +18,7 @@ from ..errors import DataError, XpruneError
 from ..evaluate import DEFAULT_RATES
 from ..scores import Scores, score
 from ..select import select
-from ..surgery import apply, evaluation_mode, inexact_masks
+from ..surgery import apply, blamed_modules, evaluation_meta, evaluation_mode, inexact_masks
 from .result import RateChoice
 from .stats import _check_level, binomial_cdf
 
@@ -268,9 +268,6 @@ def choose_rate(
                                   confidence=conf, method=method, removed=removed)
     choice.criterion = scores.criterion or (criterion if isinstance(criterion, str) else "")
     choice.scope, choice.units = scope, scores.kind
-    used = sorted({m for m in modes if m is not None})
     choice.meta.update(total=scores.total, min_keep=min_keep, round_to=round_to,
-                       mode="+".join(used) if used else "mask", modes=modes)
-    if inexact:
-        choice.meta["inexact_mask"] = sorted({m for ms in inexact.values() for m in ms})
+                       **evaluation_meta(modes, "mask", blamed_modules(inexact)))
     return choice
