@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/xprune demo
+	$(BIN)/xprune demo --overwrite
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/speedup.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -310,3 +311,197 @@ def test_split_classes(digits):
     assert torch.equal(t2.test.y, (digits.test.y[(digits.test.y == 9) | (digits.test.y == 3)] == 3).long())
     with pytest.raises(ValueError, match="overlap"):
         data.split_classes(digits, [0, 1], [1, 2])
+
+
+# --------------------------------------------------------------------------- normalisation: data as given
+
+
+def _rows(ds: Dataset) -> list[tuple]:
+    """Every sample of the three splits as a (label, values...) tuple, sorted: what was loaded, in any order."""
+    y = torch.cat([ds.train.y, ds.val.y, ds.test.y])
+    X = torch.cat([ds.train.X, ds.val.X, ds.test.X]).reshape(len(y), -1)
+    return sorted((int(c),) + tuple(r) for c, r in zip(y.tolist(), X.double().numpy().tolist()))
+
+
+@pytest.fixture(scope="module")
+def digits16(tmp_path_factory):
+    """load_digits / 16 as the user stored it, and a small CNN trained on exactly those values."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X = (d.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    y = d.target.astype(np.int64)
+    path = tmp_path_factory.mktemp("digits16") / "digits16.npz"
+    np.savez(path, X=X, y=y)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    for _ in range(60):  # full batch: a few seconds on one core
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(Xt), yt).backward()
+        opt.step()
+    return path, X, y, model.eval()
+
+
+def _accuracy(model: nn.Module, split: Split) -> float:
+    with torch.no_grad():
+        return (model(split.X).argmax(1) == split.y).float().mean().item()
+
+
+def test_files_are_fed_as_stored_by_default(digits16):
+    # issue 18: a CNN trained on load_digits / 16 (stored as .npz) measured ~0.46 "before pruning" because the
+    # file was standardised without a word; now the file's values reach the model unchanged
+    path, X, y, model = digits16
+    ds = data.load(path)
+    assert _rows(ds) == sorted((int(c),) + tuple(r) for c, r in zip(y, X.reshape(len(X), -1).astype(np.float64)))
+    assert ds.mean is None and ds.std is None
+    assert ds.normalization == {"method": "none", "requested": "auto"}
+    assert _accuracy(model, ds.test) > 0.9
+    assert "as stored" in ds.describe_normalization() and "--normalize mean-std" in ds.describe_normalization(cli=True)
+    # False / "none" give the same; True / "mean-std" standardise as before
+    assert torch.equal(data.load(path, normalize=False).test.X, ds.test.X)
+    assert torch.equal(data.load(path, normalize="none").test.X, ds.test.X)
+
+
+def test_mean_std_uses_the_train_split(digits16):
+    path, _, _, _ = digits16
+    raw = data.load(path, normalize="none")
+    std = data.load(path, normalize="mean-std")
+    # reference: numpy statistics of the raw train split (unbiased std, as torch.std), per channel
+    xtr = raw.train.X.double().numpy()
+    mean, sd = xtr.mean(axis=(0, 2, 3)), xtr.std(axis=(0, 2, 3), ddof=1)
+    for s in ("train", "val", "test"):
+        ref = (getattr(raw, s).X.double().numpy() - mean[None, :, None, None]) / sd[None, :, None, None]
+        np.testing.assert_allclose(getattr(std, s).X.numpy(), ref, rtol=0, atol=1e-5)
+        assert torch.equal(getattr(std, s).y, getattr(raw, s).y)  # same splits
+    rec = std.normalization
+    assert rec["method"] == "mean-std" and rec["fitted_on"] == "train split" and rec["per"] == "channel"
+    np.testing.assert_allclose(rec["mean"], mean, rtol=1e-5)
+    np.testing.assert_allclose(rec["std"], sd, rtol=1e-5)
+    assert torch.equal(data.load(path, normalize=True).test.X, std.test.X)
+    line = std.describe_normalization(cli=True)
+    assert "train split's mean and std per channel" in line and "--normalize none" in line
+    assert "normalize='none'" in std.describe_normalization()
+
+
+def test_builtin_datasets_stay_standardised_by_auto():
+    # xprune's built-in models are trained on the named datasets standardised: "auto" keeps that
+    auto, explicit = data.load("moons", n_samples=200), data.load("moons", n_samples=200, normalize="mean-std")
+    assert torch.equal(auto.train.X, explicit.train.X)
+    assert auto.normalization["method"] == "mean-std" and auto.normalization["requested"] == "auto"
+    assert auto.normalization["per"] == "feature"
+    assert json.loads(json.dumps(auto.normalization)) == auto.normalization
+
+
+def test_given_statistics_dict_and_json(digits16, tmp_path):
+    path, _, _, _ = digits16
+    raw = data.load(path)
+    given = data.load(path, normalize={"mean": 0.5, "std": 0.25})  # one number for all channels
+    torch.testing.assert_close(given.test.X, (raw.test.X - 0.5) / 0.25, rtol=0, atol=1e-6)
+    assert given.normalization["method"] == "given" and given.normalization["mean"] == [0.5]
+    assert given.mean.tolist() == [0.5] and given.std.tolist() == [0.25]
+    torch.testing.assert_close(given.denormalize(given.test.X), raw.test.X, rtol=0, atol=1e-6)
+    assert "given mean and std" in given.describe_normalization()
+
+    # what one run fitted is saved and applied again, bit for bit
+    fitted = data.load(path, normalize="mean-std")
+    stats = data.save_normalization(fitted, tmp_path / "stats.json")
+    for spec in (stats, str(stats)):
+        again = data.load(path, normalize=spec)
+        assert torch.equal(again.test.X, fitted.test.X) and torch.equal(again.mean, fitted.mean)
+        assert again.normalization["method"] == "given" and again.normalization["source"] == f"from {stats}"
+    # a hand-written file with the statistics the model was trained with
+    (tmp_path / "mine.json").write_text('{"mean": [0.1], "std": [0.3]}')
+    mine = data.load(path, normalize=tmp_path / "mine.json")
+    torch.testing.assert_close(mine.test.X, (raw.test.X - 0.1) / 0.3, rtol=0, atol=1e-6)
+    # a dataset that was not normalised saves {"method": "none"}, which applies nothing
+    data.save_normalization(raw, tmp_path / "none.json")
+    assert torch.equal(data.load(path, normalize=tmp_path / "none.json").test.X, raw.test.X)
+    # split_classes keeps the record
+    assert data.split_classes(given, [0, 1], [2, 3])[1].normalization == given.normalization
+
+
+def test_bad_normalisation_gives_one_line_errors(digits16, tmp_path):
+    from xprune.errors import DataError, XpruneError
+
+    path, _, _, _ = digits16
+    (tmp_path / "broken.json").write_text("{mean: 0.1")
+    (tmp_path / "list.json").write_text("[0.1, 0.2]")
+    cases = [
+        ("zscore", XpruneError, r"normalize must be 'auto', 'mean-std', 'none', .*; got 'zscore'"),
+        (5, XpruneError, r"normalize must be .*; got int 5"),
+        ({"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}, DataError,
+         r"has 3 mean value\(s\) but the data has 1 channel; give one value per channel, or a single number"),
+        ({"mean": 0.1, "std": 0}, XpruneError, r"has std \[0\]; every std must be > 0"),
+        ({"mean": 0.1, "std": [-1.0]}, XpruneError, r"every std must be > 0"),
+        ({"mean": 0.1}, XpruneError, r"needs keys 'mean' and 'std'.*lacks 'std'"),
+        ({"mean": "abc", "std": 1}, XpruneError, r"has mean 'abc'; give a number or a list of numbers"),
+        ({"mean": float("nan"), "std": 1}, XpruneError, r"every value must be finite"),
+        (tmp_path / "broken.json", XpruneError, r"broken\.json is not a readable normalisation file"),
+        (tmp_path / "list.json", XpruneError, r"list\.json must be a JSON object .*; got a list"),
+        (str(tmp_path / "missing.json"), XpruneError, r"missing\.json does not exist; write one with "
+                                                      r"xprune\.data\.save_normalization"),
+    ]
+    for spec, cls, match in cases:
+        with pytest.raises(cls, match=match) as info:
+            data.load(path, normalize=spec)
+        assert "\n" not in str(info.value), spec
+    with pytest.raises(XpruneError, match="a Dataset from xprune.data.load"):
+        data.save_normalization([0.1], tmp_path / "x.json")
+    with pytest.raises(XpruneError, match="every std must be > 0"):
+        data.save_normalization({"mean": [0.0], "std": [0.0]}, tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_uint8_files_and_folders_record_their_scaling(tmp_path):
+    X = np.arange(40 * 4, dtype=np.uint8).reshape(40, 4)
+    np.savez(tmp_path / "u8.npz", X=X, y=np.arange(40) % 2)
+    ds = data.load(tmp_path / "u8.npz")
+    assert ds.normalization["input_scaling"] == "uint8 values divided by 255 (to [0, 1])"
+    assert "uint8 values divided by 255" in ds.describe_normalization()
+    assert _rows(ds) == sorted((c % 2,) + tuple(np.float32(v) / np.float32(255) for v in r) for c, r in enumerate(X))
+    for cls, v in (("cat", 10), ("dog", 200)):
+        for i in range(4):
+            _png(tmp_path / "imgs" / cls / f"{i}.png", value=v + i)
+    folder = data.load("folder", root=tmp_path / "imgs", val_fraction=0.25, test_fraction=0.25)
+    assert folder.normalization["method"] == "none" and "255" in folder.normalization["input_scaling"]
+    whole = data.load_folder(tmp_path / "imgs")  # pixels as read, not standardised
+    flat = whole.X.reshape(8, -1).double().tolist()
+    assert _rows(folder) == sorted((int(c),) + tuple(r) for c, r in zip(whole.y, flat))
+
+
+def test_folder_options_grayscale_and_image_size(tmp_path):
+    for cls, v in (("cat", 10), ("dog", 200)):
+        for i in range(5):
+            _png(tmp_path / cls / f"{i}.png", size=(6, 4) if i % 2 else (6, 6), value=v + i)
+    with pytest.raises(ValueError, match=r"pass image_size= \(--image-size on the command line\)") as info:
+        data.load("folder", root=tmp_path)
+    assert "\n" not in str(info.value)
+    fr = {"val_fraction": 0.2, "test_fraction": 0.2}
+    ds = data.load("folder", root=tmp_path, image_size=5, grayscale=True, **fr)
+    assert ds.input_shape == (1, 5, 5)
+    rgb = data.load("folder", root=tmp_path, image_size=(3, 7), **fr)
+    assert rgb.input_shape == (3, 3, 7)
+    assert data.load("folder", root=tmp_path, image_size="3x7", **fr).input_shape == (3, 3, 7)  # as the CLI gives it
+    # grayscale of one colour image: the luminance of (v, 255 - v, 0) by PIL's L = (299 R + 587 G + 114 B) / 1000
+    gray = data.load_folder(tmp_path, image_size=6, grayscale=True)
+    v = 10
+    assert abs(gray.X[0, 0, 0, 0].item() - round((299 * v + 587 * (255 - v)) / 1000) / 255) < 1.5 / 255
+    for bad, match in ((0, "image_size must be a positive int"), ("big", "image_size must be"),
+                       ((3, 4, 5), "image_size must be"), (True, "image_size must be")):
+        with pytest.raises(ValueError, match=match):
+            data.load("folder", root=tmp_path, image_size=bad)
+    with pytest.raises(TypeError, match="grayscale must be True or False; got str 'no'"):
+        data.load("folder", root=tmp_path, image_size=4, grayscale="no")
+
+
+def test_trained_model_cache_keys_tell_raw_files_from_standardised(tmp_path):
+    # weights cached when files were standardised by default must not be reused for raw inputs
+    from xprune.models.cache import _data_id
+
+    np.savez(tmp_path / "d.npz", X=np.zeros((4, 2), np.float32), y=np.arange(4) % 2)
+    assert _data_id(str(tmp_path / "d.npz"), {})["normalize"] == "none"
+    assert _data_id(str(tmp_path / "d.npz"), {"normalize": "mean-std"})["normalize"] == "mean-std"
+    assert _data_id("folder", {"root": "x"})["normalize"] == "none"
+    assert "normalize" not in _data_id("digits", {})  # built-in datasets keep their keys (and cached weights)

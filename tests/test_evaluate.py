@@ -143,7 +143,7 @@ def test_demo_end_to_end(tmp_path, monkeypatch):
     from xprune import demo
 
     monkeypatch.setenv("XPRUNE_CACHE", str(tmp_path / "cache"))
-    res = demo.run(arch="mlp", dataset="digits", n_per_class=5, criteria=["taylor", "random"],
+    res = demo.run(arch="mlp", dataset="digits", n_per_class=5, criteria=["taylor", "random"], ratio=0.5,
                    rates=[0.0, 0.25, 0.5, 0.75], out=tmp_path / "out")
     for f in ("curves.png", "results.json", "pruned.pt", "plan.json"):
         assert (tmp_path / "out" / f).exists()

@@ -26,3 +26,15 @@ class UnknownName(XpruneError, KeyError):
 
 class XpruneTypeError(XpruneError, TypeError):
     """An argument of the wrong type; also a ``TypeError``."""
+
+
+class XpruneWarning(UserWarning):
+    """Base class of the warnings xprune emits: a result that is valid but probably not what was wanted.
+
+    The command line prints each as one line ``warning: ...``; in Python, filter them with
+    ``warnings.filterwarnings("ignore", category=xprune.errors.XpruneWarning)``.
+    """
+
+
+class DegenerateResult(XpruneWarning):
+    """A plan or a pruned model that is degenerate: nothing removed, a layer left with 1-2 units, accuracy at chance."""

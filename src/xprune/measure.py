@@ -31,13 +31,28 @@ def predictions(model: nn.Module, batches: Any, *, classes: Sequence[int] | None
 
     With ``classes``, only samples of those classes are kept and the
     prediction is the arg-max over their logits (the other logits suppressed).
+
+    Labels are one class per sample or one per token (Hugging Face's
+    convention): then each labelled token is one prediction, ``-100`` and
+    padding (``attention_mask`` 0) are skipped and, for causal language
+    models, the output at position ``t`` is judged on ``labels[:, t + 1]``
+    (see :func:`xprune._inputs.explained_labels`); one label per sample on
+    token outputs ``[N, T, C]`` judges the last token that is not padding.
     """
     keep = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with _inputs.preserved_state(model):
-        for x, y in batches:
+        for item in batches:
+            x, y = _inputs._pair(item)  # (inputs, labels) pairs, or Hugging Face dicts with 'labels'
+            if y is None:
+                raise DataError("measuring accuracy needs labels; add them to each batch (key 'labels' of a batch "
+                                "dict, or (inputs, labels) pairs)")
             x, y = _inputs.to_device(x, device), torch.as_tensor(y).to(device)
             out = _inputs.logits(_inputs.call(model, x))
+            if not (out.dim() == 2 and y.dim() == 1):  # tokens: one prediction per judged position
+                judged = _inputs.explained_labels(out, y, x, model)
+                where = judged != _inputs.IGNORE
+                out, y = out[where], judged[where]
             if keep is None:
                 yield out.argmax(-1), y
                 continue
@@ -51,9 +66,14 @@ def predictions(model: nn.Module, batches: Any, *, classes: Sequence[int] | None
 def accuracy(model: nn.Module, data: Any, *, classes: Sequence[int] | None = None, batch_size: int = 256) -> float:
     """Top-1 accuracy in eval mode (the model's train/eval flags are restored).
 
+    With labels per token (``[N, T]``, Hugging Face's convention) it is the
+    token accuracy: the fraction of labelled tokens predicted right (``-100``
+    and padding skipped, shifted by one for causal language models; see
+    :func:`predictions`).
+
     Parameters
     ----------
-    data : (X, y), iterable of batches or xprune.data.Split
+    data : (X, y), iterable of batches (pairs, or dicts with ``labels``) or xprune.data.Split
     classes : sequence of int, optional
         Restrict the task to these classes: only their samples count and the
         prediction is the arg-max over their logits (the other logits are

@@ -176,14 +176,14 @@ def curve(
         accs, removed, modes = [], [], []
         iterator = rates
         if progress and distributed.is_main():
-            from rich.progress import track
+            from ._progress import track
 
-            iterator = track(rates, description=f"curve ({name})", transient=True)
+            iterator = track(rates, f"curve ({name})", unit="rates")
         for r in iterator:
             if r in ckpt.done:
                 acc, n_removed, used = ckpt.done[r]
             else:
-                plan = select(scores, r, scope=scope)
+                plan = select(scores, r, scope=scope, warn=False)  # a sweep runs to ruinous rates on purpose
                 used = evaluation_mode(mode, plan, inexact) if plan.n_removed else None
                 # an empty plan still copies when fine-tuning follows: the caller's model must not change
                 pruned = apply(model, plan, used or mode) if plan.n_removed or fine_tune is not None else model

@@ -54,6 +54,20 @@ class Plan:
         """Fraction of units removed."""
         return self.n_removed / self.n_total if self.n_total else 0.0
 
+    def warnings(self) -> list[str]:
+        """What looks degenerate about the plan, one sentence each (empty when it looks sound).
+
+        The messages :func:`xprune.select` recorded in ``meta["warnings"]`` (and
+        emitted as :class:`~xprune.errors.DegenerateResult` warnings); for a plan
+        without that record (built by hand or by other code) the checks of
+        :func:`xprune.checks.plan_warnings` are run now. Nothing is emitted here.
+        """
+        if isinstance(self.meta.get("warnings"), list):
+            return [str(m) for m in self.meta["warnings"]]
+        from .checks import plan_warnings
+
+        return plan_warnings(self)
+
     def keep(self, name: str) -> list[int]:
         """Indices of the units of group ``name`` that stay."""
         gone = set(self.remove[name])

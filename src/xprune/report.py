@@ -113,6 +113,23 @@ def save_json(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
+def ratio_text(better: str, worse: str):
+    """``f(before, after)`` saying how many times smaller ``after`` is, with the word that fits.
+
+    ``ratio_text("faster", "slower")(1.0, 0.8)`` is ``"1.25x faster"`` and ``(0.96, 1.0)`` gives
+    ``"1.04x slower"``: the factor is always >= 1, the word says which way; equal values give ``"same"``.
+    """
+
+    def change(before: float, after: float) -> str:
+        if before == after:
+            return "same"
+        if after <= 0 or before <= 0:
+            return "n/a"
+        return f"{before / after:.2f}x {better}" if before > after else f"{after / before:.2f}x {worse}"
+
+    return change
+
+
 def comparison_table(before: Mapping[str, Any], after: Mapping[str, Any], title: str = "Before and after pruning"):
     """A rich Table of accuracy / parameters / MACs / latency before and after pruning, with ratios."""
     from rich.table import Table
@@ -120,11 +137,12 @@ def comparison_table(before: Mapping[str, Any], after: Mapping[str, Any], title:
     table = Table(title=title)
     for col in ("", "before", "after", "change"):
         table.add_column(col, justify="right" if col else "left")
+    fewer, faster = ratio_text("fewer", "more"), ratio_text("faster", "slower")
     rows = [("accuracy", "accuracy", lambda v: f"{v:.4f}", lambda b, a: f"{a - b:+.4f}"),
-            ("parameters", "params", lambda v: f"{v:,}", lambda b, a: f"{b / a:.2f}x fewer"),
-            ("MACs (1 mult-add = 1)", "macs", lambda v: f"{v:,}", lambda b, a: f"{b / a:.2f}x fewer"),
-            ("latency bs=1 (ms)", "ms_1", lambda v: f"{v:.3f}", lambda b, a: f"{b / a:.2f}x faster"),
-            ("latency bs=64 (ms)", "ms_64", lambda v: f"{v:.3f}", lambda b, a: f"{b / a:.2f}x faster")]
+            ("parameters", "params", lambda v: f"{v:,}", fewer),
+            ("MACs (1 mult-add = 1)", "macs", lambda v: f"{v:,}", fewer),
+            ("latency bs=1 (ms)", "ms_1", lambda v: f"{v:.3f}", faster),
+            ("latency bs=64 (ms)", "ms_64", lambda v: f"{v:.3f}", faster)]
     for label, key, fmt, change in rows:
         if key in before and key in after:
             table.add_row(label, fmt(before[key]), fmt(after[key]), change(before[key], after[key]))

@@ -163,12 +163,12 @@ def iterative(
                     original_total = scores.total
                     target = math.floor(ratio * original_total + 1e-9)
                 if progress and bar is None:
-                    from rich.progress import Progress
+                    from ._progress import Progress
 
                     bar = Progress(transient=True)
                     bar.start()
                     task = bar.add_task(f"iterative pruning ({scores.criterion})", total=target,
-                                        completed=result.removed)
+                                        completed=result.removed, unit="units")
                 left = target - result.removed
                 if left <= 0:
                     break
@@ -386,7 +386,7 @@ def entwined(
     evaluate : callable, optional
         ``evaluate(model) -> float`` recorded after every step.
     progress : bool
-        Show a rich progress bar over the steps.
+        Show the progress over the steps on stderr (see :mod:`xprune._progress`).
     checkpoint_dir : str or path, optional
         After every step the model (``torch.save`` of the whole module) and a
         JSON state (``entwined.json``: step, plans, history, settings) are
@@ -447,7 +447,7 @@ def entwined(
 
     bar = task = None
     if progress:
-        from rich.progress import Progress
+        from ._progress import Progress
 
         bar = Progress(transient=True)
         bar.start()

@@ -14,7 +14,7 @@ from torch import nn
 
 from . import _inputs
 from .criteria import base as criteria
-from .errors import DataError, XpruneError
+from .errors import DataError, XpruneError, XpruneWarning
 from .units import UnitSet, discover
 
 NORMALIZATIONS = (None, "none", "l1", "l2", "max")
@@ -186,17 +186,33 @@ def score(
     model : nn.Module
         The model; it is never modified (eval mode is used while scoring and
         the train/eval flags are restored).
-    data : iterable of (inputs, labels), (X, y) pair or xprune.data.Split
-        The reference samples, streamed batch by batch. May be ``None`` only
-        for criteria that need no data (``"weight"``, ``"l2"``, ``"random"``),
-        in which case ``example_inputs`` is required.
+    data : iterable of batches, (X, y) pair, dict of tensors or xprune.data.Split
+        The reference samples, streamed batch by batch. A batch is an
+        ``(inputs, labels)`` pair, a dict of model inputs with the labels
+        under ``"labels"`` (Hugging Face style, e.g. a ``DataLoader`` of a
+        tokenised dataset; the other keys are passed to the model as keyword
+        arguments), or the inputs alone when the target needs no labels.
+        Labels are one class per sample ``[N]`` or one per token ``[N, T]``
+        (``-100`` = not counted; for causal language models position ``t``
+        is judged on ``labels[:, t + 1]``, as in Hugging Face's loss). See
+        :func:`xprune._inputs.batches` for every accepted form. May be
+        ``None`` only for criteria that need no data (``"weight"``,
+        ``"l2"``, ``"random"``), in which case ``example_inputs`` is required.
     criterion : str, Criterion class or instance
         See :func:`xprune.criteria.available`.
     units : str or UnitSet
         Unit kind (``"channels"``, ``"weights"``) or units found before with
         :func:`xprune.units.discover`.
-    target : "label", "predicted", int or callable
-        The class whose score is explained (see :func:`~xprune.criteria.resolve_target`).
+    target : "label", "predicted", "embedding", int or callable
+        What the scores explain: the logit of the true label (default; with
+        labels per token, of every labelled token, padding excluded), of the
+        model's top class (``"predicted"``), of a fixed class (int) or of
+        ``target(output, labels)``; or, for an encoder without a task head
+        (``AutoModel``, a sentence encoder), ``"embedding"``: the similarity
+        of its sentence embedding (token states averaged over the attention
+        mask) to the original model's, which needs no labels. On a model
+        with logits, ``"embedding"`` explains the logits vector as a whole
+        (label-free). See :class:`~xprune.criteria.base.Objective`.
     normalize : "default", None, "l1", "l2" or "max"
         Per-layer normalisation; ``"default"`` uses the criterion's own
         (e.g. L2 for Taylor, none for the others).
@@ -228,6 +244,9 @@ def score(
     """
     from . import distributed
 
+    if isinstance(target, str) and target not in criteria.TARGETS:
+        raise XpruneError(f"unknown target {target!r}; use 'label', 'predicted', 'embedding', a class index (int) "
+                          "or a callable(output, labels)")
     crit = criteria.get(criterion, **options)
     with distributed.on_device(model, device) as dev:
         raw, unit_set, used = _compute(model, data, crit, units, dev, target=target, example_inputs=example_inputs,
@@ -257,11 +276,11 @@ def _compute(model, data, crit, units, dev, *, target, example_inputs, include_o
 
     stream = None
     if data is not None:
-        (x0, y0), stream = _inputs.peek(data, batch_size)
+        (x0, y0), stream = _inputs.peek(data, batch_size, need_labels=False)
         x0 = _inputs.to_device(x0, dev)
         if example_inputs is None:
             example_inputs = _inputs.first_sample(x0)
-        n_classes = _check_labels(model, x0, y0)
+        n_classes = _check_labels(model, x0, y0, target)
     elif crit.requires_data:
         raise DataError(f"criterion {crit.name!r} needs data: pass reference samples as (X, y) or a DataLoader")
     elif example_inputs is None and not isinstance(units, UnitSet):
@@ -272,7 +291,7 @@ def _compute(model, data, crit, units, dev, *, target, example_inputs, include_o
     used = {} if how is None else {"distributed": how, "world_size": distributed.world_size()}
     if how == "fallback":
         warnings.warn(f"criterion {crit.name!r} on unit kind {unit_set.kind!r} cannot reduce its sums across "
-                      "ranks: every rank scores all the reference data (exact, no speed-up)", stacklevel=3)
+                      "ranks: every rank scores all the reference data (exact, no speed-up)", XpruneWarning, stacklevel=3)
     # data may declare that its labels are not meant to cover the classes (next tokens of a text: xprune.llm)
     seen = set() if stream is not None and how is None and isinstance(target, str) and target == "label" and n_classes \
         and getattr(data, "label_coverage", True) else None
@@ -307,29 +326,41 @@ def _normalize_one(v, how):
     return normalize(torch.as_tensor(v).double(), how)
 
 
-def _check_labels(model: nn.Module, x: Any, y: Any) -> int | None:
-    """Fail early, with a clear message, when inputs or labels do not fit the model."""
+def _check_labels(model: nn.Module, x: Any, y: Any, target: Any = "label") -> int | None:
+    """Fail early, with a clear message, when inputs or labels do not fit the model.
+
+    Returns the number of classes of a classifier (one label per sample on
+    ``[N, C]`` outputs), else None (token labels, vocabularies, embeddings).
+    """
     from .data import _check_integral
     from .units import _check_forward
 
+    first = _inputs.first_sample(x)
     with _inputs.preserved_state(model), torch.no_grad():
-        out = _inputs.logits(_check_forward(model, _inputs.first_sample(x)))
-    if y is None:
+        raw = _check_forward(model, first)
+    if y is None or (isinstance(target, str) and target == "embedding"):
+        return None  # the criteria say what they need (target='label' without labels: a one-line error)
+    try:
+        out = _inputs.logits(raw)
+    except DataError:  # no class scores: criteria that need them say so (suggesting target='embedding')
         return None
     y = torch.as_tensor(y)
     _check_integral(y)
-    if y.numel() and (y.min() < 0 or y.max() >= out.shape[-1]):
-        raise DataError(
-            f"labels must lie in [0, {out.shape[-1] - 1}] (the model has {out.shape[-1]} outputs); "
-            f"got labels from {int(y.min())} to {int(y.max())}"
-        )
-    return int(out.shape[-1]) if out.dim() >= 1 else None
+    if out.dim() < 2:
+        return None
+    batch_out = (len(y) if y.dim() >= 1 else 1, *out.shape[1:])  # the output's shape on the whole batch
+    per_sample = y.numel() == batch_out[0]  # [N], or [N, 1]
+    if not (per_sample or (len(batch_out) == 3 and tuple(y.shape[1:]) == tuple(batch_out[1:2]))):
+        raise _inputs.label_shape_error(tuple(y.shape), batch_out)
+    _inputs.check_classes(y, int(out.shape[-1]))  # every label of the batch
+    return int(out.shape[-1]) if out.dim() == 2 and per_sample else None
 
 
 def _checked(stream, seen: set | None = None):
     """Pass batches through, refusing inputs with NaN/Inf (and noting the labels in ``seen``)."""
     for x, y in stream:
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+        parts = x.values() if isinstance(x, Mapping) else x if isinstance(x, (tuple, list)) else [x]
+        if any(isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all() for t in parts):
             raise DataError("the inputs contain NaN or Inf values; clean or impute them before scoring")
         if seen is not None and isinstance(y, torch.Tensor) and y.numel():
             seen.update(torch.unique(y.detach().reshape(-1).cpu()).tolist())
@@ -346,14 +377,10 @@ def _warn_missing_classes(seen: set, n_classes: int, task=None) -> None:
             f"{'classes' if task is None else 'task classes'} "
             f"(none of class {shown}): the scores ignore what the model needs for those classes. Fine for a "
             "domain restriction to the classes present; otherwise draw samples of every class, e.g. "
-            "xprune.data.reference_samples(split, n_per_class)", stacklevel=4)
+            "xprune.data.reference_samples(split, n_per_class)", XpruneWarning, stacklevel=4)
 
 
 def _progress(iterable, description: str):
-    from rich.progress import Progress
+    from ._progress import track
 
-    with Progress(transient=True) as bar:
-        task = bar.add_task(description, total=None)
-        for item in iterable:
-            yield item
-            bar.advance(task)
+    yield from track(iterable, description, unit="batches")

@@ -18,18 +18,14 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from .checks import keep_floor, plan_warnings, warn_plan
 from .costs import CostModel, budget_check, check_metric
 from .errors import XpruneError
 from .plan import Plan, check_ratio
 from .scores import Scores, normalize as _normalize
 
 
-def _keep_floor(size: int, min_keep: int | float) -> int:
-    if isinstance(min_keep, float) and 0 < min_keep < 1:
-        k = math.ceil(min_keep * size)
-    else:
-        k = int(min_keep)
-    return min(size, max(1 if size else 0, k))
+_keep_floor = keep_floor  # units a group keeps at least under min_keep (see xprune.checks)
 
 
 def select(
@@ -43,6 +39,7 @@ def select(
     normalize: str | None = None,
     min_keep: int | float = 1,
     round_to: int | None = None,
+    warn: bool = True,
 ) -> Plan:
     """Turn scores into a :class:`Plan` removing the least important units.
 
@@ -89,6 +86,24 @@ def select(
     Ties are broken by forward order then unit index, so the selection is
     deterministic and, without rounding, the removed sets for growing ratios
     are nested.
+
+    Returns
+    -------
+    Plan
+        The plan; ``plan.warnings()`` (also ``plan.meta["warnings"]``) lists
+        what looks degenerate, each also emitted as a
+        :class:`~xprune.errors.DegenerateResult` warning: nothing removed
+        although ``ratio > 0`` (with the reason: local rounding, ``min_keep``,
+        ``round_to``, a budget below one unit), less than half the ratio
+        removed, or a group of 8 or more units left with 1-2 (see
+        :func:`xprune.checks.plan_warnings`). ``min_keep`` holds for every
+        ``by`` and ``scope``.
+
+    Other parameters
+    ----------------
+    warn : bool, default True
+        Emit the plan's warnings; sweeps over many rates (curves, calibration,
+        tuning) pass ``False`` and keep them in ``plan.meta["warnings"]``.
     """
     if not isinstance(scores, Scores):
         raise XpruneError(f"select() expects Scores from xprune.score(), got {type(scores).__name__}")
@@ -143,6 +158,7 @@ def select(
     else:
         removed = _global_by_cost(values, caps, scores.parts, costs, by, ratio)
 
+    before_rounding = sum(len(v) for v in removed.values())
     if round_to:
         # a part short of the whole group is a concatenated branch (a producer covering every unit, as the
         # convs of a group split into conv-group blocks do, is no constraint)
@@ -155,7 +171,30 @@ def select(
     if by != "units":
         meta[f"{by}_reduction"] = costs.reduction(removed, by)
         meta[f"{by}_before"] = costs.base[by]
-    return Plan(scores.kind, removed, sizes, dict(scores.members), dict(scores.roots), scores.example, meta)
+    plan = Plan(scores.kind, removed, sizes, dict(scores.members), dict(scores.roots), scores.example, meta)
+    cause = None
+    if ratio > 0 and not plan.n_removed and any(caps.values()):
+        if round_to and before_rounding:
+            cause = (f"round_to={round_to} rounded every pruned group back to its full size; use a larger ratio "
+                     "or a smaller round_to")
+        elif by != "units":
+            cause = _cheapest(costs, caps, by, ratio)
+    plan.meta["warnings"] = plan_warnings(plan, cause=cause)
+    if warn:
+        warn_plan(plan.meta["warnings"], stacklevel=2)
+    return plan
+
+
+def _cheapest(costs: CostModel, caps: Mapping[str, int], by: str, ratio: float) -> str | None:
+    """Why a MAC / parameter budget removed nothing: the smallest saving of one removable unit exceeds it."""
+    ri, ro = costs.empty()
+    least = min((costs.marginal(n, i, ri, ro, by) for n, cap in caps.items() if cap
+                 for i in range(costs.sizes[n])), default=float("inf"))
+    share = least / costs.base[by] if costs.base[by] else float("inf")
+    if share <= ratio:
+        return None  # a unit fitted, other constraints kept it: the plan's checks say which
+    return (f"removing any single unit saves at least {100 * share:.3g}% of the model's {by}, more than the "
+            f"{100 * ratio:.3g}% asked; use a ratio >= {share:.3g}")
 
 
 def _global_order(values: Mapping[str, torch.Tensor]):

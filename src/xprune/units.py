@@ -507,9 +507,11 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
                 with constants:
                     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
                                                                   verbose=False)
-            except (RuntimeError, TypeError, ValueError, IndexError) as e:
+            except (RuntimeError, TypeError, ValueError, IndexError, AttributeError) as e:
                 _check_forward(model, example_inputs)  # raises a clear error when the inputs do not fit
-                raise XpruneError(f"could not trace the model's dependency graph: {e}") from e
+                hint = ("; for the channels of transformer blocks use units='heads' or 'neurons'"
+                        if hasattr(getattr(model, "config", None), "to_dict") else "")
+                raise XpruneError(f"could not trace the model's dependency graph ({type(e).__name__}: {e}){hint}") from e
     finally:
         for h in handles:
             h.remove()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -56,23 +57,21 @@ def run(scenarios: Sequence[str] | None = None, *, out: str | os.PathLike = "doc
     seeds = list(seeds) if seeds else ([0] if quick else [0, 1, 2])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from .._progress import Progress
 
-    console = Console(stderr=True, quiet=not progress)
     total_est = sum(estimate(n, quick, len(seeds)) for n in names)
-    console.print(f"xprune bench: {', '.join(names)}; seeds {seeds}; {'quick' if quick else 'full'}; "
-                  f"estimated {total_est / 60:.1f} min on 2 CPU cores -> {out}")
+    if progress:
+        print(f"xprune bench: {', '.join(names)}; seeds {seeds}; {'quick' if quick else 'full'}; "
+              f"estimated {total_est / 60:.1f} min on 2 CPU cores -> {out}", file=sys.stderr, flush=True)
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary.setdefault("scenarios", {})
     results = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not progress) as bar:
+    with Progress(enabled=progress, transient=False) as bar:
         for name in names:
             fn, steps, _, _ = SCENARIOS[name]
             task = bar.add_task(f"{name} (~{estimate(name, quick, len(seeds)):.0f} s)", total=steps(quick, len(seeds)))
-            ctx = Context(out, quick, seeds, lambda k, task=task: bar.advance(task, k), bar.console.log)
+            ctx = Context(out, quick, seeds, lambda k, task=task: bar.advance(task, k), bar.log)
             t0 = time.perf_counter()
             results[name] = fn(ctx)
             seconds = time.perf_counter() - t0

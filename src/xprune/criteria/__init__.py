@@ -12,8 +12,8 @@ first use (:mod:`xprune.steered.criterion`, :mod:`xprune.transformers.criteria`)
 """
 
 from . import activation, gradient, integrated, lrp, magnitude, random, singe  # noqa: F401  (the built-ins)
-from .base import (Criterion, HookedCriterion, Signal, WeightCriterion, available, get, register,
+from .base import (Criterion, HookedCriterion, Objective, Signal, WeightCriterion, available, get, register,
                    resolve_target)
 
-__all__ = ["Criterion", "HookedCriterion", "Signal", "WeightCriterion", "available", "get", "register",
+__all__ = ["Criterion", "HookedCriterion", "Objective", "Signal", "WeightCriterion", "available", "get", "register",
            "resolve_target"]

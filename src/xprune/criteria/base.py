@@ -35,8 +35,12 @@ import torch
 from torch import nn
 
 from .. import _inputs
-from ..errors import DataError, XpruneError, XpruneTypeError
+from ..errors import XpruneError, XpruneTypeError
 from ..units import UnitKind, UnitSet, captured_call, get_kind
+from .objective import TARGETS, Objective, resolve_target, target_classes  # noqa: F401 (re-exported here)
+
+__all__ = ["Criterion", "HookedCriterion", "WeightCriterion", "Signal", "Objective", "TARGETS", "register",
+           "available", "get", "resolve_target", "target_classes", "flatten_units", "wide", "reduces_sums"]
 
 #: Criteria by name: a class, or "module:Class" for one imported on first use (costly or optional modules).
 _REGISTRY: dict[str, "type[Criterion] | str"] = {
@@ -93,38 +97,6 @@ def get(criterion: "str | Criterion | type[Criterion]", **options: Any) -> "Crit
     raise XpruneError(f"unknown criterion {criterion!r}; known criteria: {', '.join(available())}")
 
 
-def resolve_target(target: Any, output: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """The class to explain for each sample, as a LongTensor ``[N]``.
-
-    ``target`` is ``"label"`` (the true label, default), ``"predicted"`` (the
-    model's top class), an int (the same class for every sample) or a callable
-    ``target(output, labels) -> LongTensor[N]``.
-    """
-    n, n_classes = output.shape[0], output.shape[-1]
-    if target == "label":
-        if labels is None:
-            raise DataError("target='label' needs labels; pass (inputs, labels) or target='predicted'")
-        classes = torch.as_tensor(labels).to(output.device).long().reshape(-1)
-    elif target == "predicted":
-        classes = output.detach().reshape(n, -1, n_classes)[:, -1].argmax(-1)
-    elif isinstance(target, int) and not isinstance(target, bool):
-        classes = torch.full((n,), target, dtype=torch.long, device=output.device)
-    elif callable(target):
-        classes = torch.as_tensor(target(output, labels)).to(output.device).long().reshape(-1)
-    else:
-        raise XpruneError(
-            f"target must be 'label', 'predicted', an int or a callable(output, labels); got {target!r}"
-        )
-    if classes.numel() != n:
-        raise DataError(f"got {classes.numel()} targets for a batch of {n} samples")
-    if n and (classes.min() < 0 or classes.max() >= n_classes):
-        raise DataError(
-            f"target classes must lie in [0, {n_classes - 1}] (the model has {n_classes} outputs); "
-            f"got values from {int(classes.min())} to {int(classes.max())}. Check the labels match the model."
-        )
-    return classes
-
-
 class Criterion:
     """Base class of all criteria.
 
@@ -144,7 +116,12 @@ class Criterion:
     def compute(
         self, model: nn.Module, units: UnitSet, data: Iterable | None, *, target: Any = "label"
     ) -> dict[str, torch.Tensor]:
-        """Raw per-unit scores, keyed by group name (one 1-D tensor of ``group.size`` values)."""
+        """Raw per-unit scores, keyed by group name (one 1-D tensor of ``group.size`` values).
+
+        ``data`` yields ``(inputs, labels)`` batches (``labels`` may be None
+        where ``target`` needs none); ``Objective.of(target, output, labels,
+        inputs=inputs, model=model)`` gives what a batch explains.
+        """
         raise NotImplementedError
 
     def distributed_sums(self, kind: str) -> bool:
@@ -193,11 +170,13 @@ class HookedCriterion(Criterion):
 
     For each batch: one forward pass (inside :meth:`context`), the output of
     every producer layer is captured, and one backward pass from
-    :meth:`seed` gives the gradient arriving at each captured output
+    :meth:`seed` (the gradient of the batch's :class:`Objective`) gives the
+    gradient arriving at each captured output
     (``torch.autograd.grad``: no parameter ``.grad`` is touched). Then
     :meth:`reduce` maps (activation, gradient) to a per-unit contribution,
     contributions are summed over batches and :meth:`finalize` turns the sum
-    into scores. Coupled producers of one group are finalised separately and
+    into scores. With an ``attention_mask`` in the inputs, padding tokens
+    are zero in the signals and not counted (:attr:`Signal.positions`). Coupled producers of one group are finalised separately and
     their scores added (channels joined by a residual sum collect the signal
     read at each layer that produces them).
 
@@ -210,14 +189,9 @@ class HookedCriterion(Criterion):
         """Context manager entered around each forward/backward (default: none)."""
         return contextlib.nullcontext()
 
-    def seed(self, output: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Gradient fed into the output: one-hot of the target class (gradient of its logit)."""
-        seed = torch.zeros_like(output)
-        if output.dim() == 2:
-            seed[torch.arange(len(classes)), classes] = 1.0
-        else:  # [N, ..., C]: explain the last position
-            seed.reshape(output.shape[0], -1, output.shape[-1])[torch.arange(len(classes)), -1, classes] = 1.0
-        return seed
+    def seed(self, output: torch.Tensor, objective: "Objective") -> torch.Tensor:
+        """Gradient fed into ``output`` (``objective.output``): the objective's, e.g. one-hot of the target classes."""
+        return objective.seed
 
     def prepare_inputs(self, inputs: Any) -> Any:
         """Hook for criteria that need gradients at the inputs (default: inputs unchanged)."""
@@ -254,7 +228,7 @@ class HookedCriterion(Criterion):
         a, g = signal.activation, signal.grad
         n, s, c, w = a.shape
         fold = (lambda t: t.movedim(3, 2).reshape(n, s * w, c)) if w > 1 else (lambda t: t[..., 0])
-        return self.reduce(fold(a), None if g is None else fold(g), signal.unit_dim), float(n * s * w)
+        return self.reduce(fold(a), None if g is None else fold(g), signal.unit_dim), signal.positions * w
 
     def compute(self, model, units, data, *, target="label"):
         kind = get_kind(units.kind)
@@ -266,21 +240,31 @@ class HookedCriterion(Criterion):
         for inputs, labels in data:
             def forward():
                 with torch.set_grad_enabled(self.needs_grad):
-                    return _inputs.logits(_inputs.call(model, self.prepare_inputs(inputs)))
+                    return _inputs.call(model, self.prepare_inputs(inputs))
 
-            with self.context_for(model, kind), captured_call(kind, model, units, forward, copy_keys) as (sig, output):
-                with torch.set_grad_enabled(self.needs_grad):
-                    classes = resolve_target(target, output, labels)
-                    seed = self.seed(output, classes) if self.needs_grad else None
+            with self.context_for(model, kind), captured_call(kind, model, units, forward, copy_keys) as (sig, raw):
+                output = seed = None
+                if self.needs_grad:
+                    with torch.enable_grad():
+                        objective = Objective.of(target, raw, labels, inputs=inputs, model=model)
+                        output, seed = objective.output, self.seed(objective.output, objective)
+                    del objective
+                del raw
                 mask = sig.mask_for(inputs)
+                if mask is None and kind.name == "channels":  # linear layers on tokens: [N, T, C] outputs
+                    mask = _inputs.token_mask(inputs)
                 pairs = sig.take()
 
                 def add(key, act, grad):
                     if grad is None and self.needs_grad:  # the output does not depend on it
                         grad = torch.zeros_like(act)
-                    signal = Signal(sig.view(key, act.detach()), None if grad is None else sig.view(key, grad.detach()),
-                                    sig.unit_dim(key), sig.subunits(key), mask)
-                    value, count = self.contribution(signal)
+                    a = sig.view(key, act.detach())
+                    g = None if grad is None else sig.view(key, grad.detach())
+                    m = _positions_mask(mask, act, a)
+                    if m is not None and not bool(m.all()):  # padding tokens: no signal there, not counted
+                        w = m.to(a.dtype)[:, :, None, None]
+                        a, g = a * w, (None if g is None else g * w.to(g.dtype))
+                    value, count = self.contribution(Signal(a, g, sig.unit_dim(key), sig.subunits(key), m))
                     totals[key] = totals.get(key, 0) + value.detach().double().cpu()
                     counts[key] = counts.get(key, 0) + count
 
@@ -322,6 +306,16 @@ class HookedCriterion(Criterion):
                 group.scatter_add(s, key[1], per_channel)
             scores[group.name] = s
         return scores
+
+
+def _positions_mask(mask: torch.Tensor | None, act: torch.Tensor, viewed: torch.Tensor) -> torch.Tensor | None:
+    """``mask`` ``[N, T]`` when the captured ``act`` holds one row per token (``[N, T, ...]``, viewed ``[N, T, C, W]``)."""
+    if mask is None or act.dim() < 3:
+        return None
+    shape = tuple(mask.shape)
+    if tuple(act.shape[:2]) != shape or tuple(viewed.shape[:2]) != shape:
+        return None
+    return mask.to(act.device) != 0
 
 
 def _backward_streamed(output: torch.Tensor, seed: torch.Tensor, pairs: list, add: Callable) -> None:
@@ -375,8 +369,10 @@ class Signal:
     ``activation`` and ``grad`` (``None`` without a backward pass) are
     ``[N, S, C, W]``; ``unit_dim`` the dimension of the layer output that held
     the units (1 for a conv); ``subunits`` the parts of a unit explained
-    separately (query heads of a KV group); ``token_mask`` ``[N, S]`` or None
-    (padding tokens of Hugging Face inputs, for heads and neurons).
+    separately (query heads of a KV group); ``token_mask`` ``[N, S]`` (bool)
+    or None: the positions that are tokens of Hugging Face inputs, not
+    padding (``activation`` and ``grad`` are 0 at padding positions;
+    :attr:`positions` counts the tokens only).
     """
 
     activation: torch.Tensor
@@ -384,6 +380,13 @@ class Signal:
     unit_dim: int
     subunits: int = 1
     token_mask: torch.Tensor | None = None
+
+    @property
+    def positions(self) -> float:
+        """Number of ``(sample, position)`` pairs that count: ``N * S``, or the tokens of ``token_mask``."""
+        if self.token_mask is not None:
+            return float(self.token_mask.sum())
+        return float(self.activation.shape[0] * self.activation.shape[1])
 
 
 class WeightCriterion(Criterion):

@@ -3,7 +3,11 @@
 Both differentiate an *objective* with respect to each unit's output: by
 default the logit of the target class (the same signal LRP starts from, so
 criteria are compared on equal terms); ``objective="loss"`` uses the
-cross-entropy loss instead (as in Molchanov et al. 2017).
+cross-entropy loss instead (as in Molchanov et al. 2017). With labels per
+token the objective sums over the labelled tokens, and
+``target="embedding"`` differentiates the similarity to the original
+embedding (see :class:`~xprune.criteria.base.Objective`). Means are over
+samples and positions, padding tokens not counted.
 
 - ``"gradient"``: ``|mean over samples and positions of dO/da|`` (Yeom et al.
   2021, baseline "gradient").
@@ -25,7 +29,7 @@ import torch
 
 from .. import _inputs
 from ..errors import XpruneError
-from .base import HookedCriterion, reduces_sums, register, resolve_target, wide
+from .base import HookedCriterion, Objective, reduces_sums, register, wide
 
 
 class _Objective(HookedCriterion):
@@ -34,13 +38,10 @@ class _Objective(HookedCriterion):
             raise XpruneError(f"objective must be 'logit' or 'loss', got {objective!r}")
         self.objective = objective
 
-    def seed(self, output, classes):
-        onehot = super().seed(output, classes)
-        if self.objective == "logit":
-            return onehot
-        # d/d(logits) of the summed cross-entropy, with the sign of -loss so that
+    def seed(self, output, objective):
+        # "loss": d/d(logits) of the summed cross-entropy, with the sign of -loss so that
         # both objectives point the same way ("more of the right class").
-        return onehot - torch.softmax(output.detach(), dim=-1) * onehot.sum(-1, keepdim=True)
+        return objective.gradient(self.objective)
 
     @reduces_sums
     def compute_weights(self, model, units, data, *, target="label"):
@@ -52,10 +53,10 @@ class _Objective(HookedCriterion):
         n = 0
         for inputs, labels in data:
             with torch.enable_grad():
-                output = _inputs.logits(_inputs.call(model, inputs))
-                classes = resolve_target(target, output, labels)
+                objective = Objective.of(target, _inputs.call(model, inputs), labels, inputs=inputs, model=model)
+                output = objective.output
                 grads = torch.autograd.grad(
-                    output, weights, grad_outputs=self.seed(output, classes), allow_unused=True
+                    output, weights, grad_outputs=self.seed(output, objective), allow_unused=True
                 )
             for t, g in zip(totals, grads):
                 if g is not None:
@@ -79,7 +80,7 @@ class MeanGradient(_Objective):
 
     def contribution(self, signal):
         g = wide(signal.grad)  # [N, S, C, W]: a sum over S and W per sample, then over samples in float64
-        return g.sum(dim=(1, 3)).double().sum(0), float(g.shape[0] * g.shape[1] * g.shape[3])
+        return g.sum(dim=(1, 3)).double().sum(0), signal.positions * g.shape[3]
 
     def finalize(self, total, count):
         return (total / count).abs()
@@ -103,7 +104,7 @@ class Taylor(_Objective):
         # Per sample the products are summed over positions and features in the tensors' dtype (float32:
         # no float64 copy of the big tensors), then the [N, C] sums are accumulated in float64.
         a, g = wide(signal.activation), wide(signal.grad)
-        return (a * g).sum(dim=(1, 3)).double().sum(0), float(a.shape[0] * a.shape[1])
+        return (a * g).sum(dim=(1, 3)).double().sum(0), signal.positions
 
     def finalize(self, total, count):
         return (total / count).abs()

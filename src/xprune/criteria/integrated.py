@@ -54,8 +54,7 @@ from torch import nn
 from .. import _inputs
 from ..errors import DataError, XpruneError
 from ..units import UnitSet, captured_call, get_kind
-from .base import Criterion, flatten_units, register, resolve_target
-from .singe import objective_value
+from .base import Criterion, Objective, _positions_mask, flatten_units, register
 
 __all__ = ["IntegratedGradients"]
 
@@ -168,6 +167,7 @@ class IntegratedGradients(Criterion):
         self.passes = 0
         for inputs, labels in data:
             inputs = _inputs.to_device(inputs, device)
+            mask = _inputs.token_mask(inputs)
             baselines = self._baselines(inputs)
             classes = None
             prev_z = prev_g = None
@@ -177,22 +177,26 @@ class IntegratedGradients(Criterion):
 
                 def forward():
                     with torch.enable_grad():
-                        return _inputs.logits(_inputs.call(model, self._interpolate(inputs, baselines, t)))
+                        return _inputs.call(model, self._interpolate(inputs, baselines, t))
 
-                with captured_call(kind, model, units, forward, copy_keys) as (sig, output):
+                with captured_call(kind, model, units, forward, copy_keys) as (sig, raw):
                     with torch.enable_grad():
                         if classes is None:  # the first pass is at the input itself: read the target there
-                            classes = resolve_target(target, output, labels)
+                            classes = Objective.of(target, raw, labels, inputs=inputs, model=model)
                         sites = [(key, j) for key, calls in sig.captured.items() for j in range(len(calls))]
-                        grads = torch.autograd.grad(objective_value(output, classes, self.objective),
+                        grads = torch.autograd.grad(classes.value(classes.read(raw), self.objective),
                                                     [sig.captured[key][j] for key, j in sites], allow_unused=True)
                 self.passes += 1
                 z = {}
                 g = {}
                 for (key, j), grad in zip(sites, grads):
                     dim = groups[key[0]].unit_dim(names[key[1]])
-                    z[key, j] = flatten_units(sig.captured[key][j].detach(), dim).double()
+                    act = sig.captured[key][j].detach()
+                    z[key, j] = flatten_units(act, dim).double()
                     g[key, j] = torch.zeros_like(z[key, j]) if grad is None else flatten_units(grad.detach(), dim).double()
+                    m = _positions_mask(mask, act, z[key, j]) if dim == -1 else None
+                    if m is not None:  # linear layers on tokens: padding tokens carry no attribution
+                        g[key, j] = g[key, j] * m[..., None].to(g[key, j].dtype)
                 if prev_z is not None:
                     for site in z:
                         (name, p), _ = site

@@ -36,7 +36,9 @@ composite : str, dict, (str, dict) or Composite
     PXP layer-group composite (see :func:`xprune.lrp.composite`).
 aggregate : {"pxp", "yeom"}
 start : {"onehot", "logit"}
-    Relevance 1 at the target logit, or the logit value itself.
+    Relevance 1 at the target logit (at each labelled token for labels per
+    token; spread over the embedding :math:`e \cdot \hat e_0` for
+    ``target="embedding"``), or the logit (objective) value itself.
 canonizers : bool or list of Canonizer
     ``True`` (default): merge BatchNorm and give residual sums the norm rule;
     ``False``: none; or an explicit list.
@@ -52,7 +54,7 @@ from .. import _inputs
 from ..errors import XpruneError
 from ..lrp import attribution, composite as resolve_composite
 from ..lrp.canonizers import default_canonizers
-from .base import HookedCriterion, reduces_sums, register, resolve_target, wide
+from .base import HookedCriterion, Objective, reduces_sums, register, wide
 
 __all__ = ["LRP"]
 
@@ -118,11 +120,13 @@ class LRP(HookedCriterion):
         per_head = r.reshape(n, s, c, signal.subunits, w // signal.subunits).sum(-1)
         return per_head.abs().sum((0, 1, 3)).double(), 1.0
 
-    def seed(self, output: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        seed = super().seed(output, classes)
-        if self.start == "onehot":  # relevance = output * seed = 1 at the target logit
-            # 0 where the logit is 0 or its reciprocal overflows (no relevance rather than Inf/NaN)
-            seed = torch.nan_to_num(seed / output.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+    def seed(self, output: torch.Tensor, objective) -> torch.Tensor:
+        seed = super().seed(output, objective)
+        if self.start == "onehot":  # relevance = output * seed sums to 1 at each explained position
+            # divided by the explained value there (the target logit; e . e0/|e0| for an embedding);
+            # 0 where that is 0 or its reciprocal overflows (no relevance rather than Inf/NaN)
+            value = (output.detach() * seed).sum(-1, keepdim=True)
+            seed = torch.nan_to_num(seed / value, nan=0.0, posinf=0.0, neginf=0.0)
         return seed
 
     def reduce(self, activation: torch.Tensor, grad: torch.Tensor, unit_dim: int) -> torch.Tensor:
@@ -143,10 +147,11 @@ class LRP(HookedCriterion):
         for inputs, labels in data:
             with attribution(model, self.composite, self.canonizers, weight_relevance=names) as attr:
                 with torch.enable_grad():
-                    output = _inputs.logits(_inputs.call(model, inputs))
-                    classes = resolve_target(target, output, labels)
+                    objective = Objective.of(target, _inputs.call(model, inputs), labels, inputs=inputs,
+                                             model=model)
+                    output = objective.output
                     leaves = [leaf for _, leaf in attr.weight_leaves]
-                    grads = torch.autograd.grad(output, leaves, self.seed(output, classes), allow_unused=True)
+                    grads = torch.autograd.grad(output, leaves, self.seed(output, objective), allow_unused=True)
                 rel = attr.weight_relevance_from(grads)
             for n, r in rel.items():
                 totals[n] += r.detach().double().cpu()

@@ -21,6 +21,9 @@ mode : {"fast", "exact"}
 scope : {"layer", "network"}
     Only for ``mode="fast"``.
 objective : {"logit", "loss"}
+    The target logits (with labels per token: at every labelled token;
+    ``target="embedding"``: the similarity to the original embedding, see
+    :class:`~xprune.criteria.base.Objective`), or minus the cross-entropy.
 gate_at : {"after-norm", "output"}
 """
 
@@ -36,7 +39,7 @@ from .. import _inputs
 from ..errors import XpruneError
 from ..gates import GateSite, sites_of
 from ..units import UnitGroup, UnitSet
-from .base import Criterion, register, resolve_target
+from .base import Criterion, Objective, register
 
 __all__ = ["SInGE", "GateSite", "gate_sites", "gated", "path_points", "objective_value"]
 
@@ -128,12 +131,16 @@ def gated(model: nn.Module, units: UnitSet, values: Mapping[str, torch.Tensor], 
         gates.remove()
 
 
-def objective_value(output: torch.Tensor, classes: torch.Tensor, objective: str = "logit") -> torch.Tensor:
+def objective_value(output: torch.Tensor, classes: "torch.Tensor | Objective", objective: str = "logit") -> torch.Tensor:
     """The objective summed over the batch: target logits, or minus the summed cross-entropy.
 
-    For outputs ``[N, ..., C]`` (token sequences) the last position is explained,
-    as in :meth:`~xprune.criteria.HookedCriterion.seed`.
+    ``classes``: one class per sample ``[N]`` (for outputs ``[N, ..., C]``,
+    token sequences, the last position is explained), or an
+    :class:`~xprune.criteria.base.Objective` of the batch (labels per token,
+    padding, ``target="embedding"``), evaluated at ``output``.
     """
+    if isinstance(classes, Objective):
+        return classes.value(output, objective)
     out = output.reshape(output.shape[0], -1, output.shape[-1])[:, -1]
     if objective == "logit":
         return out.gather(1, classes.view(-1, 1)).sum()
@@ -232,10 +239,11 @@ class SInGE(Criterion):
         with torch.enable_grad():
             for t in leaves:
                 t.requires_grad_(True)
-            output = _inputs.logits(gates.call(model, inputs))
+            raw = gates.call(model, inputs)
             if classes is None:  # the first pass is the present model: the target is read there
-                classes = resolve_target(target, output, labels)
-            grads = torch.autograd.grad(objective_value(output, classes, self.objective), leaves, allow_unused=True)
+                classes = Objective.of(target, raw, labels, inputs=inputs, model=model)
+            value = classes.value(classes.read(raw), self.objective)
+            grads = torch.autograd.grad(value, leaves, allow_unused=True)
         self.passes += 1
         return {n: (torch.zeros_like(values[n]) if g is None else g.detach()) for n, g in zip(wanted, grads)}, classes
 

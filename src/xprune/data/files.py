@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, XpruneError, XpruneTypeError
 from .containers import Split
 
 __all__ = ["load_file", "load_folder", "IMAGE_EXTENSIONS"]
@@ -82,6 +82,15 @@ def load_file(path: str | os.PathLike) -> Split:
     DataError
         Missing ``X`` / ``y``, unusable shapes, or labels out of range.
     """
+    return _read_file(path)[0]
+
+
+#: What :func:`load_file` does to ``uint8`` inputs, as recorded in ``Dataset.normalization["input_scaling"]``.
+UINT8_SCALING = "uint8 values divided by 255 (to [0, 1])"
+
+
+def _read_file(path: str | os.PathLike) -> tuple[Split, str | None]:
+    """:func:`load_file`, plus how the stored values were rescaled (``None``: kept as stored)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
@@ -104,22 +113,41 @@ def load_file(path: str | os.PathLike) -> Split:
     else:
         raise DataError(f"{path}: unsupported data file type {suffix!r}; use .npz, .pt or .pth")
     X = np.asarray(X)
+    scaling = None
     if X.dtype == np.uint8:
         X = X.astype(np.float32) / 255.0
+        scaling = UINT8_SCALING
     X = _as_images_or_table(X.astype(np.float32), str(path))
     y, classes = _labels_and_classes(y, classes, str(path))
     if len(X) != len(y):
         raise DataError(f"{path}: X holds {len(X)} samples but y holds {len(y)} labels")
-    return Split(torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(y), classes)
+    return Split(torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(y), classes), scaling
 
 
 def _parse_size(image_size: Any) -> tuple[int, int] | None:
+    """``image_size`` as ``(H, W)``: an int, a pair of ints, or a string ``"32"`` / ``"32x24"`` (height x width)."""
     if image_size is None:
         return None
-    if isinstance(image_size, int):
-        return (image_size, image_size)
-    h, w = image_size
-    return (int(h), int(w))
+    size: Any = image_size
+    if isinstance(size, str):
+        parts = size.lower().replace("*", "x").split("x")
+        size = [p.strip() for p in parts] if len(parts) in (1, 2) else None
+        try:
+            size = [int(p) for p in size] if size else None
+        except ValueError:
+            size = None
+    elif isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = [int(size)]
+    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size
+    ):
+        size = [int(v) for v in size]
+    else:
+        size = None
+    if not size or any(v < 1 for v in size):
+        raise XpruneError(f"image_size must be a positive int or (height, width) (on the command line: "
+                          f"--image-size 32 or 32x24); got {image_size!r}")
+    return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
 
 
 def load_folder(
@@ -133,9 +161,10 @@ def load_folder(
         Folder whose sub-folders are the classes (sorted names give the
         class order and labels); files with extensions png, jpg, jpeg, bmp or
         gif inside each are the images (other files are ignored).
-    image_size : int or (int, int), optional
-        Resize every image to ``(H, W)`` (bilinear). When omitted all images
-        must already share one size.
+    image_size : int, (int, int) or str, optional
+        Resize every image to ``(H, W)`` (bilinear); an int gives a square, a
+        string ``"32"`` or ``"32x24"`` (height x width) is read as such. When
+        omitted all images must already share one size.
     grayscale : bool, default False
         Convert to one channel (``"L"``); otherwise images are converted to RGB.
 
@@ -152,9 +181,14 @@ def load_folder(
     DataError
         No class sub-folders, a class folder without images, an unreadable
         image, or images of different sizes without ``image_size``.
+    XpruneError
+        ``image_size`` that is not a positive size, ``grayscale`` that is not a bool.
     """
     from PIL import Image, UnidentifiedImageError
 
+    size = _parse_size(image_size)
+    if not isinstance(grayscale, (bool, np.bool_)):
+        raise XpruneTypeError(f"grayscale must be True or False; got {type(grayscale).__name__} {grayscale!r}")
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(
@@ -166,7 +200,6 @@ def load_folder(
             f"{root} has no class sub-folders; put the images of each class into their own "
             f"sub-folder, e.g. {root}/cat/*.png and {root}/dog/*.png"
         )
-    size = _parse_size(image_size)
     mode = "L" if grayscale else "RGB"
     images: list[np.ndarray] = []
     labels: list[int] = []
@@ -195,7 +228,8 @@ def load_folder(
             elif hw != first[1]:
                 raise DataError(
                     f"image {file} has size {hw[0]}x{hw[1]} but {first[0]} has "
-                    f"{first[1][0]}x{first[1][1]}; pass image_size= to resize all images to one size"
+                    f"{first[1][0]}x{first[1][1]}; pass image_size= (--image-size on the command line) "
+                    "to resize all images to one size"
                 )
             images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
             labels.append(label)

@@ -1,4 +1,4 @@
-"""``load``: fetch a named dataset or a data file, split it stratified into train / val / test, normalise."""
+"""``load``: fetch a named dataset or a data file, split it stratified into train / val / test, normalise as asked."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ import numpy as np
 import torch
 
 from ..errors import DataError, XpruneError
+from . import normalization as _norm
 from .builtin import _FILE_SUFFIXES, _ROOT_DATASETS, DATASETS, _no_kwargs, _Raw, available
 from .containers import Dataset, Split
-from .files import load_file
+from .files import _read_file
+
+#: Named datasets whose inputs ``normalize="auto"`` standardises (not ``"folder"``: user images).
+_STANDARDISED_BY_DEFAULT = frozenset(DATASETS) - {"folder"}
 
 __all__ = ["load"]
 
@@ -47,7 +51,7 @@ def load(
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float | None = None,
-    normalize: bool = True,
+    normalize: Any = "auto",
     **kwargs: Any,
 ) -> Dataset:
     """Load a dataset and split it into train / val / test.
@@ -74,9 +78,27 @@ def load(
         official test split where there is one (Fashion-MNIST: 10000 images)
         and 0.2 otherwise. A float for Fashion-MNIST pools its train and test
         images and re-splits them.
-    normalize : bool, default True
-        Standardise with per-channel (images) / per-feature (tabular) mean and
-        std of the train split; recorded as ``Dataset.mean`` / ``Dataset.std``.
+    normalize : str, dict, path-like or bool, default "auto"
+        What to do to the inputs after splitting (recorded in
+        ``Dataset.normalization``, described by ``Dataset.describe_normalization()``):
+
+        * ``"auto"``: ``"mean-std"`` for the built-in named datasets (digits,
+          mnist, fashion-mnist, circles, moons, blobs), as xprune's built-in
+          models (:func:`xprune.models.pretrained`) are trained on them
+          standardised; ``"none"`` for ``.npz`` / ``.pt`` files and image
+          folders, which are fed to the model as stored.
+        * ``"mean-std"`` (or ``True``): subtract the per-channel (images) /
+          per-feature (tabular) mean of the **train split** and divide by its
+          std (unbiased, as ``torch.std``; a constant channel keeps std 1),
+          for all three splits.
+        * ``"none"`` (or ``False`` / ``None``): inputs as stored.
+        * a dict ``{"mean": [...], "std": [...]}``: apply these statistics (one
+          value per channel or feature, or one number for all), e.g. the ones
+          an image model was trained with.
+        * the path of a JSON file holding such a dict, e.g. written by
+          :func:`save_normalization`.
+
+        ``Dataset.mean`` / ``Dataset.std`` hold the statistics applied (``None`` for none).
     **kwargs
         Loader options: ``n_samples``, ``noise`` for the toy sets (plus
         ``factor`` for circles and ``centers`` for blobs, default 4 classes);
@@ -92,11 +114,15 @@ def load(
     Raises
     ------
     XpruneError
-        Unknown dataset name (the message lists the known ones); a ``ValueError``.
+        Unknown dataset name (the message lists the known ones), or a bad
+        ``normalize`` (unknown method, std <= 0, unreadable JSON); a ``ValueError``.
+    DataError
+        Given statistics whose number of values does not match the data's channels.
     FileNotFoundError
         Missing data files (the message says how to install or point to them).
     """
     key = os.fspath(name)
+    choice = _norm.parse(normalize, builtin=key in _STANDARDISED_BY_DEFAULT)
     if key in DATASETS:
         loader = DATASETS[key]
         opts = dict(kwargs)
@@ -110,8 +136,8 @@ def load(
         display = key
     elif key.lower().endswith(_FILE_SUFFIXES) or Path(key).is_file():
         _no_kwargs(key, kwargs)
-        whole = load_file(key)
-        raw = _Raw(whole.X.numpy(), whole.y.numpy(), whole.classes)
+        whole, scaling = _read_file(key)
+        raw = _Raw(whole.X.numpy(), whole.y.numpy(), whole.classes, input_scaling=scaling)
         display = Path(key).name
     else:
         raise XpruneError(
@@ -150,17 +176,7 @@ def load(
         k: (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)), torch.from_numpy(b.astype(np.int64)))
         for k, (a, b) in parts.items()
     }
-    mean = std = None
-    if normalize:
-        Xtr = tensors["train"][0]
-        if len(Xtr) == 0:
-            raise DataError("cannot normalise: the train split is empty")
-        dims = [0] + list(range(2, Xtr.dim()))
-        mean = Xtr.mean(dim=dims)
-        std = Xtr.std(dim=dims)
-        std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant channels stay unscaled
-        shape = (1, -1) + (1,) * (Xtr.dim() - 2)
-        tensors = {k: ((a - mean.view(shape)) / std.view(shape), b) for k, (a, b) in tensors.items()}
+    tensors, mean, std, record = _norm.apply(tensors, choice, raw.input_scaling)
 
     classes = list(raw.classes)
     splits = {k: Split(a, b, list(classes)) for k, (a, b) in tensors.items()}
@@ -173,4 +189,5 @@ def load(
         classes=classes,
         mean=mean,
         std=std,
+        normalization=record,
     )

@@ -250,13 +250,13 @@ def choose_rate(
         scores = score(model, reference, criterion, units, **options)
     iterator = grid
     if progress:
-        from rich.progress import track
+        from .._progress import track
 
-        iterator = track(grid, description=f"calibrating ({scores.criterion})", transient=True)
+        iterator = track(grid, f"calibrating ({scores.criterion})", unit="rates")
     inexact = inexact_masks(model, scores)  # groups whose masking is not their removal: those are removed
     rows, removed, modes = [], [], []
     for r in iterator:
-        plan = select(scores, r, scope=scope, min_keep=min_keep, round_to=round_to)
+        plan = select(scores, r, scope=scope, min_keep=min_keep, round_to=round_to, warn=False)
         removed.append(plan.n_removed)
         if plan.n_removed == 0:
             rows.append(base)

@@ -52,16 +52,9 @@ def _restore_modes(modes: dict[nn.Module, bool]) -> None:
 
 
 def _progress(enabled: bool):
-    """A rich progress bar (or a no-op stand-in when disabled)."""
+    """Progress on stderr (:mod:`xprune._progress`: a bar in a terminal, lines otherwise), or ``None``."""
     if not enabled:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from .._progress import Progress
 
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        transient=False,
-    )
+    return Progress(transient=False)

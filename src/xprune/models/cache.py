@@ -148,9 +148,9 @@ def _train_cached(
         meta = _load_cached(model, cache, key)
         if meta is not None:
             if progress:
-                from rich import print as rprint
+                from rich.console import Console
 
-                rprint(
+                Console(soft_wrap=True).print(  # a path is not wrapped when the output is piped
                     f"[bold]{arch}[/] on {data.name}: loaded {cache / key}.safetensors "
                     f"(test accuracy {meta.get('test_accuracy', float('nan')):.4f})"
                 )
@@ -164,15 +164,17 @@ def _train_cached(
         "data": data_id,
         "seed": seed,
         "train": train_cfg,
+        "normalization": data.normalization,  # what the inputs it was trained on went through
         "test_accuracy": test_acc,
         "val_accuracy": history["val_accuracy"][-1] if history["val_accuracy"] else None,
         "seconds": history["seconds"],
         "torch": torch.__version__,
     }
     if progress:
-        from rich import print as rprint
+        from rich.console import Console
 
-        rprint(f"[bold]{arch}[/] on {data.name}: test accuracy {test_acc:.4f} ({history['seconds']:.1f} s)")
+        Console(soft_wrap=True).print(f"[bold]{arch}[/] on {data.name}: test accuracy {test_acc:.4f} "
+                                      f"({history['seconds']:.1f} s)")
     if cache is not None:
         _save_cached(model, cache, key, meta)
         meta = dict(meta, key=key)
@@ -185,6 +187,10 @@ def _data_id(name: str, data_kwargs: dict[str, Any]) -> dict[str, Any]:
     if path.suffix.lower() in (".npz", ".pt", ".pth") and path.is_file():
         st = path.stat()  # a changed file gets a new key
         ident.update(name=path.name, path=str(path.resolve()), size=st.st_size, mtime_ns=st.st_mtime_ns)
+    if "normalize" not in data_kwargs and (str(name) == "folder" or "path" in ident):
+        # files and folders are fed as stored by default (they were standardised before): a key of their own,
+        # so weights cached for standardised inputs are never loaded for raw ones
+        ident["normalize"] = "none"
     return ident
 
 
@@ -229,7 +235,12 @@ def pretrained(
     Returns
     -------
     (nn.Module, Dataset)
-        The trained model in eval mode on CPU, and the dataset it was trained on.
+        The trained model in eval mode on CPU, and the dataset it was trained
+        on, normalised as the model expects: :func:`xprune.data.load`'s default
+        ``normalize="auto"`` standardises the built-in datasets with their train
+        split's mean and std and keeps files and image folders as stored
+        (``data_kwargs={"normalize": ...}`` chooses otherwise). What was
+        applied is ``dataset.normalization``, also stored in the cache entry's JSON.
 
     Notes
     -----

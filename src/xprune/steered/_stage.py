@@ -137,10 +137,9 @@ def run_stage(
         start, seconds, history = int(part["step"]), float(part["seconds"]), list(part["history"])
     bar = None
     if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from .._progress import Progress
 
-        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=True)
+        bar = Progress(transient=True)
     t0 = time.perf_counter()
     was_training = module.training
     end = steps if stop_after is None else min(steps, start + stop_after)

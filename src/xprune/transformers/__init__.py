@@ -14,11 +14,17 @@ Recognised architectures: xprune's ViT, and Hugging Face transformers 5.x
 BERT family, ViT, GPT-2 and the Llama family (with grouped-query attention);
 see :mod:`.adapters`.
 
+Hugging Face models in and out: :mod:`.hub` loads a local (or locally cached)
+model with its tokenizer and image settings (:func:`.hub.load`), reads text
+files into splits xprune scores on (:func:`.hub.text_data`) and saves a
+pruned model so that it loads back (:func:`.hub.save`, :func:`load_pruned`).
+
 Example::
 
     import xprune, xprune.transformers
     curve = xprune.evaluate.curve(vit, ref, test, "lrp", units="heads")
     pruned = xprune.prune(model, data, "lrp", 0.3, units="neurons")
+    xprune.transformers.hub.save(pruned, "pruned-model")   # reload: xprune.transformers.load_pruned
 """
 
 from .adapters import AttentionSpec, MLPSpec, attention_specs, mlp_specs
@@ -26,6 +32,7 @@ from .attnlrp import attnlrp
 from .gates import Gates, gates
 from .kinds import HeadsKind, NeuronsKind
 from .surgery import load_pruned, record_sizes, remove_heads, remove_neurons
+from . import hub
 
-__all__ = ["AttentionSpec", "HeadsKind", "MLPSpec", "NeuronsKind", "Gates", "attention_specs", "attnlrp", "gates", "load_pruned",
-           "mlp_specs", "record_sizes", "remove_heads", "remove_neurons"]
+__all__ = ["AttentionSpec", "HeadsKind", "MLPSpec", "NeuronsKind", "Gates", "attention_specs", "attnlrp", "gates",
+           "hub", "load_pruned", "mlp_specs", "record_sizes", "remove_heads", "remove_neurons"]

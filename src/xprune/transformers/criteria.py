@@ -3,7 +3,10 @@ r"""Baselines from the LLM-pruning literature for heads and MLP neurons: ``"wand
 Both score the unit kinds ``"heads"`` (for grouped-query attention: one KV
 group with its query heads) and ``"neurons"`` of :mod:`xprune.transformers`
 (Llama / Qwen2 / Mistral, GPT-2, BERT layouts). Calibration data: token
-blocks, e.g. :func:`xprune.llm.calibration`; labels are ignored.
+blocks, e.g. :func:`xprune.llm.calibration`, or Hugging Face batches (dicts
+with ``input_ids``, ``attention_mask`` and ``labels``). Wanda reads no labels;
+LLM-Pruner reads labels given per token (see below) and ignores one label per
+sample.
 
 ``"wanda"``: structured Wanda
 -----------------------------
@@ -36,7 +39,9 @@ language models", NeurIPS 2023, arXiv:2305.11627) scores a coupled group of
 weights by the first-order Taylor estimate of the change of the loss when
 they are zeroed, :math:`|\Delta L| \approx |w \, \partial L / \partial w|`.
 Here :math:`L` is the causal-LM loss, the mean next-token negative
-log-likelihood over *all* predicted tokens of the calibration data; its
+log-likelihood over *all* predicted tokens of the calibration data (padding
+excluded; with labels per token, the mean cross-entropy at the labelled
+tokens, shifted by one for a causal LM as in Hugging Face's loss); its
 gradient :math:`G = \frac{1}{M}\sum_{\text{batches}} \nabla_w \sum_t
 -\log p(x_{t+1} \mid x_{\le t})` is accumulated over batches (so the scores
 do not depend on how the calibration data is batched). The parameters
@@ -91,8 +96,7 @@ def _specs(model: nn.Module, units) -> dict:
 
 
 def _mask(inputs: Any) -> torch.Tensor | None:
-    m = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-    return m if isinstance(m, torch.Tensor) and m.dim() == 2 else None
+    return _inputs.token_mask(inputs)
 
 
 def _feature_dim(module: nn.Module, output: bool) -> int:
@@ -229,8 +233,10 @@ class LLMPruner(Criterion):
 
     ``aggregate="element"`` (default, ``param_first``) or ``"vector"``
     (:math:`\sum_P |\sum_{w \in P \cap u} w \, \partial L/\partial w|`); the
-    loss is the mean causal-LM next-token loss on the calibration tokens. See
-    :mod:`xprune.transformers.criteria`.
+    loss is the mean causal-LM next-token loss on the calibration tokens
+    (with labels per token, Hugging Face's ``labels``: the mean cross-entropy
+    at the labelled tokens; ``target="embedding"``: minus the similarity to
+    the original embedding). See :mod:`xprune.transformers.criteria`.
     """
 
     default_normalize: ClassVar[str | None] = None
@@ -246,7 +252,6 @@ class LLMPruner(Criterion):
 
     def compute(self, model, units, data, *, target="label"):
         from .. import distributed
-        from ..llm import next_token_nll
 
         _check_kind(self, units)
         specs = _specs(model, units)
@@ -264,18 +269,9 @@ class LLMPruner(Criterion):
         try:
             for p in wanted:
                 p.requires_grad_(True)
-            for inputs, _ in data:
-                ids = inputs["input_ids"] if isinstance(inputs, dict) else inputs
-                if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
-                    raise DataError("llm-pruner needs token ids [batch, seq_len] (a LongTensor or a dict with "
-                                    "'input_ids'), e.g. xprune.llm.calibration(...)")
+            for inputs, labels in data:
                 with torch.enable_grad():
-                    logits = _inputs.logits(_inputs.call(model, inputs))
-                    if logits.dim() != 3 or logits.shape[:2] != ids.shape:
-                        raise XpruneError("llm-pruner needs a causal language model whose output holds logits "
-                                          f"[batch, seq_len, vocab]; got shape {tuple(logits.shape)} for ids "
-                                          f"{tuple(ids.shape)} (use e.g. LlamaForCausalLM, not LlamaModel)")
-                    nll, n = next_token_nll(logits, ids, _mask(inputs))
+                    nll, n = self._loss(model, inputs, labels, target)
                     gs = torch.autograd.grad(nll, wanted, allow_unused=True)
                 tokens += n
                 for p, w, g in zip(names, wanted, gs):
@@ -301,6 +297,34 @@ class LLMPruner(Criterion):
                     s += _per_unit(wg, axis, units_of, len(s)).abs()
             scores[name] = s
         return scores
+
+    @staticmethod
+    def _loss(model, inputs, labels, target) -> tuple[torch.Tensor, int]:
+        """The summed loss of one batch and the number of terms in it.
+
+        Labels per token (Hugging Face's ``labels``) or ``target="embedding"``:
+        minus the batch's :class:`~xprune.criteria.base.Objective` (the
+        cross-entropy at the labelled tokens; minus the similarity to the
+        original embedding). Otherwise the next-token loss of ``input_ids``.
+        """
+        from ..criteria.base import Objective
+        from ..llm import next_token_nll
+
+        per_token = isinstance(labels, torch.Tensor) and labels.dim() >= 2
+        if per_token or (isinstance(target, str) and target == "embedding"):
+            objective = Objective.of(target, _inputs.call(model, inputs), labels, inputs=inputs, model=model)
+            value = objective.value(objective="logit" if objective.is_embedding else "loss")
+            return -value, objective.count
+        ids = inputs["input_ids"] if isinstance(inputs, dict) else inputs
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+            raise DataError("llm-pruner needs token ids [batch, seq_len] (a LongTensor or a dict with "
+                            "'input_ids'), e.g. xprune.llm.calibration(...)")
+        logits = _inputs.logits(_inputs.call(model, inputs))
+        if logits.dim() != 3 or logits.shape[:2] != ids.shape:
+            raise XpruneError("llm-pruner needs a causal language model whose output holds logits "
+                              f"[batch, seq_len, vocab]; got shape {tuple(logits.shape)} for ids "
+                              f"{tuple(ids.shape)} (use e.g. LlamaForCausalLM, not LlamaModel)")
+        return next_token_nll(logits, ids, _mask(inputs))
 
     def __repr__(self) -> str:
         return f"LLMPruner(aggregate={self.aggregate!r})"

@@ -76,11 +76,7 @@ def discover_neurons(model, example_inputs, *, include_output=False, ignore=(), 
 
 
 def _token_mask(inputs: Any) -> torch.Tensor | None:
-    if isinstance(inputs, dict) and isinstance(inputs.get("attention_mask"), torch.Tensor):
-        m = inputs["attention_mask"]
-        if m.dim() == 2:
-            return m
-    return None
+    return _inputs.token_mask(inputs)
 
 
 def _rows(module: nn.Module, idx: torch.Tensor, output: bool) -> torch.Tensor:

@@ -8,12 +8,23 @@ encoder, 6 layers x 12 heads, hidden 384, MLP 1536, loaded with transformers'
 the mean of the token states over non-padding tokens, L2-normalised, as in
 sentence-transformers' configuration of this model.
 
-:class:`EmbeddingSimilarity` turns the encoder into a one-output model for
-scoring: :math:`f(x) = \bar h(x) \cdot \hat e_0(x)`, the dot product of the
-(unnormalised) mean-pooled embedding with the *frozen, normalised* embedding
-of the same sentence by the original model. It is linear in :math:`\bar h`,
-so LRP starts from the similarity with the original embedding, and the
-gradient criteria differentiate the same objective.
+:func:`xprune.score` scores the encoder as it is with ``target="embedding"``
+(no labels, no wrapper)::
+
+    model, tok = load()
+    enc = tok(sentences(64), padding=True, truncation=True, max_length=64, return_tensors="pt")
+    scores = xprune.score(model, enc, "lrp", "heads", target="embedding", batch_size=16)
+
+The objective is :math:`f(x) = \bar h(x) \cdot \hat e_0(x)`, the dot
+product of the (unnormalised) mean-pooled embedding with the *frozen,
+normalised* embedding of the same sentence by the original model (see
+:class:`xprune.criteria.base.Objective`). It is linear in :math:`\bar h`, so
+LRP starts from the similarity with the original embedding, and the gradient
+criteria differentiate the same objective. :class:`EmbeddingSimilarity` is
+the same objective as a one-output model (target class 0, the reference
+embeddings passed as the input ``ref``, see :func:`batches`); it gives the
+same scores on the units inside the encoder, but its ``ref`` input pins the
+residual stream, so ``units="channels"`` finds fewer groups through it.
 
 :func:`sentences` extracts English prose that every Python installation
 ships: sentences of the standard library's docstrings (deterministic for a

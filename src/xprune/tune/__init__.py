@@ -13,7 +13,8 @@ Parameters of :func:`tune`: ``model``, ``reference`` (samples the relevance is
 computed from), ``validation`` (where the AUC is measured), ``units``,
 ``space`` (:class:`Space`), ``trials``, ``sampler``, ``storage``,
 ``study_name``, ``out``, ``seed``, ``rates``, ``classes``, ``timeout``,
-``progress``, ``pruner`` (:class:`BoundPruner` by default). It returns a
+``progress``, ``pruner`` (:class:`BoundPruner` by default), ``scope``,
+``device``, ``precision`` and ``options`` (fixed scoring options). It returns a
 :class:`TuneResult` and writes ``out/best_composite.json``.
 
 The objective, the search space, fast trials, persistence and the distributed

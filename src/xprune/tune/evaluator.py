@@ -10,7 +10,9 @@ across its channels, see :func:`xprune.surgery.inexact_masks`) are evaluated
 on a physically pruned copy instead; :attr:`Evaluator.inexact` lists those
 groups and :attr:`Evaluator.modes` how each cached plan was evaluated. Parameters:
 ``model``, ``reference``, ``validation``, ``units``, ``classes`` (domain
-restriction), ``rates`` (increasing, in [0, 1)), ``batch_size``. Part of
+restriction), ``rates`` (increasing, in [0, 1)), ``batch_size``, ``scope``
+(ranking scope of the prunings), ``precision`` and ``options`` (fixed options
+of the lrp criterion, and ``target``) of the scoring. Part of
 :mod:`xprune.tune` (PXP, Hatefi et al. 2024, arXiv:2408.12568); see
 ``docs/tune.md``.
 """
@@ -82,13 +84,21 @@ class Evaluator:
     """Everything a trial reuses: data, units, a working copy of the model and an accuracy cache."""
 
     def __init__(self, model: nn.Module, reference: Any, validation: Any, units: str, classes, rates,
-                 batch_size: int = 256):
+                 batch_size: int = 256, *, scope: str = "global", precision: str | None = None,
+                 options: Mapping[str, Any] | None = None):
         from ..surgery import inexact_masks
         from ..units import UnitSet, build_graph, discover
 
         if not isinstance(model, nn.Module):
             raise XpruneError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if scope not in ("global", "local"):
+            raise XpruneError(f"scope must be 'global' or 'local', got {scope!r}")
         self.model = model
+        self.scope, self.precision = scope, precision
+        self.options = dict(options or {})
+        searched = sorted({"composite", "aggregate", "normalize"} & set(self.options))
+        if searched:
+            raise XpruneError(f"options {searched} are what tuning searches; set their choices with space=")
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.reference = _prepare(reference, self.device, 128)
         self.validation = _prepare(validation, self.device, batch_size)
@@ -116,12 +126,12 @@ class Evaluator:
     def score(self, spec: Any, kwargs: Mapping[str, Any], aggregate: str, normalize: str) -> Scores:
         comp = _resolve(spec, kwargs)
         return score(self.model, self.reference, "lrp", self.units, composite=comp, aggregate=aggregate,
-                     normalize=None if normalize == "none" else normalize)
+                     normalize=None if normalize == "none" else normalize, precision=self.precision, **self.options)
 
     def accuracies(self, scores: Scores):
         """Yield ``(rate, validation accuracy)`` for the nested prunings of ``scores``."""
         for rate in self.rates:
-            plan = select(scores, rate)
+            plan = select(scores, rate, scope=self.scope, warn=False)  # ruinous rates on purpose: no warnings
             key = tuple((n, tuple(v)) for n, v in plan.remove.items() if v)
             if key not in self.cache:
                 self.cache[key] = self._accuracy(plan, key)

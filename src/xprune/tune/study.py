@@ -210,6 +210,10 @@ def tune(
     timeout: float | None = None,
     progress: bool = True,
     pruner: Any = "bound",
+    scope: str = "global",
+    device: Any = None,
+    precision: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> TuneResult:
     """Search the LRP composite that prunes ``model`` best (PXP, Hatefi et al. 2024).
 
@@ -260,6 +264,19 @@ def tune(
     pruner : "bound", "median", None or optuna pruner
         Early stopping of hopeless trials on their partial curve (see
         ``docs/tune.md``, "Fast trials").
+    scope : {"global", "local"}
+        Ranking scope of the prunings each curve measures (as in
+        :func:`xprune.select`).
+    device : str or torch.device, optional
+        Score and measure on this device (the model is moved there for the
+        call and back afterwards); default: where the model is.
+    precision : "fp32" or "bf16", optional
+        Precision of the scoring (see :func:`xprune.score`).
+    options : mapping, optional
+        Fixed keyword arguments of every trial's :func:`xprune.score` call:
+        options of the lrp criterion that are not searched (e.g.
+        ``{"start": "logit"}``) and ``target``. They are recorded in the
+        composite file and in ``TuneResult.options``.
 
     Returns
     -------
@@ -270,23 +287,38 @@ def tune(
     >>> res = xprune.tune(model, ref, ds.val, trials=20, out="tuned")      # doctest: +SKIP
     >>> xprune.evaluate.curve(model, ref, ds.test, "lrp", **res.options).auc  # doctest: +SKIP
     """
-    try:
-        import optuna
-    except ImportError:  # pragma: no cover
-        raise XpruneError("xprune.tune needs optuna >= 4: pip install optuna") from None
+    import importlib.util
+
+    if importlib.util.find_spec("optuna") is None:  # pragma: no cover
+        raise XpruneError("xprune.tune needs optuna >= 4: pip install optuna")
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise XpruneError(f"trials must be a positive int, got {trials!r}")
     if timeout is not None and timeout <= 0:
         raise XpruneError(f"timeout must be positive seconds, got {timeout!r}")
     out = Path(out)
-    kind = units if isinstance(units, str) else units.kind
-    design = Design(Space.coerce(space), model, kind)
-    ev = Evaluator(model, reference, validation, units, classes, rates)
-    n_rates = len(ev.rates)
-    setup = {"design": design.describe(), "rates": ev.rates, "classes": ev.classes, "units": kind}
-    setup_json = json.dumps(setup, sort_keys=True)
+    from .. import distributed
+
+    with distributed.on_device(model, device):
+        return _tune(model, reference, validation, units, space, trials, sampler, storage, study_name, out, seed,
+                     rates, classes, timeout, progress, pruner, scope, precision, dict(options or {}))
+
+
+def _tune(model, reference, validation, units, space, trials, sampler, storage, study_name, out, seed, rates,
+          classes, timeout, progress, pruner, scope, precision, options) -> TuneResult:
+    import optuna
 
     from .. import distributed
+
+    kind = units if isinstance(units, str) else units.kind
+    design = Design(Space.coerce(space), model, kind)
+    ev = Evaluator(model, reference, validation, units, classes, rates, scope=scope, precision=precision,
+                   options=options)
+    n_rates = len(ev.rates)
+    setup = {"design": design.describe(), "rates": ev.rates, "classes": ev.classes, "units": kind}
+    # what else changes the objective, recorded when not the default (studies made before stay resumable)
+    setup.update({k: v for k, v in (("scope", scope), ("precision", precision), ("options", options))
+                  if v not in ("global", None, "fp32", {})})
+    setup_json = json.dumps(setup, sort_keys=True, default=str)
 
     def open_study():  # rank 0 owns the study and its storage (the only rank that writes)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -298,7 +330,7 @@ def tune(
             study.set_user_attr("setup", setup_json)
         elif stored != setup_json:
             raise XpruneError(f"study {name!r} in this storage was made with another setup (space, layer groups, "
-                              "rates, classes or units); pass another study_name= or out=")
+                              "rates, classes, units, scope, precision or fixed options); pass another study_name= or out=")
         study.sampler = _sampler(sampler, seed + len(study.trials))
         requeue_interrupted(study)
         return study
@@ -331,7 +363,8 @@ def _finish(study, design: Design, ev: Evaluator, out: Path) -> TuneResult:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "best_composite.json"
     normalize = None if options["normalize"] == "none" else options["normalize"]
-    save_composite(path, spec, kwargs=kwargs, options={"aggregate": options["aggregate"], "normalize": normalize},
+    chosen = {"aggregate": options["aggregate"], "normalize": normalize, **ev.options}
+    save_composite(path, spec, kwargs=kwargs, options=chosen,
                    meta={"study": study.study_name, "trial": best.number, "validation_auc": best.value,
                          "rates": ev.rates, "units": ev.kind, "source": "xprune.tune (PXP, Hatefi et al. 2024)"})
     secs = [t.user_attrs["seconds"] for t in all_trials if t.state in (TS.COMPLETE, TS.PRUNED)
@@ -342,7 +375,7 @@ def _finish(study, design: Design, ev: Evaluator, out: Path) -> TuneResult:
     files.update(save_plots(study, out))
     summary = {
         "study": study.study_name, "best_trial": best.number, "best_value": best.value, "best_params": best.params,
-        "composite": str(path), "options": {"aggregate": options["aggregate"], "normalize": normalize},
+        "composite": str(path), "options": chosen, "scope": ev.scope,
         "counts": _counts(all_trials), "seconds_per_trial": statistics.fmean(secs) if secs else None,
         "seconds_complete_trial": statistics.fmean([t.user_attrs["seconds"] for t in complete
                                                     if "seconds" in t.user_attrs] or [math.nan]),
@@ -353,7 +386,7 @@ def _finish(study, design: Design, ev: Evaluator, out: Path) -> TuneResult:
     atomic_write(out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
     files["summary"] = out / "summary.json"
     return TuneResult(study, best.value, dict(best.params), path,
-                      {"composite": str(path), "aggregate": options["aggregate"], "normalize": normalize},
+                      {"composite": str(path), **chosen},
                       curve, out, _counts(all_trials), statistics.fmean(secs) if secs else math.nan, files)
 
 
