@@ -248,7 +248,8 @@ def _hf(args, seed: int) -> Source:
         data = hub.text_data(str(data_path), loaded.tokenizer, task=loaded.task, seed=seed, **kwargs)
         return Source(model, data, loaded, target, units)
     if loaded.tokenizer is not None and loaded.image_size is None:
-        raise XpruneError(f"{args.model} is a language model: give --data a .txt (one text per line) or .jsonl file")
+        raise XpruneError(f"{args.model} is a language model: give --data a .txt file (texts separated by blank "
+                          "lines) or a .jsonl file (one {'text': ..., 'label': ...} per line)")
     normalize = args.normalize
     if normalize == "auto" and loaded.normalization is not None:
         normalize = loaded.normalization

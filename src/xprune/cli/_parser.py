@@ -203,7 +203,8 @@ def _model(p: argparse.ArgumentParser) -> None:
 def _data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True,
                    help="built-in dataset name, a .npz/.pt file with X and y, an image folder (one sub-folder per "
-                        "class), or for hf: language models a .txt (one text per line) or .jsonl file")
+                        "class), or for hf: language models a .txt file (texts separated by blank lines) or a "
+                        ".jsonl file (one {'text': ..., 'label': ...} per line)")
     p.add_argument("--data-root", help="folder of a built-in dataset's files (e.g. Fashion-MNIST IDX files)")
     p.add_argument("--normalize", type=normalize, default="auto",
                    help="what is done to the inputs: auto (default: what the model was trained with when xprune "
