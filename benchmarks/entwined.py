@@ -104,7 +104,7 @@ def main(argv=None):
     if args.json:
         from xprune._io import atomic_write
 
-        atomic_write(args.json, json.dumps({"unpruned_accuracy": base, "settings": vars(args),
+        atomic_write(args.json, json.dumps({"meta": __import__("_meta").meta(), "unpruned_accuracy": base, "settings": vars(args),
                                             "options": options, "results": results}, indent=1))
 
 

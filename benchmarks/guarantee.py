@@ -13,14 +13,16 @@ Each cell is a separate guarantee; picking the best criterion from this table on
 would need a Bonferroni correction (confidence 1 - 0.05 / #criteria).
 
 Usage: python benchmarks/guarantee.py [--models resnet:mnist,vgg:digits] [--criteria ...] [--rates ...]
-       [--threads 1] [--json out.json]
+       [--threads 1] [--json benchmarks/results/guarantee.json]
+(the JSON file carries the run's provenance from benchmarks/_meta.py; ``--json ''`` skips it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -30,6 +32,9 @@ from xprune.data import reference_samples
 from xprune.evaluate import accuracy
 from xprune.guarantee import calibration_size, choose_rate
 from xprune.models import pretrained
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _meta import ROOT, write_json  # noqa: E402
 
 DEFAULT_CRITERIA = ["lrp", "taylor", "gradient", "activation", "weight", "random"]
 DEFAULT_GRID = [round(0.01 * i, 2) for i in range(11)] + [round(0.05 * i, 2) for i in range(3, 20)]
@@ -45,19 +50,22 @@ def main() -> None:
     ap.add_argument("--n-per-class", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0, help="seed of the reference samples (and of random)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "guarantee.json"),
+                    help="write the figures to this JSON file ('' to skip)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = [c for c in args.criteria.split(",") if c and (c != "lrp" or "lrp" in xcriteria.available())]
     drops = [float(d) for d in args.max_drops.split(",")]
     grid = [float(r) for r in args.rates.split(",")] if args.rates else DEFAULT_GRID
-    rows, t0 = [], time.time()
+    rows, bases, t0 = [], {}, time.time()
     for spec in args.models.split(","):
         arch, dataset = spec.split(":")
         model, ds = pretrained(arch, dataset, progress=False)
         ref = reference_samples(ds.train, args.n_per_class, seed=args.seed)
         base_test = accuracy(model, ds.test)
         n = len(ds.val)
+        bases[spec] = {"n_calibration": n, "n_test": len(ds.test), "accuracy_val": accuracy(model, ds.val),
+                       "accuracy_test": base_test, "n_needed_at_first_drop": calibration_size(drops[0], args.confidence)}
         print(f"\n### {arch} on {dataset}: calibration = val split (n = {n}), test n = {len(ds.test)}, "
               f"unpruned accuracy {100 * accuracy(model, ds.val):.2f}% (val) / {100 * base_test:.2f}% (test); "
               f"certifying anything at {drops[0]:.0%} needs n >= {calibration_size(drops[0], args.confidence)}\n")
@@ -87,8 +95,9 @@ def main() -> None:
             print(f"| {name} | " + " | ".join(rates) + " | " + " | ".join(cells) + " |", flush=True)
     print(f"\n(total {time.time() - t0:.0f} s, {torch.get_num_threads()} torch thread(s))")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        settings = {"grid": grid, "max_drops": drops, "confidence": args.confidence, "n_per_class": args.n_per_class,
+                    "seed": args.seed, "seconds": time.time() - t0}
+        write_json(args.json, {"settings": settings, "models": bases, "rows": rows})
 
 
 if __name__ == "__main__":

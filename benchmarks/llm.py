@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(table + "\n")
-    out.with_suffix(".json").write_text(json.dumps({
+    out.with_suffix(".json").write_text(json.dumps({"meta": __import__("_meta").meta(),
         "config": CONFIG, "seq_len": SEQ, "train": {"steps": args.steps, "batch": args.batch, "lr": args.lr,
                                                     "seconds": train_s},
         "eval_blocks": len(test), "unpruned_perplexity": base, "head_ratios": HEAD_RATIOS,

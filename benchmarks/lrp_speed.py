@@ -13,8 +13,10 @@ criterion needs) and at the input is divided by
 Targets: <= 1.5x fwd+bwd for epsilon/z+ composites, <= 2.5x for alpha-beta,
 and faster than zennit.
 
-Run: ``.venv/bin/python benchmarks/lrp_speed.py [--n 256] [--batch 64] [--threads 1] [--repeats 5] [--wall]``
-(zennit is needed for the zennit column: ``pip install --no-deps zennit==0.5.1``).
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lrp_speed.py [--n 256] [--batch 64] [--threads 1]
+[--repeats 5] [--wall] [--json benchmarks/results/lrp_speed.json]`` (zennit is needed for the zennit column:
+``pip install --no-deps zennit==0.5.1``). The figures and the run's provenance (``benchmarks/_meta.py``)
+go to the JSON file (default ``benchmarks/results/lrp_speed.json``; ``--json ''`` to skip).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from torch import nn
 
 from xprune import lrp
 from xprune.models import VGG, ResNet
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _meta import meta, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +94,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--wall", action="store_true", help="wall-clock time instead of process CPU time")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "lrp_speed.json"),
+                   help="write the figures here ('' to skip)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -132,9 +139,16 @@ def main(argv=None):
         t = timeit_all(fns, args.repeats, time.perf_counter if args.wall else time.process_time)
         for cname in composites:
             t_plain, t_ours, t_z = t["plain"], t[("ours", cname)], t.get(("zennit", cname), float("nan"))
-            rows.append((mname, cname, t_plain, t_ours, t_z))
+            rows.append({"model": mname, "composite": cname, "fwd_bwd_s": t_plain, "xprune_s": t_ours,
+                         "zennit_s": None if t_z != t_z else t_z, "xprune_over_fwd_bwd": t_ours / t_plain,
+                         "zennit_over_xprune": None if t_z != t_z else t_z / t_ours})
             print(f"{mname:28s} {cname:22s} {t_plain:9.3f} {t_ours:9.3f} {t_z:9.3f} "
                   f"{t_ours / t_plain:10.2f} {t_z / t_ours:9.2f}")  # fmt: skip
+    if args.json:
+        settings = {"n": args.n, "batch": args.batch, "repeats": args.repeats, "clock": "wall" if args.wall else "cpu",
+                    "zennit": zo is not None}
+        write_json(args.json, {"settings": settings, "rows": rows},
+                   record=meta(["benchmarks/lrp_speed.py", *(sys.argv[1:] if argv is None else argv)]))
     return rows
 
 

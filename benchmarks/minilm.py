@@ -150,7 +150,7 @@ def main():
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "minilm.json").write_text(json.dumps(results, indent=1))
+    (out / "minilm.json").write_text(json.dumps({"meta": __import__("_meta").meta(), **results}, indent=1))
     lines = [f"all-MiniLM-L6-v2, {args.n_ref} reference / {args.n_test} held-out sentences, no fine-tuning.", ""]
     for metric, key in (("mean cosine(pruned, original)", "cos"), ("Spearman of pairwise similarities", "spearman")):
         for kind in ("heads", "neurons"):

@@ -143,7 +143,7 @@ def main():
     print(md)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"pxp_tune_{args.task}.md").write_text(md)
-    (out / f"pxp_tune_{args.task}.json").write_text(json.dumps({"auc": rows, "timing": timing, "args": vars(args),
+    (out / f"pxp_tune_{args.task}.json").write_text(json.dumps({"meta": __import__("_meta").meta(), "auc": rows, "timing": timing, "args": vars(args),
                                                                "total_seconds": total}, indent=1))
 
 

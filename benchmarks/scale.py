@@ -23,6 +23,9 @@ Usage::
 
     .venv/bin/python benchmarks/scale.py                       # vgg, lrp, batch 64
     .venv/bin/python benchmarks/scale.py --criterion taylor --sizes 1000,4000
+
+The figures go to ``--out`` (default ``benchmarks/results/scale.json``; ``--out ''`` to skip) with the
+run's provenance (``benchmarks/_meta.py``), the machine's load average and the settings.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _meta import ROOT, meta, write_json  # noqa: E402
 
 SHAPE = (1, 28, 28)
 CLASSES = 10
@@ -184,7 +190,8 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="1000,4000,16000")
     p.add_argument("--throughput-samples", type=int, default=8192)
     p.add_argument("--part", choices=["all", "throughput", "memory"], default="all")
-    p.add_argument("--out", help="write the figures as JSON here")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"),
+                   help="write the figures as JSON here ('' to skip)")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -196,14 +203,16 @@ def main(argv=None) -> int:
         if res is not None:
             print(json.dumps(res))
         return 0
-    results = {}
+    results = {"settings": {"arch": args.arch, "criterion": args.criterion, "batch_size": args.batch_size,
+                            "sizes": args.sizes, "throughput_samples": args.throughput_samples,
+                            "threads_per_process": 1}}
+    record = meta(threads=1)  # before the run: the load average shows whether the cores were idle
     if args.part in ("all", "throughput"):
         results["throughput"] = throughput(args)
     if args.part in ("all", "memory"):
         results["memory"] = memory(args)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
+        write_json(args.out, results, record=record)
     return 0
 
 

@@ -105,7 +105,7 @@ def main(argv=None):
     if args.json:
         from xprune._io import atomic_write
 
-        atomic_write(args.json, json.dumps({"base_seconds": base, "groups": L, "units": U, "n": len(ref),
+        atomic_write(args.json, json.dumps({"meta": __import__("_meta").meta(), "base_seconds": base, "groups": L, "units": U, "n": len(ref),
                                             "threads": args.threads, "rows": rows}, indent=1))
 
 

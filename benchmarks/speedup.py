@@ -7,19 +7,25 @@ run, MACs (1 multiply-add = 1 MAC) and median CPU latency at batch sizes 1 and
 (latency before / after) and their ratio, speed-up / MAC reduction (target:
 >= 0.8). Weights are random: latency does not depend on their values.
 
-Usage: python benchmarks/speedup.py [--size 28] [--threads N] [--repeats 30]
+Usage: python benchmarks/speedup.py [--size 28] [--threads N] [--repeats 30] [--json PATH]
+(default JSON: benchmarks/results/speedup.json with --size 28, speedup-SIZE.json otherwise; the file
+carries the run's provenance from benchmarks/_meta.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
+from pathlib import Path
 
 import torch
 
 import xprune
 from xprune import evaluate
 from xprune.models import build
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _meta import ROOT, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -28,7 +34,8 @@ def main() -> None:
     ap.add_argument("--widths", default="32,64,128", help="channel widths of the three stages")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--json", help="write the figures to this JSON file (default benchmarks/results/speedup.json, "
+                    "speedup-SIZE.json for another --size; '' to skip)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -59,9 +66,12 @@ def main() -> None:
                       f"  {before:.3f} -> {after:.3f}")
     worst = min(r["ratio"] for r in rows)
     print(f"min speed-up / MAC-reduction over all settings: {worst:.2f} (target >= 0.8)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    path = args.json if args.json is not None else str(
+        ROOT / "benchmarks" / "results" / ("speedup.json" if args.size == 28 else f"speedup-{args.size}.json"))
+    if path:
+        settings = {"size": args.size, "widths": list(widths), "repeats": args.repeats, "weights": "random",
+                    "removal": "uniform per layer (l2, scope local)", "latency": "median of 3 interleaved medians"}
+        write_json(path, {"settings": settings, "rows": rows})
 
 
 if __name__ == "__main__":

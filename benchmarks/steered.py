@@ -129,7 +129,7 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "stages": stages, "gates_only": gate_only,
+    out.with_suffix(".json").write_text(json.dumps({"meta": __import__("_meta").meta(), "rows": rows, "stages": stages, "gates_only": gate_only,
                                                    "base_accuracy": base_acc, "args": vars(args)}, indent=1))
 
 

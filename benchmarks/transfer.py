@@ -51,7 +51,7 @@ def main() -> None:
     stem = f"transfer-{args.arch}-{args.source}"
     (out / f"{stem}.md").parent.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.md").write_text(md + "\n")
-    report.save_json({"curves": curves, "seconds": time.perf_counter() - started, "args": vars(args)},
+    report.save_json({"meta": __import__("_meta").meta(), "curves": curves, "seconds": time.perf_counter() - started, "args": vars(args)},
                      out / f"{stem}.json")
     report.plot_curves(curves, out / f"{stem}.png",
                        title=f"{args.arch}: {args.source} 0-4 -> 5-9, {args.n_per_class} samples/class, no fine-tuning")

@@ -75,7 +75,7 @@ def main():
             print(f"{kind:8s} {label:15s} AUC {np.mean(accs):.3f}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "vit_pxp.json").write_text(json.dumps(res, indent=1))
+    (out / "vit_pxp.json").write_text(json.dumps({"meta": __import__("_meta").meta(), **res}, indent=1))
     show = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     idx = [rates.index(r) for r in show]
     lines = [f"xprune ViT on {args.dataset}, classes {classes}, {len(ref.y)} reference samples, "

@@ -323,7 +323,7 @@ def test_criterion_options_arrive_typed_and_unknown_ones_are_refused(here, capsy
     assert json.loads(Path("cv/curves.json").read_text())["options"]["integrated-gradients"]["n_steps"] == 2
     assert main(["curve", *MODEL, "--data", "digits.npz", "--criteria", "taylor,weight", "--option", "n_steps=2",
                  "--out", "cv2"]) == 2
-    assert "no chosen criterion takes it (taylor takes objective='logit'; weight takes no options" in \
+    assert "no chosen criterion takes it (taylor takes objective='loss'; weight takes no options" in \
         capsys.readouterr().err
 
     assert main(["criteria"]) == 0

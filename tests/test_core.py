@@ -195,16 +195,34 @@ def test_baselines_match_hand_computation():
     s = xprune.score(m, (X, y), "gradient", **opts)
     for k, (a, g) in hand.items():
         assert torch.allclose(s[k], g.mean(0).abs().double(), atol=1e-6)
-    s = xprune.score(m, (X, y), "taylor", **opts)
+    s = xprune.score(m, (X, y), "taylor-mean", **opts)  # |mean over samples|: signs of samples cancel
     for k, (a, g) in hand.items():
         assert torch.allclose(s[k], (a * g).mean(0).abs().double(), atol=1e-6)
-    s = xprune.score(m, (X, y), "taylor")  # default: L2-normalised per layer (Molchanov et al.)
+    s = xprune.score(m, (X, y), "taylor-mean")  # default: L2-normalised per layer
     for k, (a, g) in hand.items():
         t = (a * g).mean(0).abs().double()
+        assert torch.allclose(s[k], t / t.norm(), atol=1e-6)
+    s = xprune.score(m, (X, y), "taylor", objective="logit", **opts)  # mean over samples of |per sample|
+    for k, (a, g) in hand.items():
+        assert torch.allclose(s[k], (a * g).abs().mean(0).double(), atol=1e-6)
+    # Molchanov et al. 2017: the loss (cross-entropy of the label), per sample, then L2 per layer (eq. 9)
+    d_logits = torch.softmax(m(X), 1).detach() - nn.functional.one_hot(y, 4)  # dCE_n/dlogits, one row per sample
+    with torch.no_grad():
+        z1 = X @ m.fc1.weight.T + m.fc1.bias
+        z2 = z1.clamp(min=0) @ m.fc2.weight.T + m.fc2.bias
+        g2 = (d_logits @ m.out.weight) * (z2 > 0).float()
+        g1 = (g2 @ m.fc2.weight) * (z1 > 0).float()
+    s = xprune.score(m, (X, y), "taylor")
+    for k, t in (("fc1", (z1 * g1).abs().mean(0).double()), ("fc2", (z2 * g2).abs().mean(0).double())):
         assert torch.allclose(s[k], t / t.norm(), atol=1e-6)
     s = xprune.score(m, (X, y), "activation", **opts)
     for k, (a, g) in hand.items():
         assert torch.allclose(s[k], a.abs().mean(0).double(), atol=1e-6)
+    # the default for the other baselines: every layer's mean score 1
+    s = xprune.score(m, (X, y), "activation")
+    for k, (a, g) in hand.items():
+        t = a.abs().mean(0).double()
+        assert torch.allclose(s[k], t / t.mean(), atol=1e-6)
 
 
 def test_conv_criteria_average_over_space_and_sum_coupled_producers():

@@ -95,7 +95,7 @@ def test_causal_lm_pair_of_ids_and_labels_is_scored_with_the_shift():
     labels = ids.clone()
     labels[0, 3] = labels[2, 5] = -100  # not counted
     units = xprune.discover(model, ids[:1], "heads")
-    s = xprune.score(model, (ids, labels), "taylor", units, normalize=None)
+    s = xprune.score(model, (ids, labels), "taylor-mean", units, normalize=None)
 
     def objective(out):  # logits at t predict labels at t + 1
         logits, y = out.logits[:, :-1], labels[:, 1:]
@@ -115,7 +115,7 @@ def test_token_classification_labels_are_not_shifted():
     labels[0, :2] = -100
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     units = xprune.discover(model, {"input_ids": ids[:1]}, "heads")
-    s = xprune.score(model, [batch], "taylor", units, normalize=None)
+    s = xprune.score(model, [batch], "taylor-mean", units, normalize=None)
 
     def objective(out):
         keep = (labels != -100) & (mask == 1)
@@ -381,7 +381,7 @@ def _sentences():
     return {"input_ids": ids, "attention_mask": mask}
 
 
-@pytest.mark.parametrize("criterion", ["lrp", "taylor", "gradient"])
+@pytest.mark.parametrize("criterion", ["lrp", "taylor-mean", "gradient"])
 def test_embedding_target_equals_the_similarity_wrapper(criterion):
     model, batch = bert(), _sentences()
     wrapped = EmbeddingSimilarity(model)
@@ -396,21 +396,21 @@ def test_embedding_target_equals_the_similarity_wrapper(criterion):
 
 def test_embedding_target_needs_no_labels_and_no_wrapper():
     model, batch = bert(), _sentences()
-    ref = xprune.score(model, [batch], "taylor", "heads", target="embedding")
-    close(xprune.score(model, [dict(batch, labels=torch.zeros(3))], "taylor", "heads", target="embedding"), ref)
-    close(xprune.score(model, T.BatchEncoding(batch), "taylor", "heads", target="embedding"), ref)
+    ref = xprune.score(model, [batch], "taylor-mean", "heads", target="embedding")
+    close(xprune.score(model, [dict(batch, labels=torch.zeros(3))], "taylor-mean", "heads", target="embedding"), ref)
+    close(xprune.score(model, T.BatchEncoding(batch), "taylor-mean", "heads", target="embedding"), ref)
     plain = xprune.score(model, [batch["input_ids"][:1]], "lrp", "heads", target="embedding")  # input_ids alone
     assert all(v.sum() > 0 for v in plain.values())
     units = xprune.discover(model, {"input_ids": batch["input_ids"][:1]}, "heads")
     singe = xprune.score(model, [batch], "singe", units, target="embedding", n_steps=1, normalize=None)
-    taylor = xprune.score(model, [batch], "taylor", units, target="embedding", normalize=None)
+    taylor = xprune.score(model, [batch], "taylor-mean", units, target="embedding", normalize=None)
     close(singe, {k: v * float(batch["attention_mask"].sum()) for k, v in taylor.items()}, rtol=1e-6)
 
 
 def test_embedding_target_on_a_model_with_logits_explains_the_logits_vector():
     model, batch = bert("sequence"), _sentences()
     units = xprune.discover(model, {"input_ids": batch["input_ids"][:1]}, "neurons")
-    s = xprune.score(model, [batch], "taylor", units, target="embedding", normalize=None)
+    s = xprune.score(model, [batch], "taylor-mean", units, target="embedding", normalize=None)
 
     def objective(out):
         return (out.logits * torch.nn.functional.normalize(out.logits.detach(), dim=-1)).sum()
@@ -424,4 +424,4 @@ def test_encoder_without_head_gets_a_one_line_hint():
         xprune.score(model, [dict(batch, labels=torch.zeros(3, dtype=torch.long))], "lrp", "heads")
     assert "target='embedding'" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(XpruneError, match="objective='loss' is the cross-entropy of class targets"):
-        xprune.score(model, [batch], "taylor", "heads", target="embedding", objective="loss")
+        xprune.score(model, [batch], "taylor-mean", "heads", target="embedding", objective="loss")

@@ -173,8 +173,8 @@ def test_a_new_kind_is_one_call():
         xprune.units._KINDS.pop("lstm-outputs", None)
     h = model.lstm(X)[0][:, -1].detach().requires_grad_(True)
     out = model.head(h)
-    (g,) = torch.autograd.grad(out[torch.arange(10), y].sum(), h)
-    taylor = (h * g).mean(0).abs().detach()
+    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(out, y, reduction="sum"), h)
+    taylor = (h * g).abs().mean(0).detach()  # Molchanov et al.: per-sample |a * dLoss/da|, averaged
     torch.testing.assert_close(ns["scores"]["head"].float(), taylor / taylor.norm(), rtol=1e-4, atol=1e-6)  # l2 per layer
     gone = ns["masked"]._xprune_history[-1]["plan"]["remove"]["head"]
     assert len(gone) == 1  # 25% of 6 hidden units, rounded down

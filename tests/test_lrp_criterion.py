@@ -24,14 +24,16 @@ def manual(model, x, y, composite, layers, aggregate):
     for i in range(0, len(x), 4):  # the criterion streams batches; relevance is per sample anyway
         _, r = lrp.relevance(model, x[i : i + 4], y[i : i + 4], composite, layers)
         for n in layers:
-            if aggregate == "pxp":
+            if aggregate == "pxp":  # per sample |sum over space|
                 out[n] = out[n] + r[n].sum((2, 3)).abs().sum(0)
-            else:
+            elif aggregate == "yeom":  # signed sum over samples and space (Yeom et al.'s code)
+                out[n] = out[n] + r[n].sum((0, 2, 3))
+            else:  # "abs": sum of |R|
                 out[n] = out[n] + r[n].abs().sum((0, 2, 3))
     return out
 
 
-@pytest.mark.parametrize("aggregate", ["pxp", "yeom"])
+@pytest.mark.parametrize("aggregate", ["pxp", "yeom", "abs"])
 @pytest.mark.parametrize("composite", ["epsilon-plus", "epsilon-alpha2-beta1"])
 def test_channel_scores_are_aggregated_relevance(aggregate, composite):
     model = make(TinyResNet)

@@ -127,7 +127,7 @@ def test_singe_fast_equals_exact_on_linear_model():
 def test_singe_one_step_is_summed_taylor():
     m, X, y = make(ConvBN)
     one = xprune.score(m, (X, y), "singe", n_steps=1, gate_at="output", normalize=None)
-    taylor = xprune.score(m, (X, y), "taylor", normalize=None)  # |mean over samples and positions|
+    taylor = xprune.score(m, (X, y), "taylor-mean", normalize=None)  # |mean over samples and positions|
     positions = {"conv1": 64, "conv2": 64, "fc1": 1}
     for name in one:
         torch.testing.assert_close(one[name], taylor[name] * len(X) * positions[name], rtol=1e-4, atol=1e-7)

@@ -98,19 +98,28 @@ def test_softmax_and_bilinear_rules_match_hand_computation():
     torch.testing.assert_close(R_k, 0.5 * share.sum(-3))
 
 
-def test_cp_lrp_sends_nothing_through_softmax():
+@pytest.mark.parametrize("variant", ["cp", "attnlrp"])
+def test_cp_lrp_sends_nothing_through_softmax(variant):
+    # relevance read at the outputs of the q, k and v projections (tensor x modified gradient) after a backward
+    # pass from the attention output: CP-LRP treats the attention weights as constants, so none reaches q or k,
+    # all of it goes through the values; AttnLRP's softmax rule sends some through q and k as well
     torch.manual_seed(0)
     att = Attention(6, num_heads=2).double().eval()
-    x = torch.randn(1, 4, 6, dtype=torch.double, requires_grad=True)
-    with attnlrp(att, AttentionComposite("cp", epsilon=0.0)) as attr:
-        taps = attr.tap(["av"])
+    x = torch.randn(1, 4, 6, dtype=torch.double)
+    with attnlrp(att, AttentionComposite(variant, epsilon=0.0)) as attr:
+        taps = attr.tap(["q", "k", "v", "av"])
         att(x)
-        (O,) = taps["av"]
-        v_in = att.v.weight  # noqa: F841
+        (q,), (k,), (v,), (O,) = taps["q"], taps["k"], taps["v"], taps["av"]
         R_O = torch.randn_like(O)
-        gx = torch.autograd.grad(O, x, R_O / O.detach())[0]
-    # only the value path: x -> v -> (A constant) -> O; relevance at x equals x * grad along v
-    assert gx.abs().sum() > 0
+        grads = torch.autograd.grad(O, [q, k, v], R_O / O.detach(), allow_unused=True)
+    R = {n: torch.zeros_like(t) if g is None else t.detach() * g for n, t, g in zip("qkv", (q, k, v), grads)}
+    if variant == "cp":
+        assert torch.equal(R["q"], torch.zeros_like(q)) and torch.equal(R["k"], torch.zeros_like(k))
+    else:
+        assert R["q"].abs().sum() > 1e-3 * R_O.abs().sum() and R["k"].abs().sum() > 1e-3 * R_O.abs().sum()
+    assert R["v"].abs().sum() > 1e-3 * R_O.abs().sum()
+    if variant == "cp":  # uniform rule on A v with A constant: all of R_O arrives at v (epsilon 0)
+        torch.testing.assert_close(R["v"].sum(), R_O.sum())
 
 
 def _no_bias(module):
@@ -258,7 +267,8 @@ def test_attnlrp_context_keeps_outputs_and_restores_the_model(kind):
 # ----------------------------------------------------------------------------- criteria
 
 
-@pytest.mark.parametrize("criterion", ["lrp", "taylor", "gradient", "activation", "weight", "l2", "random"])
+@pytest.mark.parametrize("criterion", ["lrp", "taylor", "taylor-mean", "gradient", "activation", "weight", "l2",
+                                       "random"])
 def test_criteria_on_heads_and_neurons(criterion):
     model = tiny_vit()
     X, y = torch.randn(6, 1, 8, 8), torch.randint(0, 4, (6,))
@@ -268,11 +278,13 @@ def test_criteria_on_heads_and_neurons(criterion):
         assert [v.numel() for v in s.values()] == ([4, 4] if unit == "heads" else [24, 24])
 
 
-def test_taylor_is_the_gate_gradient():
+def test_taylor_mean_is_the_gate_gradient():
+    # "taylor-mean": |dO/dg| of the batch's summed target logits for a gate g on each head, over samples and
+    # tokens; "taylor" (per sample, the loss) is checked against a per-sample loop in tests/test_fair.py
     model = tiny_vit()
     X, y = torch.randn(5, 1, 8, 8), torch.randint(0, 4, (5,))
     units = xprune.discover(model, X[:1], "heads")
-    s = xprune.score(model, (X, y), "taylor", units, normalize=None)
+    s = xprune.score(model, (X, y), "taylor-mean", units, normalize=None)
     with xt.gates(model, units) as g:
         out = model(X)
         grads = torch.autograd.grad(out[torch.arange(5), y].sum(), list(g.values.values()))
@@ -290,11 +302,46 @@ def test_curve_with_heads_units():
     assert len(c.accuracies) == 3 and c.removed == [0, 2, 4]
 
 
-def test_lrp_on_hf_llama_heads_and_gqa():
+@pytest.mark.parametrize("comp", ["attnlrp", "cp-lrp"])
+def test_lrp_on_hf_llama_heads_and_gqa(comp):
+    # 4 query heads sharing 2 KV heads: a unit is a KV group (its 2 query heads); the group's query heads read
+    # columns 16 g : 16 (g + 1) of o_proj. Zeroing those columns of group 0 in layer 0 takes that group out of
+    # the model's output: no relevance can reach it.
     model, x = tiny_hf("llama")
-    ids = x["input_ids"]
-    data = [({"input_ids": ids}, torch.tensor([3, 5]))]
-    for unit in ("heads", "neurons"):
-        for comp in ("attnlrp", "cp-lrp"):
-            s = xprune.score(model, data, "lrp", unit, composite=comp)
-            assert all(v.sum() > 0 for v in s.values())
+    model = model.double()
+    with torch.no_grad():
+        model.model.layers[0].self_attn.o_proj.weight[:, :16] = 0
+    ids, labels = x["input_ids"], torch.tensor([3, 5])
+    data = [({"input_ids": ids}, labels)]
+    units = xprune.discover(model, {"input_ids": ids}, "heads")
+    first, second = (g.name for g in units)
+    pxp = xprune.score(model, data, "lrp", units, composite=comp, normalize=None)
+    signed = xprune.score(model, data, "lrp", units, composite=comp, aggregate="yeom", normalize=None)
+    assert pxp[first][0] == 0 and signed[first][0] == 0 and pxp[first][1] > 0 and (pxp[second] > 0).all()
+
+    # reference: the relevance at the attention output (o_proj's input, tensor x modified gradient), from a
+    # backward pass of our own with relevance 1 at the label's logit of the last token
+    inputs = {}
+    hooks = [model.model.layers[i].self_attn.o_proj.register_forward_pre_hook(
+        lambda m, a, i=i: inputs.__setitem__(i, a[0])) for i in range(2)]
+    try:
+        with attnlrp(model, comp):
+            logits = model(input_ids=ids).logits
+            seed = torch.zeros_like(logits)
+            seed[torch.arange(2), -1, labels] = 1 / logits[torch.arange(2), -1, labels].detach()
+            grads = torch.autograd.grad(logits, [inputs[0], inputs[1]], seed)
+    finally:
+        for h in hooks:
+            h.remove()
+    for i, name in enumerate((first, second)):
+        R = (inputs[i].detach() * grads[i]).reshape(2, ids.shape[1], 2, 2, 8)  # [N, T, group, query head, d]
+        torch.testing.assert_close(signed[name], R.sum((0, 1, 3, 4)), rtol=1e-6, atol=1e-12)  # per-group sum
+        torch.testing.assert_close(pxp[name], R.sum(-1).abs().sum((0, 1, 3)), rtol=1e-6, atol=1e-12)
+
+
+def test_lrp_on_hf_llama_neurons():
+    model, x = tiny_hf("llama")
+    data = [({"input_ids": x["input_ids"]}, torch.tensor([3, 5]))]
+    for comp in ("attnlrp", "cp-lrp"):
+        s = xprune.score(model, data, "lrp", "neurons", composite=comp)
+        assert all(torch.isfinite(v).all() and v.sum() > 0 for v in s.values())

@@ -142,3 +142,72 @@ def test_transformer_heads_search_softmax_rule(tmp_path):
     assert json.loads(res.composite.read_text())["spec"][0] in ("attnlrp", "cp-lrp")
     c = curve(model, ref, val, "lrp", units="heads", rates=RATES, **res.options)
     assert c.auc == res.best_value
+
+
+def _normalised(t, name):
+    """A float parameter of trial ``t`` mapped to [0, 1] over its range (log scale where sampled so)."""
+    import math
+
+    d, v = t.distributions[name], t.params[name]
+    if d.log:
+        return (math.log(v) - math.log(d.low)) / (math.log(d.high) - math.log(d.low))
+    return (v - d.low) / (d.high - d.low) if d.high > d.low else 0.0
+
+
+def _same_point(a, b, tol=0.05):
+    """Same categorical choices and every float parameter within ``tol`` of its range."""
+    for name, d in a.distributions.items():
+        if isinstance(d, optuna.distributions.CategoricalDistribution):
+            if a.params[name] != b.params[name]:
+                return False
+        elif abs(_normalised(a, name) - _normalised(b, name)) > tol:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def balanced():
+    """A ConvBN whose output layer is centred and scaled on the data, so it labels 5 classes in similar numbers
+    (composites then give different curves, unlike ``task``, where one class holds most samples)."""
+    torch.manual_seed(0)
+    model = ConvBN().eval()
+    X = torch.randn(300, 3, 8, 8)
+    with torch.no_grad():
+        z = model(X)
+        model.fc2.bias.sub_(z.mean(0)).div_(z.std(0))
+        model.fc2.weight.div_(z.std(0)[:, None])
+        y = model(X).argmax(1)
+    assert torch.bincount(y, minlength=5).min() >= 20
+    return model, (X[:40], y[:40]), (X[40:], y[40:])
+
+
+def test_gp_sampler_learns_from_stopped_trials_and_proposes_new_points(balanced, tmp_path):
+    from xprune.tune import BoundPruner
+    from xprune.tune.study import N_STARTUP
+
+    model, ref, val = balanced
+    trials = N_STARTUP + 5
+    res = xprune.tune(model, ref, val, trials=trials, sampler="gp", out=tmp_path, rates=RATES, progress=False,
+                      pruner=BoundPruner(margin=0.0))
+    ts = res.study.trials
+    assert len(ts) == trials and all(t.state == optuna.trial.TrialState.COMPLETE for t in ts)  # GP sees them all
+    start, model_made = ts[:N_STARTUP], ts[N_STARTUP:]
+    # the GP's proposals differ from each other and from the random start-up points
+    for i, t in enumerate(model_made):
+        assert not any(_same_point(t, u) for u in start + model_made[:i]), f"trial {t.number} repeats a point"
+    # a stopped trial carries its projected AUC (an upper bound, below the best) and stays out of the best choice
+    stopped = [t for t in ts if "stopped_after" in t.user_attrs]
+    full = [t for t in ts if "stopped_after" not in t.user_attrs]
+    assert stopped and any(t in full for t in model_made)  # some stopped, not every proposal stopped
+    for t in stopped:
+        accs = t.user_attrs["accuracies"]
+        assert len(accs) < len(RATES) and t.value == t.intermediate_values[t.last_step]
+        assert t.value == pytest.approx((sum(accs) + (len(RATES) - len(accs)) * accs[-1]) / len(RATES))
+        assert t.value < max(u.value for u in full if u.number < t.number)
+    for t in full:
+        assert t.value == pytest.approx(sum(t.user_attrs["accuracies"]) / len(RATES))
+    assert res.best_value == max(t.value for t in full) == res.study.best_value
+    assert res.counts == {"complete": len(full), "pruned": len(stopped)}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert sum(t["state"] == "PRUNED" for t in summary["trials"]) == len(stopped)
+

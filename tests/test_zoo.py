@@ -62,8 +62,8 @@ def _n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-CRITERIA = ["activation", "gradient", "integrated-gradients", "l2", "llm-pruner", "lrp", "random", "singe",
-            "steered", "taylor", "wanda", "weight"]
+CRITERIA = ["activation", "gradient", "integrated-gradients", "l2", "llm-pruner", "lrp", "pbe", "random", "singe",
+            "steered", "taylor", "taylor-mean", "wanda", "weight"]
 
 
 def _library_criteria():

@@ -6,21 +6,25 @@
    with the inputs normalised as it was trained (the line ``data: ...`` says how);
 2. draw ``n_per_class`` reference samples per class from the training split
    (the scarce-data regime of Pruning by Explaining);
-3. for every criterion, compute the accuracy-vs-pruning-rate curve on the
-   test split (relevance computed once, nested prunings, no fine-tuning) and
-   its area (PXP's AUC);
-4. choose the rate: ``ratio="auto"`` (default) takes the largest rate of the
-   curve at which the chosen criterion's accuracy on the **val** split is
-   within ``tolerance`` of the unpruned model's (the test split, reported,
-   plays no part in the choice);
-5. prune at that rate with the criterion of best AUC (or the one asked for),
-   physically, and measure accuracy, parameters, MACs and latency before/after
-   (a pruned model at chance accuracy is warned about);
+3. for every criterion (each at its default per-layer normalisation, see
+   :func:`xprune.score`), compute the accuracy-vs-pruning-rate curve
+   (relevance computed once, nested prunings, no fine-tuning) and its area
+   (PXP's AUC) on the **val** split, for choosing, and on the **test** split,
+   for reporting;
+4. choose the criterion of best mean val AUC (or the one asked for) and the
+   rate: ``ratio="auto"`` (default) takes the largest rate at which the
+   chosen criterion's val accuracy is within ``tolerance`` of the unpruned
+   model's. The test split plays no part in either choice;
+5. prune at that rate with that criterion, physically, and measure test
+   accuracy, parameters, MACs and latency before/after (a pruned model at
+   chance accuracy is warned about);
 6. write ``curves.png``, ``results.json``, ``pruned.pt`` (whole module) and
    ``plan.json`` into the output folder, saying how to open each.
 """
 
 from __future__ import annotations
+
+import sys
 
 import contextlib
 import copy
@@ -54,6 +58,33 @@ def default_criteria() -> list[str]:
     """Every registered criterion that scores channels (user-registered test criteria excluded)."""
     preferred = ["lrp", "weight", "l2", "gradient", "taylor", "activation", "random"]
     return [c for c in preferred if c in _criteria.available()]
+
+
+def provenance() -> dict[str, Any]:
+    """Where the figures come from: the command, the git commit of the source (None outside a checkout;
+    ``dirty`` when tracked files had uncommitted changes), torch's threads, the machine and the UTC date."""
+    import os
+    import platform
+    import shlex
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args):
+        try:
+            r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    cmd = ["xprune", *sys.argv[1:]] if Path(sys.argv[0]).name in ("xprune", "__main__.py") else sys.argv
+    return {"command": " ".join(shlex.quote(a) for a in cmd), "commit": git("rev-parse", "HEAD"),
+            "dirty": None if dirty is None else bool(dirty), "threads": torch.get_num_threads(),
+            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                        "system": platform.system()},
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
 
 
 def measure(model: torch.nn.Module, test: Any, example: Any = None, *, accuracy: bool = True) -> dict[str, Any]:
@@ -138,7 +169,7 @@ def run(
         of ``rates`` at which the chosen criterion keeps the val accuracy
         within ``tolerance`` of the unpruned model's.
     criterion : str, optional
-        Criterion of the final pruning (default: best mean AUC).
+        Criterion of the final pruning (default: best mean AUC on the val split).
     seeds : sequence of int
         Several reference sets (same model), so the table shows a spread.
     out : str or Path
@@ -162,7 +193,7 @@ def run(
     from . import data as xdata
     from .models import pretrained
 
-    console = console or Console(highlight=False, soft_wrap=True)
+    console = console or Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)  # tables unclipped when piped
     out = Path(out)
     refuse_existing(out, list(FILES), overwrite)
     if ratio != "auto" and not (isinstance(ratio, (int, float)) and 0 <= ratio < 1):
@@ -186,8 +217,8 @@ def run(
     console.print(f"reference model: test accuracy {base_acc:.4f} on {len(ds.test)} test images")
     checks.warn_if_chance(base_acc, len(ds.classes), what="the reference model")
 
-    curves = []
-    scores_by, references = {}, {}
+    curves, val_curves = [], []  # test split: reported; val split: what the choices are made on
+    scores_by, references, val_by = {}, {}, {}
     names = list(dict.fromkeys(criteria + ([criterion] if criterion else [])))
     for seed in seeds:
         reference = references.setdefault(seed, xdata.reference_samples(ds.train, n_per_class, seed=seed))
@@ -195,25 +226,34 @@ def run(
             opts = {**options.get(name, {}), **({"seed": seed} if name == "random" else {})}
             s = score(model, reference, name, **opts)
             scores_by.setdefault(name, s)
-            if name not in criteria:
+            if name not in criteria and not (ratio == "auto" and seed == seeds[0]):
                 continue
             with quiet_plans():
+                val = evaluate.curve(model, reference, ds.val, name, scores=s, rates=rates)
+                val_by.setdefault(name, val)  # the first seed's, whose scores the final pruning uses
+                if name not in criteria:
+                    continue
+                val_curves.append(val)
                 curves.append(evaluate.curve(model, reference, ds.test, name, scores=s, rates=rates, progress=True))
-            console.print(f"  seed {seed} {name:<11} AUC {curves[-1].auc:.4f}")
-    console.print(report.curves_table(curves, title=f"Accuracy vs pruning rate on the test split, no fine-tuning "
-                                                     f"({n_per_class} reference samples/class)"))
+            console.print(f"  seed {seed} {name:<11} AUC val {val_curves[-1].auc:.4f}  test {curves[-1].auc:.4f}")
+    console.print(report.curves_table(
+        curves, chosen_by=val_curves,
+        title=f"Accuracy vs pruning rate, no fine-tuning ({n_per_class} reference samples/class); chosen on "
+              f"the val split ({len(ds.val)} images), reported on the test split ({len(ds.test)} images)"))
+    used = {name: scores_by[name].meta.get("normalize") for name in criteria}
+    console.print("per-layer normalisation before the global ranking (each criterion's default, see "
+                  "xprune.score): " + ", ".join(f"{n} {h or 'none'}" for n, h in used.items()), markup=False)
     report.plot_curves(curves, out / "curves.png", baseline=base_acc,
-                              title=f"{arch} on {dataset}: {n_per_class} ref. samples/class, no fine-tuning")
+                       title=f"{arch} on {dataset}, test split: {n_per_class} ref. samples/class, no fine-tuning")
 
+    val_aucs = {name: sum(c.auc for c in val_curves if c.criterion == name) / len(seeds) for name in criteria}
     aucs = {name: sum(c.auc for c in curves if c.criterion == name) / len(seeds) for name in criteria}
-    chosen = criterion or max(aucs, key=aucs.get)
-    why = "asked for" if criterion else "best AUC above"
+    chosen = criterion or max(val_aucs, key=val_aucs.get)
+    why = "asked for" if criterion else "best val AUC above"
     val_acc = evaluate.accuracy(model, ds.val)
     choice: dict[str, Any] = {"ratio": ratio}
     if ratio == "auto":
-        with quiet_plans():
-            val_curve = evaluate.curve(model, references[seeds[0]], ds.val, chosen, scores=scores_by[chosen],
-                                       rates=rates)
+        val_curve = val_by[chosen]
         ratio = auto_ratio(val_curve, val_acc, tolerance)
         choice = {"ratio": "auto", "tolerance": tolerance, "split": "val", "val_accuracy": val_acc,
                   "val_curve": val_curve.to_dict(), "chosen_rate": ratio}
@@ -240,9 +280,12 @@ def run(
     plan.save(out / "plan.json")
     results = {"arch": arch, "dataset": dataset, "n_per_class": n_per_class, "seeds": list(seeds),
                "normalization": ds.normalization, "base_accuracy": base_acc,
-               "curves": [c.to_dict() for c in curves], "auc": aucs, "chosen": chosen, "ratio": ratio,
+               "curves": [c.to_dict() for c in curves], "auc": aucs, "val_curves": [c.to_dict() for c in val_curves],
+               "val_auc": val_aucs, "chosen": chosen, "chosen_on": "asked for" if criterion else "val",
+               "normalize": {name: scores_by[name].meta.get("normalize") for name in names},
+               "ratio": ratio,
                "ratio_choice": choice, "options": options, "before": before, "after": after,
-               "seconds": time.perf_counter() - started}
+               "seconds": time.perf_counter() - started, "provenance": provenance()}
     report.save_json(results, out / "results.json")
     console.print(f"\nwrote {out}/ in {results['seconds']:.0f} s:")
     width = max(map(len, FILES))

@@ -24,14 +24,22 @@ def group_curves(curves: Iterable[Curve]) -> dict[str, list[Curve]]:
     return out
 
 
-def curves_table(curves: Iterable[Curve], *, at: Sequence[float] = (0.25, 0.5, 0.75), title: str | None = None):
-    """A rich Table: per criterion, AUC (mean +- std over seeds) and accuracy at chosen rates, best AUC first."""
+def curves_table(curves: Iterable[Curve], *, at: Sequence[float] = (0.25, 0.5, 0.75), title: str | None = None,
+                 chosen_by: Iterable[Curve] | None = None):
+    """A rich Table: per criterion, AUC (mean +- std over seeds) and accuracy at chosen rates, best AUC first.
+
+    ``chosen_by``: curves of the same criteria on another split (the validation split a choice is made on);
+    their AUC gets a column of its own before the others, and the rows are sorted by it.
+    """
     from rich.table import Table
 
     grouped = group_curves(curves)
+    chooser = group_curves(chosen_by) if chosen_by is not None else None
     table = Table(title=title)
     table.add_column("criterion")
-    table.add_column("AUC", justify="right", no_wrap=True)
+    if chooser is not None:
+        table.add_column("val AUC", justify="right", no_wrap=True)
+    table.add_column("AUC" if chooser is None else "test AUC", justify="right", no_wrap=True)
     for r in at:
         table.add_column(f"acc@{int(round(100 * r))}%", justify="right", no_wrap=True)
     table.add_column("seeds", justify="right")
@@ -39,10 +47,12 @@ def curves_table(curves: Iterable[Curve], *, at: Sequence[float] = (0.25, 0.5, 0
     for name, cs in grouped.items():
         auc = _mean_std(c.auc for c in cs)
         accs = [_mean_std(c.at(r) for c in cs) for r in at]
-        rows.append((auc[0], name, auc, accs, len(cs)))
-    for _, name, auc, accs, n in sorted(rows, key=lambda t: -t[0]):
+        val = _mean_std(c.auc for c in chooser[name]) if chooser is not None and name in chooser else None
+        rows.append(((val or auc)[0], name, val, auc, accs, len(cs)))
+    for _, name, val, auc, accs, n in sorted(rows, key=lambda t: -t[0]):
         fmt = (lambda m, s: f"{m:.3f}±{s:.3f}") if n > 1 else (lambda m, s: f"{m:.3f}")
-        table.add_row(name, fmt(*auc), *[fmt(*a) for a in accs], str(n))
+        first = [] if chooser is None else [fmt(*val) if val is not None else "-"]
+        table.add_row(name, *first, fmt(*auc), *[fmt(*a) for a in accs], str(n))
     return table
 
 

@@ -1,10 +1,11 @@
 """Schedules: when to score, remove and fine-tune.
 
 - :func:`one_shot`: score once, remove ``ratio`` of the units, optionally fine-tune.
-- :func:`iterative`: the schedule of Pruning by Explaining (Yeom et al. 2021):
-  remove a fraction ``step`` of the *remaining* units per step, recomputing the
-  scores on the pruned model each time, with an optional fine-tuning hook
-  between steps, until ``ratio`` of the original units are gone.
+- :func:`iterative`: remove a fraction ``step`` of the remaining (or of the
+  original) units per step, recomputing the scores on the pruned model each
+  time, with an optional fine-tuning hook between steps, until ``ratio`` of
+  the original units are gone. ``iterative(model, data, ratio=..., **YEOM)``
+  is the schedule of Pruning by Explaining (Yeom et al. 2021), see :data:`YEOM`.
 - :func:`entwined`: SInGE's schedule (Yvinec et al. 2022): alternate small
   pruning steps (by units or by exactly counted MACs) with fine-tuning, a fixed total
   fine-tuning budget split over the steps; checkpointed and resumable.
@@ -30,6 +31,19 @@ from .select import select
 from .surgery import apply
 
 FineTune = Callable[[nn.Module], "nn.Module | None"]
+
+YEOM: dict[str, Any] = {"criterion": "pbe", "step": 0.05, "steps_of": "original"}
+"""The schedule of Pruning by Explaining (Yeom et al., Pattern Recognition 115, 2021, arXiv:1912.08881).
+
+``xprune.schedules.iterative(model, data, ratio=0.9, fine_tune=..., **YEOM)``: the ``"pbe"``
+criterion; each step removes 5% of the model's *original* number of units, globally ranked, with the
+relevance recomputed on the pruned model before every step and the caller's fine-tuning between steps.
+Their code (github.com/seulkiyeom/LRP_Pruning, ``PruningFineTuner.prune``) fixes the count once,
+``int(number_of_filters * pr_step)`` with ``pr_step=0.05``, and runs ``int(1 / pr_step * total_pr)``
+steps; the ``ratio`` here is their ``total_pr`` (the paper prunes up to about 90% of the filters). Their
+headline setting is without fine-tuning and with few reference samples (e.g. 10 per class): leave
+``fine_tune`` out for it.
+"""
 
 
 @dataclass
@@ -85,6 +99,7 @@ def iterative(
     ratio: float = 0.5,
     *,
     step: float = 0.05,
+    steps_of: str = "remaining",
     units: str = "channels",
     scope: str = "global",
     fine_tune: FineTune | None = None,
@@ -95,14 +110,21 @@ def iterative(
     seed: int | None = None,
     **options: Any,
 ) -> ScheduleResult:
-    """Prune in steps of ``step`` x the remaining units, rescoring after each step.
+    """Prune in steps of ``step`` x the remaining (or original) units, rescoring after each step.
+
+    Yeom et al.'s schedule is ``iterative(model, data, ratio=..., **YEOM)`` (:data:`YEOM`:
+    criterion ``"pbe"``, ``step=0.05``, ``steps_of="original"``).
 
     Parameters
     ----------
     ratio : float
         Fraction of the *original* units removed at the end.
     step : float in (0, 1)
-        Fraction of the remaining units removed per step (Yeom et al. use 5%).
+        Fraction of units removed per step (Yeom et al.: 5% of the original units).
+    steps_of : {"remaining", "original"}
+        What ``step`` is a fraction of: the units left before the step
+        (default; steps shrink as the model does), or the model's original
+        units (a fixed count per step, as in Yeom et al.'s code).
     fine_tune : callable, optional
         ``fine_tune(model)`` after each step (e.g. a few epochs on the training
         data); may return a new model.
@@ -140,10 +162,13 @@ def iterative(
     check_ratio(ratio)
     if not isinstance(step, (int, float)) or not 0 < step < 1:
         raise XpruneError(f"step must be in (0, 1), got {step!r}")
+    if steps_of not in ("remaining", "original"):
+        raise XpruneError(f"steps_of must be 'remaining' or 'original', got {steps_of!r}")
     if resume and checkpoint_dir is None:
         raise XpruneError("resume=True needs the checkpoint_dir of the run to continue")
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    settings = _settings(criterion, options, ratio=ratio, step=step, units=units, scope=scope, seed=seed)
+    extra = {} if steps_of == "remaining" else {"steps_of": steps_of}  # earlier checkpoints still match
+    settings = _settings(criterion, options, ratio=ratio, step=step, units=units, scope=scope, seed=seed, **extra)
     current = model
     result = ScheduleResult(model)
     original_total = None
@@ -172,7 +197,10 @@ def iterative(
                 left = target - result.removed
                 if left <= 0:
                     break
-                k = min(left, max(1, math.ceil(step * scores.total)))
+                if steps_of == "original":  # a fixed count, int(total * step) as in Yeom et al.'s code
+                    k = min(left, max(1, math.floor(step * original_total + 1e-9)))
+                else:
+                    k = min(left, max(1, math.ceil(step * scores.total)))
                 if scores.kind == "weights":
                     # masked weights stay in the model: rank them first so each step masks k new ones
                     for name, idxs in (result.plans[-1].remove.items() if result.plans else ()):

@@ -17,7 +17,7 @@ from .criteria import base as criteria
 from .errors import DataError, XpruneError, XpruneWarning
 from .units import UnitSet, discover
 
-NORMALIZATIONS = (None, "none", "l1", "l2", "max")
+NORMALIZATIONS = (None, "none", "l1", "l2", "max", "mean")
 
 
 def normalize(values: torch.Tensor, how: str | None) -> torch.Tensor:
@@ -30,8 +30,10 @@ def normalize(values: torch.Tensor, how: str | None) -> torch.Tensor:
         d = values.norm()
     elif how == "max":
         d = values.abs().max()
+    elif how == "mean":
+        d = values.abs().mean() if values.numel() else values.new_zeros(())
     else:
-        raise XpruneError(f"unknown normalisation {how!r}; use one of none, l1, l2, max")
+        raise XpruneError(f"unknown normalisation {how!r}; use one of none, l1, l2, max, mean")
     return values / d if d > 0 else values
 
 
@@ -213,9 +215,44 @@ def score(
         mask) to the original model's, which needs no labels. On a model
         with logits, ``"embedding"`` explains the logits vector as a whole
         (label-free). See :class:`~xprune.criteria.base.Objective`.
-    normalize : "default", None, "l1", "l2" or "max"
-        Per-layer normalisation; ``"default"`` uses the criterion's own
-        (e.g. L2 for Taylor, none for the others).
+    normalize : "default", None, "l1", "l2", "max" or "mean"
+        Per-layer normalisation: every layer's scores divided by their sum
+        of absolute values (``"l1"``), Euclidean norm (``"l2"``), largest
+        absolute value (``"max"``) or mean absolute value (``"mean"``);
+        ``None`` keeps the raw scores. A positive factor per layer, so the
+        ranking *within* a layer (``select(..., scope="local")``) never
+        changes; it matters for the global ranking, where raw scores of
+        different layers are on unrelated scales (e.g. weight norms grow
+        with a layer's fan-in, so a 50% global plan on raw ``weight``
+        scores removes whole layers). ``"default"`` is the criterion's own
+        (:func:`default_normalization`: its class's ``default_normalize``,
+        per unit kind where the class says so):
+
+        ===================================  ==========  ========================================
+        criterion                            default     why
+        ===================================  ==========  ========================================
+        ``taylor``, ``taylor-mean``          ``"l2"``    Molchanov et al. 2017, eq. (9)
+        ``weight``, ``l2``, ``gradient``,    ``"mean"``  every layer's mean score 1, as
+        ``activation``,                                  Torch-Pruning's importances by default
+        ``integrated-gradients``, ``singe``              (``normalizer="mean"``); unlike ``"l1"``
+                                                         it does not depend on the layer's width
+        ``weight``, ``l2`` on single         None        global magnitude pruning (Han et al.
+        weights (``units="weights"``)                    2015): raw ``|w|`` across layers
+        ``random``                           None        uniform scores share one scale already
+        ``lrp``                              None        PXP (Hatefi et al. 2024): one global
+                                                         ranking, no normalisation
+        ``pbe``                              ``"l1"``    Yeom et al. 2021 (their
+                                                         ``normalize_ranks_per_layer``)
+        ===================================  ==========  ========================================
+
+        Yeom et al. (2021) L1-normalise every criterion per layer before
+        their global ranking (``normalize="l1"``); with layers of different
+        widths L1 favours removing the wide layers' units (their normalised
+        scores are smaller), which is why the baselines default to
+        ``"mean"``. ``normalize=None`` reproduces PXP's unnormalised global
+        ranking for any criterion. Measured on the demo's model
+        (``benchmarks/fair_demo.py``, ``benchmarks/results/fair_demo.json``),
+        L1 puts the cut almost entirely into the widest layer.
     example_inputs : optional
         Inputs used to trace the model; default: the first sample of ``data``.
     include_output, ignore :
@@ -262,11 +299,21 @@ def score(
             "overflow or are NaN on these inputs. Check the inputs for NaN/Inf and that they are normalised "
             "as the model expects; for LRP, a larger epsilon stabilises the rules"
         )
-    how = crit.default_normalize if normalize == "default" else normalize
+    how = default_normalization(crit, unit_set.kind) if normalize == "default" else normalize
     values = {g.name: _normalize_one(raw[g.name], how) for g in unit_set}
     meta = {"normalize": how, "target": target if isinstance(target, (str, int)) else "callable"}
     meta.update(used)
     return Scores.from_units(values, unit_set, criterion=crit.name, meta=meta)
+
+
+def default_normalization(crit: criteria.Criterion, kind: str) -> str | None:
+    """The per-layer normalisation ``normalize="default"`` means for ``crit`` on unit kind ``kind``.
+
+    The criterion's ``default_normalize_for(kind)`` where it defines one (the magnitude criteria: none on
+    single weights, global magnitude pruning), else its class's ``default_normalize``.
+    """
+    pick = getattr(crit, "default_normalize_for", None)
+    return pick(kind) if callable(pick) else crit.default_normalize
 
 
 def _compute(model, data, crit, units, dev, *, target, example_inputs, include_output, ignore, batch_size,

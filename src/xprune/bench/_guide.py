@@ -1,5 +1,6 @@
 """The "which criterion should I use?" section of the results page: bullets computed from the suite's
-output (and the stored results) and the hand-written advice :data:`GUIDE`."""
+output and the stored results (:func:`_guide`), then :data:`GUIDE`, a hand-written *reading* of the
+tables, labelled as such on the page: it is not recomputed when the numbers change and quotes no figure."""
 
 from __future__ import annotations
 
@@ -59,39 +60,54 @@ def _guide(out: Path, existing: Path) -> list[str]:
     pf = out / "perf.json"
     if pf.exists():
         costs = json.loads(pf.read_text())["costs"]
-        lrp_cost = costs.get("lrp (epsilon-plus)", {}).get("relative")
-        dear = max(costs, key=lambda k: costs[k]["relative"])
-        lines.append(f"- Cost: lrp (epsilon-plus) {lrp_cost:.2f}x a forward+backward; taylor "
-                     f"{costs['taylor']['relative']:.2f}x; the dearest is {dear} ({costs[dear]['relative']:.2f}x).")
+        rel = {k: v["relative"] for k, v in costs.items()}
+        cheap = sorted((k for k, v in rel.items() if v < 1), key=rel.get)
+        mid = sorted((k for k, v in rel.items() if 1 <= v < 5), key=rel.get)
+        dear = sorted((k for k, v in rel.items() if v >= 5), key=rel.get)
+
+        def span(ks):
+            return f"{', '.join(ks)} ({min(rel[k] for k in ks):.2f}-{max(rel[k] for k in ks):.2f}x)" if ks else "none"
+
+        lines.append(f"- Cost of scoring, relative to a forward+backward: below 1x {span(cheap)}; 1-5x {span(mid)}; "
+                     f"5x and more {span(dear)}.")
+    gj = existing / "guarantee.json"
+    if gj.exists():
+        rows = json.loads(gj.read_text())["rows"]
+        cols = list(dict.fromkeys((r["model"], r["max_drop"]) for r in rows))
+        parts = []
+        for model, drop in cols:
+            cell = [r for r in rows if (r["model"], r["max_drop"]) == (model, drop)]
+            top = max(r["rate"] for r in cell)
+            who = [r["criterion"] for r in cell if r["rate"] == top]
+            best = f"{', '.join(who)} ({top:.2f})" if top > 0 else "none certified"
+            parts.append(f"{model} at {drop:.0%}: {best}")
+        lines.append("- Largest certified rate (stored `guarantee.json`): " + "; ".join(parts) + ".")
     return lines
 
 
 GUIDE = """\
-In short (the bullets above are computed from the suite's output and the stored results; the advice below
-draws on all the tables on this page):
+In short: **a reading** of the tables on this page, written by hand. Unlike the bullets above it is not
+recomputed when the numbers change, and it quotes no figure: check it against the tables it names.
 
-- **Few reference samples, no fine-tuning, a CNN** (the Pruning-by-Explaining setting): `lrp`, but choose
-  the composite: the epsilon rule, z+ or a composite tuned with `xprune tune` beat `taylor` on the transfer
-  task, while the default `epsilon-plus` trails it there. Tuning gained little over the best preset
-  (within one seed's spread) and needs a labelled validation split.
-- **A very over-parameterised network, a moderate rate**: check `random` first. On the 1000-wide toy MLPs
-  no criterion beats removing a third of the neurons at random on circles and moons; the data-driven
-  criteria approach it only from about 50-100 samples per class.
-- **You will fine-tune anyway**: the criterion matters little. After a one-shot cut of half the ResNet's
-  MACs and 60 fine-tuning steps, `steered`, `random`, `taylor` and `lrp` (alpha2-beta1) end within one
-  point of each other; `singe` and z+ fall behind one-shot and need the entwined schedule (several small
-  steps with fine-tuning between), where `lrp` (epsilon-plus) was best.
-- **Transformers**: prune attention heads with `lrp` (AttnLRP or CP-LRP; tuned slightly better): far ahead
-  of `taylor`, `gradient`, `weight` and `random` on the ViT and on MiniLM (where `activation` matches it on
-  heads). For MLP neurons of the small ViT
-  the criteria are within noise; on MiniLM `lrp` (AttnLRP) keeps the embeddings closest. For decoder LLMs
-  judged by perplexity, `llm-pruner` and `wanda` were best beyond a quarter of the heads (tiny model).
-- **Keep explanations**: after pruning 50% of the digits VGG with `lrp` its heatmaps barely change
-  (below); `taylor` kept heatmaps best after fine-tuning in the steered-pruning study.
-- **Budget**: `weight`, `l2`, `random` cost less than one forward+backward; `gradient`, `taylor` and `lrp`
-  about 1.5-1.8x; `integrated-gradients` and `singe` 15x and more (one pass per path step).
-- **No data at all**: `weight`/`l2` are the only options without data and usually among the weakest.
-- **Need a guarantee**: `xprune prune --max-drop` certifies the rate on calibration data, whatever the
-  criterion; `lrp` got the largest certified rates in the stored runs.
+- **Few reference samples, no fine-tuning, a CNN** (the Pruning-by-Explaining setting; "CNN transfer" and
+  "Tuned LRP composites"): `lrp`, but choose the composite. On the transfer task the epsilon rule, z+ and
+  a composite tuned with `xprune tune` were ahead of `taylor`, while `epsilon-plus` was behind it. Tuning
+  needs a labelled validation split.
+- **A very over-parameterised network, a moderate rate** ("Toy 2-D MLP"): check `random` first. On the
+  1000-wide toy MLPs, removing a third of every layer at random was not beaten on circles and moons.
+- **You will fine-tune anyway** ("ResNet with fine-tuning"): the criterion mattered little after a one-shot
+  cut and fine-tuning, where `random` was within the seeds' spread of the best; `singe` and z+ needed the
+  entwined schedule (several small steps with fine-tuning between).
+- **Transformers** ("ViT heads and neurons", "MiniLM", "Decoder-only language model"): for attention heads
+  `lrp` (AttnLRP or CP-LRP) led on the ViT and on MiniLM (where `activation` was close); for MLP neurons of
+  the small ViT the criteria were within noise. For decoder LLMs judged by perplexity, `llm-pruner` and
+  `wanda` were best beyond a quarter of the heads (tiny model).
+- **Keep explanations** ("Explanations before and after pruning", "Interpretations Steered Pruning"): the
+  heatmaps of the digits VGG barely changed after pruning half of it with `lrp`; after fine-tuning,
+  `taylor` kept the heatmaps closest in the steered-pruning study.
+- **Budget**: see the cost bullet above; path methods (`integrated-gradients`, `singe`) pay one pass per
+  path step.
+- **No data at all**: `weight`/`l2` are the only options without data.
+- **Need a guarantee** ("Pruning with a guarantee"): `xprune prune --max-drop` certifies the rate on
+  calibration data, whatever the criterion.
 """
-

@@ -3,6 +3,7 @@ stored results of the standalone scripts into one markdown page."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -14,6 +15,10 @@ from ._guide import GUIDE, _guide
 
 
 def _guarantee_from_readme(readme: Path) -> str | None:
+    """Deprecated: the guarantee table is rendered from ``benchmarks/results/guarantee.json`` (:func:`_figures`).
+
+    Kept for callers of the old helper; returns the README's guarantee paragraph and table, if any.
+    """
     if not readme.exists():
         return None
     text = readme.read_text()
@@ -22,6 +27,37 @@ def _guarantee_from_readme(readme: Path) -> str | None:
         return None
     end = text.find("\n\n**", start + 10)
     return text[start:end if end > 0 else None].strip()
+
+
+def _renderer():
+    """``benchmarks/render.py`` of the source checkout (None outside one): it renders stored JSON as tables."""
+    path = ROOT / "benchmarks" / "render.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("_xprune_render", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _figures(name: str, *files: Path) -> list[str]:
+    """A figure block (``<!-- figures: NAME FILES -->``) rendered from stored JSON, or [] if it cannot be.
+
+    ``benchmarks/render.py --check`` and ``tests/test_figures.py`` re-render it and compare, so the page
+    quotes what the files hold.
+    """
+    render = _renderer()
+    if render is None or not all(f.exists() for f in files) or name not in render.RENDERERS:
+        return []
+    rel = []
+    for f in files:
+        try:
+            rel.append(f.resolve().relative_to(ROOT).as_posix())
+        except ValueError:  # outside the checkout: the block could not be re-rendered from the root
+            return []
+    spec = " ".join([name, *rel])
+    return [f"<!-- figures: {spec} -->", render.RENDERERS[name](*(json.loads(f.read_text()) for f in files)).rstrip(),
+            "<!-- /figures -->", ""]
 
 
 def results_page(out: str | os.PathLike = "docs/bench", page: str | os.PathLike = "docs/results.md", *,
@@ -64,7 +100,11 @@ def results_page(out: str | os.PathLike = "docs/bench", page: str | os.PathLike 
     s += ["", "Criteria: `weight`, `l2`, `gradient`, `taylor`, `activation`, `random`, `lrp` with the composites "
           "named in brackets, `integrated-gradients`, `singe`; tuned LRP (`lrp (tuned)`, the PXP search) in the "
           "transfer and ViT scenarios, `steered` in the ResNet scenario; more in the standalone scripts' "
-          "tables below.", ""]
+          "tables below.", "",
+          "Tables between `<!-- figures: RENDERER FILE.json -->` markers are rendered from the stored JSON by "
+          "`python benchmarks/render.py` (which also states the command, commit, threads and date the file "
+          "records); `tests/test_figures.py` fails when one is stale. The other tables are the suite's "
+          "`NAME.md`, written in the same run as its `NAME.json` (see the table above).", ""]
     s += ["## Which criterion should I use?", "", "What the numbers on this page say:", ""] + _guide(out, existing)
     s += ["", GUIDE]
 
@@ -82,14 +122,17 @@ def results_page(out: str | os.PathLike = "docs/bench", page: str | os.PathLike 
                 s += [f"![{title}]({where}/{plot})", ""]
 
     section("Toy 2-D MLP: accuracy vs number of reference samples",
-            "A third of the neurons of every hidden layer removed at once, no fine-tuning (PXP's toy study).",
+            "A third of the neurons of *every* hidden layer removed at once, no fine-tuning: a per-layer variant of "
+            "the toy study of Pruning by Explaining, which ranks the 3000 hidden neurons globally and removes 1000 "
+            "(that protocol: `benchmarks/pbe_toy.py`).",
             "toy", "toy.png")
     section("CNN transfer with scarce data", "Pruning by Explaining's transfer setting, no fine-tuning.",
             "transfer", "transfer.png")
-    if (existing / "pxp_tune_cnn.md").exists():
+    tuned = _figures("pxp_tune", existing / "pxp_tune_cnn.json")
+    if tuned or (existing / "pxp_tune_cnn.md").exists():
         s += ["### Tuned LRP composites (PXP)", "",
-              "From `python benchmarks/pxp_tune.py` (same transfer task, 15 GP trials on the validation split):", "",
-              _include(existing / "pxp_tune_cnn.md", rel_old), ""]
+              "From `python benchmarks/pxp_tune.py` (same transfer task, trials on the validation split):", ""]
+        s += tuned or [_include(existing / "pxp_tune_cnn.md", rel_old), ""]
     section("ResNet with fine-tuning: entwined vs one-shot", "", "resnet", "resnet.png")
     if not (out / "resnet.md").exists() and (existing / "entwined.json").exists():
         e = json.loads((existing / "entwined.json").read_text())
@@ -102,9 +145,11 @@ def results_page(out: str | os.PathLike = "docs/bench", page: str | os.PathLike 
         for c, runs in e["results"].items():
             s.append(f"| {c} | " + " | ".join(_fmt([r[k]["accuracy"] for r in runs]) for k in kinds) + " |")
         s.append("")
-    if (existing / "steered.md").exists():
-        s += ["### Interpretations Steered Pruning", "", "From `python benchmarks/steered.py`:", "",
-              _include(existing / "steered.md", rel_old), ""]
+    steer = _figures("steered", existing / "steered.json")
+    if steer or (existing / "steered.md").exists():
+        s += ["### Interpretations Steered Pruning", "", "From `python benchmarks/steered.py` (ResNet on MNIST, 50% "
+              "of the MACs removed; heatmap similarity of the fine-tuned vs the original model):", ""]
+        s += steer or [_include(existing / "steered.md", rel_old), ""]
     if (out / "vit.md").exists():
         section("ViT heads and neurons", "xprune's ViT on MNIST, PXP setting, several 3-class tasks.", "vit",
                 "vit-heads.png")
@@ -113,25 +158,48 @@ def results_page(out: str | os.PathLike = "docs/bench", page: str | os.PathLike 
     else:
         section("ViT heads and neurons", "xprune's ViT on MNIST, PXP setting (`benchmarks/vit_pxp.py`).", "vit_pxp",
                 "vit_pxp.png", old="vit_pxp")
+    vit_tuned = _figures("pxp_tune_units", existing / "pxp_tune_vit-heads.json", existing / "pxp_tune_vit-neurons.json")
+    if vit_tuned:
+        s += ["### Tuned LRP composites on the ViT (PXP)", "",
+              "From `python benchmarks/pxp_tune.py --task vit-heads` and `--task vit-neurons` (3 random classes, "
+              "trials on the validation split, AUC on the test split):", ""] + vit_tuned
     section("MiniLM heads and neurons", "The real all-MiniLM-L6-v2 (`benchmarks/minilm.py`).", "minilm",
             "minilm.png", old="minilm")
-    if (existing / "llm.md").exists():
+    llm = _figures("llm_all", existing / "llm.json")
+    if llm or (existing / "llm.md").exists():
         s += ["## Decoder-only language model: heads and neurons by perplexity", "",
               "From `python benchmarks/llm.py` (structured Wanda, LLM-Pruner Taylor and AttnLRP on a tiny "
-              "byte-level Llama with grouped-query attention trained on the offline docstring corpus):", "",
-              _include(existing / "llm.md", rel_old), ""]
+              "byte-level Llama with grouped-query attention trained on the offline docstring corpus; held-out "
+              "perplexity after removing the fraction of head units or neurons in every layer, no fine-tuning; "
+              "lower is better):", ""]
+        s += llm or [_include(existing / "llm.md", rel_old), ""]
     section("Performance", "", "perf")
-    if (out / "perf.json").exists():
-        speed = json.loads((out / "perf.json").read_text()).get("speedup", [])
-        odd = [r for r in speed if r["ratio"] > 1.2]
-        if odd:
-            s += [f"Caution: {len(odd)} of {len(speed)} speed-up / MAC-reduction ratios are above 1.2, which removing "
-                  "channels cannot produce: the machine was loaded by other jobs while the unpruned model was timed. "
-                  "The README's speed-up table, measured on a quieter machine, is the better reference.", ""]
-    guarantee = _guarantee_from_readme(ROOT / "README.md")
+    if (out / "perf.json").exists() and json.loads((out / "perf.json").read_text()).get("speedup"):
+        s += ["The suite's speed-up table above was timed while other jobs shared the machine (a ratio above 1 "
+              "cannot come from removing channels); the standalone runs below are the reference.", ""]
+    stored = [("LRP cost against a plain forward+backward and against zennit",
+               "`OMP_NUM_THREADS=1 python benchmarks/lrp_speed.py --n 128` (32x32 inputs, relevance at every "
+               "conv/linear output; the suite's zennit figure above is for the small digits VGG, a different "
+               "setting)", "lrp_speed", ["lrp_speed.json"]),
+              ("Speed-up vs MAC reduction, 28x28 inputs", "`python benchmarks/speedup.py`", "speedup",
+               ["speedup.json"]),
+              ("Speed-up vs MAC reduction, 56x56 inputs, twice the widths",
+               "`python benchmarks/speedup.py --size 56 --widths 64,128,256`", "speedup", ["speedup-56.json"]),
+              ("Distributed scoring and memory", "`python benchmarks/scale.py`", "scale", ["scale.json"])]
+    for title, cmd, name, files in stored:
+        block = _figures(name, *(existing / f for f in files))
+        if block:
+            s += [f"### {title}", "", f"From {cmd}:", ""] + block
+    guarantee = _figures("guarantee", existing / "guarantee.json")
     if guarantee:
-        s += ["## Pruning with a guarantee", "", "From `python benchmarks/guarantee.py` (as in the README):", "",
-              guarantee, ""]
+        s += ["## Pruning with a guarantee", "",
+              "From `python benchmarks/guarantee.py`: the largest rate of a grid fixed in advance whose accuracy drop "
+              "is at most `max_drop` with 95% confidence (Learn-then-Test, fixed-sequence exact binomial tests of "
+              "the flip risk, calibration on the validation split, relevance from 10 reference samples per class "
+              "of the training split). Brackets: broken calibration samples / n and the drop measured afterwards on "
+              "the test split (never used for the choice). Each cell is a separate guarantee: choosing the best "
+              "criterion from this table on the same calibration data would need a Bonferroni correction.", ""]
+        s += guarantee
     section("Explanations before and after pruning", "", "heatmaps")
     page.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(page, "\n".join(s).rstrip() + "\n")

@@ -9,6 +9,8 @@ Results go to stdout, progress and warnings to stderr.
 
 from __future__ import annotations
 
+import sys
+
 import copy
 import io
 import re
@@ -31,7 +33,8 @@ def _console():
 
     from ..distributed import is_main
 
-    return Console(highlight=False, soft_wrap=True, quiet=not is_main())
+    return Console(highlight=False, soft_wrap=True, quiet=not is_main(),
+                   width=None if sys.stdout.isatty() else 140)  # tables unclipped when piped
 
 
 def _refuse_existing(paths: Sequence[Path], what: str = "") -> None:
@@ -123,7 +126,8 @@ def criteria(args) -> int:
         cls = criterion_class(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         print(f"{name:<{width}}  {doc}")
-        print(f"{'':<{width}}  options: {describe(cls)}")
+        print(f"{'':<{width}}  options: {describe(cls)}; default per-layer normalisation: "
+              f"{getattr(cls, 'default_normalize', None) or 'none'}")
     print(f"\nPass options as --option KEY=VALUE (repeatable; e.g. --option aggregate=yeom); every criterion also "
           f"takes normalize={'|'.join(SCORE_OPTIONS['normalize'])} (per-layer normalisation of the scores). "
           "--composite NAME|FILE sets lrp's rules (a preset or a file written by 'xprune tune').")

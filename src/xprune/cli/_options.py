@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 from ..errors import XpruneError
 
 #: Options of xprune.score itself, accepted for every criterion.
-SCORE_OPTIONS = {"normalize": ("none", "l1", "l2", "max")}
+SCORE_OPTIONS = {"normalize": ("none", "l1", "l2", "max", "mean")}
 #: Options the command line sets itself, with the flag to use instead.
 RESERVED = {"seed": "--seed (prune) or --seeds (curve, demo)"}
 

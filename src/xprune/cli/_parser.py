@@ -361,8 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     _scoring(p)
     _criterion_options(p, tune=True)
     p.add_argument("--trials", type=positive_int, default=30, help="finished trials the study should hold (default 30)")
-    p.add_argument("--sampler", default="gp", choices=["gp", "tpe", "random"],
-                   help="gp: Gaussian-process Bayesian optimisation (default); tpe; random")
+    p.add_argument("--sampler", default="random", choices=["gp", "tpe", "random"],
+                   help="random search (default: GP did not beat it, docs/tune.md 'Samplers'); "
+                        "gp: Gaussian-process Bayesian optimisation (PXP's); tpe")
     p.add_argument("--storage", help="SQLAlchemy URL of a shared study database (default: OUT/study.db)")
     p.add_argument("--study-name", help="study name (default pxp-UNITS); an existing study is resumed")
     p.add_argument("--val-size", type=non_negative_int, default=1000,

@@ -1,9 +1,11 @@
 """Criteria: how much each unit matters. A registry by name, one module per family.
 
 Built in: ``"weight"``, ``"l2"`` (magnitude), ``"gradient"``, ``"taylor"``
-(gradient), ``"activation"``, ``"random"``, ``"lrp"`` (Pruning by Explaining),
-``"singe"`` (SInGE), ``"integrated-gradients"`` and ``"steered"``
-(Interpretations Steered Pruning). See :mod:`xprune.criteria.base` for writing your own.
+(Molchanov et al. 2017, per sample, loss), ``"taylor-mean"`` (the mean form of
+Yeom et al.'s baseline), ``"activation"``, ``"random"``, ``"lrp"`` (LRP relevance,
+PXP's aggregate), ``"pbe"`` (Pruning by Explaining as published), ``"singe"``
+(SInGE), ``"integrated-gradients"`` and ``"steered"`` (Interpretations Steered
+Pruning). See :mod:`xprune.criteria.base` for writing your own.
 
 The registry (:func:`register`, :func:`get`) is filled by the modules that
 define the criteria: the built-in families below register when this package is

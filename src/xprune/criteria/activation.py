@@ -18,6 +18,8 @@ from .base import HookedCriterion, register, wide
 class Activation(HookedCriterion):
     """mean |activation| over samples and positions."""
 
+    default_normalize: ClassVar[str | None] = "mean"  # see xprune.score: fair global ranking
+
     needs_grad: ClassVar[bool] = False
 
     def reduce(self, activation, grad, unit_dim):

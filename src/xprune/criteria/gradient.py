@@ -1,24 +1,46 @@
-"""Gradient-based criteria: ``"gradient"`` and ``"taylor"``.
+"""Gradient-based criteria: ``"gradient"``, ``"taylor"`` and ``"taylor-mean"``.
 
-Both differentiate an *objective* with respect to each unit's output: by
-default the logit of the target class (the same signal LRP starts from, so
-criteria are compared on equal terms); ``objective="loss"`` uses the
-cross-entropy loss instead (as in Molchanov et al. 2017). With labels per
-token the objective sums over the labelled tokens, and
+Each differentiates an *objective* with respect to each unit's output:
+``objective="logit"`` is the logit of the target class (the signal LRP starts
+from), ``objective="loss"`` the cross-entropy of the target (Molchanov et al.
+2017). With labels per token the objective sums over the labelled tokens, and
 ``target="embedding"`` differentiates the similarity to the original
-embedding (see :class:`~xprune.criteria.base.Objective`). Means are over
-samples and positions, padding tokens not counted.
+embedding (see :class:`~xprune.criteria.base.Objective`). Padding tokens are
+not counted.
 
-- ``"gradient"``: ``|mean over samples and positions of dO/da|`` (Yeom et al.
-  2021, baseline "gradient").
-- ``"taylor"``: ``|mean over samples and positions of a * dO/da|``, the
-  first-order Taylor estimate of the change of the objective when the unit is
-  zeroed (Molchanov et al., "Pruning Convolutional Neural Networks for
-  Resource Efficient Inference", ICLR 2017). Molchanov et al. L2-normalise per
-  layer; that is this criterion's default normalisation.
+- ``"taylor"`` (objective ``"loss"`` by default; under ``target="embedding"``,
+  which has no classes, the default explains the similarity instead):
+  Molchanov et al., "Pruning Convolutional Neural Networks for Resource
+  Efficient Inference" (ICLR 2017), Sec. 2.2, eq. (8): for each sample,
+  ``|1/M sum over the M positions of a * dC/da|`` (the first-order change of
+  the cost C when the feature map is zeroed), then averaged over the samples
+  ("computed for each example separately and averaged"), and L2-normalised
+  per layer (eq. 9), this criterion's default normalisation. For an attention
+  head (the features of a unit taken together) the per-sample value is
+  ``|dC/dxi| / M`` for a gate ``xi`` on the head's output, Michel et al.,
+  "Are Sixteen Heads Really Better than One?" (NeurIPS 2019), Sec. 4.1,
+  divided by the sample's number of tokens M (Molchanov's 1/M; with samples
+  of equal length the ranking is Michel's). The absolute value is taken per
+  sample, so samples whose first-order terms have opposite signs do not cancel.
+- ``"taylor-mean"`` (objective ``"logit"`` by default): ``|mean over samples and
+  positions of a * dO/da|``, the absolute value taken *after* averaging over
+  the samples (xprune's ``"taylor"`` before issue 19); L2-normalised per
+  layer. With ``objective="loss"`` it is the Taylor baseline of Yeom et al.
+  (2021) as their code computes it (github.com/seulkiyeom/LRP_pruning,
+  ``modules/prune_vgg.py``, ``method_type == 'ICLR'``: the batch-summed
+  ``activation * grad`` of the cross-entropy divided by N H W, accumulated
+  signed over batches, then |.| and L2 per layer).
+- ``"gradient"`` (objective ``"logit"`` by default): ``|mean over samples and
+  positions of dO/da|``, the form of Yeom et al.'s "gradient" baseline (their
+  ``method_type == 'grad'``, citing Sun et al., ICML 2017). Their code
+  differentiates the cross-entropy and L2-normalises per layer:
+  ``xprune.score(..., "gradient", objective="loss", normalize="l2")``; this
+  criterion's defaults are the logit (the signal LRP starts from) and
+  ``"mean"`` (see :func:`xprune.score`).
 
 For single weights (kind ``"weights"``) the same formulas are applied to the
-weight and the gradient at the weight: ``|mean dO/dw|`` and ``|w * sum dO/dw|``.
+weight and the batch gradient at the weight (no per-sample split):
+``|mean dO/dw|`` for ``"gradient"`` and ``|w * mean dO/dw|`` for both Taylor forms.
 """
 
 from __future__ import annotations
@@ -71,9 +93,19 @@ class _Objective(HookedCriterion):
         }
 
 
+class _LossByDefault(str):
+    """The string ``"loss"`` as Taylor's default (told apart from a ``"loss"`` the user passes)."""
+
+
+#: Taylor's default objective: the loss, or under ``target="embedding"`` (no classes) the embedding similarity
+LOSS_BY_DEFAULT = _LossByDefault("loss")
+
+
 @register("gradient")
 class MeanGradient(_Objective):
-    """|mean gradient of the objective at the unit's output|."""
+    """|mean gradient of the objective at the unit's output| (the form of Yeom et al. 2021's gradient baseline)."""
+
+    default_normalize: ClassVar[str | None] = "mean"
 
     def reduce(self, activation, grad, unit_dim):
         return wide(grad).sum(dim=1).double().sum(0)  # over positions in the tensor's dtype, samples in float64
@@ -91,7 +123,43 @@ class MeanGradient(_Objective):
 
 @register("taylor")
 class Taylor(_Objective):
-    """|mean of activation x gradient| at the unit's output (Molchanov et al. 2017)."""
+    """Per sample |mean over positions of activation x dLoss/dactivation|, averaged (Molchanov et al. 2017)."""
+
+    default_normalize: ClassVar[str | None] = "l2"  # Molchanov et al. 2017, eq. (9)
+
+    def __init__(self, objective: str = LOSS_BY_DEFAULT):
+        super().__init__(objective)
+
+    def seed(self, output, objective):
+        if self.objective is LOSS_BY_DEFAULT and objective.classes is None:  # target="embedding": no cross-entropy,
+            return objective.gradient("logit")  # the similarity to the original embedding is what is explained
+        return objective.gradient(self.objective)
+
+    def contribution(self, signal):
+        # per sample: the products summed over positions and the unit's features in the tensors' dtype (float32,
+        # no float64 copy of the big tensors), |.| of that sum divided by the sample's number of positions
+        # (tokens under a padding mask); then summed over samples in float64. count = samples.
+        a, g = wide(signal.activation), wide(signal.grad)
+        per_sample = (a * g).sum(dim=(1, 3)).double()  # [N, C]
+        if signal.token_mask is not None:
+            positions = signal.token_mask.sum(dim=1).double()
+            counted = positions > 0
+            per_sample, positions = per_sample[counted], positions[counted]
+        else:
+            positions = torch.full((per_sample.shape[0],), float(a.shape[1]), dtype=torch.float64,
+                                   device=per_sample.device)
+        return (per_sample.abs() / positions[:, None]).sum(0), float(per_sample.shape[0])
+
+    def finalize(self, total, count):
+        return total / count if count else total
+
+    def weight_finalize(self, weight, grad_sum, n):
+        return (weight * grad_sum / n).abs()
+
+
+@register("taylor-mean")
+class TaylorMean(_Objective):
+    """|mean over samples and positions of activation x gradient| (the form of Yeom et al. 2021's Taylor baseline)."""
 
     default_normalize: ClassVar[str | None] = "l2"
 
@@ -99,10 +167,9 @@ class Taylor(_Objective):
         return (wide(activation) * wide(grad)).sum(dim=1).double().sum(0)
 
     def contribution(self, signal):
-        # the features of a unit (a head's width) are one unit: the mean is over samples and positions only,
-        # so the score is |dO/dg| / (N S) for a gate g on the unit (Michel et al. 2019 for heads).
-        # Per sample the products are summed over positions and features in the tensors' dtype (float32:
-        # no float64 copy of the big tensors), then the [N, C] sums are accumulated in float64.
+        # the features of a unit (a head's width) are one unit: the mean is over samples and positions only.
+        # Per sample the products are summed over positions and features in the tensors' dtype, then the
+        # [N, C] sums are accumulated in float64; |.| only after the mean over samples (signs cancel).
         a, g = wide(signal.activation), wide(signal.grad)
         return (a * g).sum(dim=(1, 3)).double().sum(0), signal.positions
 

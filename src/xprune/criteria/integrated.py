@@ -63,7 +63,7 @@ __all__ = ["IntegratedGradients"]
 class IntegratedGradients(Criterion):
     """|Integrated gradients of the target, input baseline, read at each unit| (Sundararajan et al. 2017)."""
 
-    default_normalize: ClassVar[str | None] = None
+    default_normalize: ClassVar[str | None] = "mean"  # see xprune.score: fair global ranking
 
     def __init__(
         self,

@@ -11,11 +11,21 @@ are included. Reference: Li et al., "Pruning Filters for Efficient ConvNets"
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from .base import WeightCriterion, register
 
 
+class _Magnitude(WeightCriterion):
+    default_normalize: ClassVar[str | None] = "mean"  # see xprune.score: fair global ranking
+
+    def default_normalize_for(self, kind: str) -> str | None:
+        """``"mean"`` per layer for units; none for single weights (global magnitude pruning, Han et al. 2015)."""
+        return None if kind == "weights" else self.default_normalize
+
+
 @register("weight")
-class WeightL1(WeightCriterion):
+class WeightL1(_Magnitude):
     """Sum of |w| over the unit's weights (summed over coupled producers).
 
     For single weights (kind ``"weights"``): |w|.
@@ -29,7 +39,7 @@ class WeightL1(WeightCriterion):
 
 
 @register("l2")
-class WeightL2(WeightCriterion):
+class WeightL2(_Magnitude):
     """Euclidean norm of the unit's weights (all coupled producers' rows together).
 
     For single weights (kind ``"weights"``): |w|.

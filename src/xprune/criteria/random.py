@@ -12,6 +12,9 @@ class Random(Criterion):
     """Uniform random scores in [0, 1), reproducible with ``seed``."""
 
     requires_data = False
+    # uniform scores share one scale in every layer already (each layer loses the global fraction in expectation);
+    # a per-layer normalisation would only tilt the draw by layer width (L1: wide layers lose more)
+    default_normalize = None
 
     def __init__(self, seed: int = 0):
         self.seed = seed

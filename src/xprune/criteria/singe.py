@@ -181,7 +181,7 @@ class SInGE(Criterion):
     forward+backward passes made (summed over batches).
     """
 
-    default_normalize: ClassVar[str | None] = None
+    default_normalize: ClassVar[str | None] = "mean"  # see xprune.score: fair global ranking
 
     def __init__(
         self,

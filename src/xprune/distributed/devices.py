@@ -17,7 +17,7 @@ from ..errors import XpruneError
 __all__ = ["BF16_CRITERIA", "bf16_allowed", "on_device", "precision_context"]
 
 #: Criteria whose rule keeps its meaning under bf16 autocast (sums stay float64).
-BF16_CRITERIA = frozenset({"activation", "gradient", "taylor"})
+BF16_CRITERIA = frozenset({"activation", "gradient", "taylor", "taylor-mean"})
 
 
 def _model_devices(model: nn.Module) -> set[torch.device]:

@@ -383,6 +383,30 @@ def _zplus(stabilizer=1e-6, zero_bias=False, layer_map=None, name_map=None):
     )
 
 
+def _pbe(epsilon=1e-6, stabilizer=1e-9, zero_bias=True, linear="zplus", layer_map=None, name_map=None):
+    """Pruning by Explaining (Yeom et al., Pattern Recognition 115, 2021, arXiv:1912.08881).
+
+    z+ on conv layers: the rule with the weights clamped to w >= 0 that their code runs
+    (github.com/seulkiyeom/LRP_Pruning, ``src/lrp.py``, branch ``'z'``), equal to alpha1-beta0 on the
+    non-negative inputs after ReLU. Their code leaves the bias out of the denominators (``F.conv2d(x, w)``,
+    ``F.linear(x, w)``: ``zero_bias=True``) and adds 1e-9 to them (``stabilizer``).
+
+    ``linear="zplus"`` (default): the same rule on linear layers, as their VGG code and their toy-MLP code
+    (LRP_Pruning_toy_example, ``modules/lrp.py``, where ``'epsilon'`` also selects the clamped rule) run it.
+    ``linear="epsilon"``: epsilon (1e-6) on linear layers, their ResNet setting, where the only linear layer
+    is the classifier. Not the default: with epsilon on *hidden* linear layers some relevance is negative,
+    and the signed per-unit sum of Pruning by Explaining then ranks the units that speak against the true
+    class lowest, so they are pruned first (see docs/pbe.md: on the toy MLPs it collapses a class).
+    """
+    if linear not in ("epsilon", "zplus"):
+        raise XpruneError(f"composite 'pbe': linear must be 'epsilon' or 'zplus'; got {linear!r}")
+    dense = Epsilon(epsilon, zero_bias) if linear == "epsilon" else ZPlus(stabilizer, zero_bias)
+    return Composite(
+        _pairs(layer_map) + [("conv", ZPlus(stabilizer, zero_bias)), ("linear", dense)],
+        name_map, stabilizer=1e-6, name="pbe" if linear == "zplus" else "pbe-epsilon",
+    )  # fmt: skip
+
+
 def _gradient(layer_map=None, name_map=None):
     return Composite(layer_map, name_map, base=False, name="gradient")
 
@@ -395,6 +419,7 @@ PRESETS: dict[str, Callable[..., Composite] | str] = {
     "epsilon-gamma-box": _epsilon_gamma_box,
     "epsilon": _epsilon,
     "zplus": _zplus,
+    "pbe": _pbe,
     "gradient": _gradient,
     "attnlrp": "xprune.lrp.attention:preset_attnlrp",
     "cp-lrp": "xprune.lrp.attention:preset_cp_lrp",

@@ -6,8 +6,9 @@ attribution method as a hyper-parameter of pruning: :func:`tune` chooses the
 LRP rule of each layer group (with its parameter), the aggregation over the
 reference samples, the per-layer normalisation and, for transformers, the
 softmax rule (AttnLRP or CP-LRP), to maximise the area under the validation
-accuracy-vs-pruning-rate curve, as an optuna study (Gaussian-process sampler
-by default, resumable, shareable across processes and ``torchrun`` ranks).
+accuracy-vs-pruning-rate curve, as an optuna study (random search by default,
+PXP's Gaussian-process Bayesian optimisation with ``sampler="gp"``; resumable,
+shareable across processes and ``torchrun`` ranks).
 
 Parameters of :func:`tune`: ``model``, ``reference`` (samples the relevance is
 computed from), ``validation`` (where the AUC is measured), ``units``,

@@ -6,6 +6,9 @@ from the :class:`~xprune.tune.space.Design`, scores it and measures its
 validation curve with the :class:`~xprune.tune.evaluator.Evaluator`,
 reporting after each rate the optimistic projection
 :math:`\hat A_k = (\sum_{j \le k} a_j + (K - k) a_k) / K` for the pruner.
+Under optuna's GP sampler, which learns from complete trials only, a trial the
+pruner stops is recorded as complete with that projection as its value (an
+upper bound of its AUC, below the best AUC; user attribute ``"stopped_after"``).
 :func:`serve` is what the other ranks run: they score and evaluate their share
 of each trial rank 0 broadcasts. :func:`requeue_interrupted` enqueues again
 the trials stopped by Ctrl-C. Part of :mod:`xprune.tune` (PXP, Hatefi et al.
@@ -38,6 +41,7 @@ def optimize(study, design: Design, ev: Evaluator, trials: int, timeout, progres
     TS = optuna.trial.TrialState
     finished = (TS.COMPLETE, TS.PRUNED)
     n_rates = len(ev.rates)
+    gp = isinstance(study.sampler, optuna.samplers.GPSampler)
 
     def objective(trial):
         params = design.suggest(trial)
@@ -55,6 +59,12 @@ def optimize(study, design: Design, ev: Evaluator, trials: int, timeout, progres
         trial.set_user_attr("accuracies", accs)
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         if stopped is not None:
+            bound = (sum(accs) + (n_rates - len(accs)) * accs[-1]) / n_rates  # the value reported at the stop
+            if gp and bound < max((t.value for t in study.get_trials(deepcopy=False, states=(TS.COMPLETE,))),
+                                  default=float("inf")):
+                # optuna's GP fits complete trials only: the bound tells it this composite is worse than the best
+                trial.set_user_attr("stopped_after", ev.rates[stopped])
+                return bound
             raise optuna.TrialPruned(f"projected AUC below the best after rate {ev.rates[stopped]}")
         return sum(accs) / n_rates
 
@@ -65,6 +75,8 @@ def optimize(study, design: Design, ev: Evaluator, trials: int, timeout, progres
         best = max((x.value for x in study.get_trials(deepcopy=False, states=(TS.COMPLETE,))), default=float("nan"))
         sec = t.user_attrs.get("seconds", float("nan"))
         what = f"AUC {t.value:.4f}" if t.state == TS.COMPLETE else t.state.name.lower()
+        if "stopped_after" in t.user_attrs:
+            what = f"pruned (projected AUC {t.value:.4f} recorded for the GP)"
         print(f"[tune] trial {t.number} ({done}/{trials}): {what}, best {best:.4f}, {sec:.1f} s", flush=True)
 
     remaining = trials - len(study.get_trials(deepcopy=False, states=finished))
