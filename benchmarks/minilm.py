@@ -44,7 +44,7 @@ from xprune.transformers import minilm
 CRITERIA = [
     ("lrp (AttnLRP)", "lrp", {"composite": "attnlrp"}),
     ("lrp (CP-LRP)", "lrp", {"composite": "cp-lrp"}),
-    ("taylor", "taylor", {}),
+    ("taylor", "taylor", {"objective": "logit"}),  # one output (the similarity): a one-class loss has no gradient
     ("gradient", "gradient", {}),
     ("activation", "activation", {}),
     ("weight", "weight", {}),
