@@ -30,7 +30,6 @@ import contextlib
 import copy
 import io
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,7 +39,7 @@ from . import _inputs
 from . import criteria as _criteria
 from . import evaluate, report
 from ._io import atomic_write
-from .errors import DegenerateResult, XpruneError
+from .errors import XpruneError
 from .scores import score
 from .select import select
 from .surgery import apply
@@ -119,14 +118,6 @@ def refuse_existing(out: Path, names: Sequence[str], overwrite: bool) -> None:
     if existing and not overwrite:
         raise XpruneError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
                           "pass --overwrite to replace, or choose another --out")
-
-
-@contextlib.contextmanager
-def quiet_plans():
-    """No :class:`~xprune.errors.DegenerateResult` warnings inside: curves run to ruinous rates on purpose."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DegenerateResult)
-        yield
 
 
 def auto_ratio(val_curve: evaluate.Curve, base: float, tolerance: float) -> float:
@@ -228,13 +219,12 @@ def run(
             scores_by.setdefault(name, s)
             if name not in criteria and not (ratio == "auto" and seed == seeds[0]):
                 continue
-            with quiet_plans():
-                val = evaluate.curve(model, reference, ds.val, name, scores=s, rates=rates)
-                val_by.setdefault(name, val)  # the first seed's, whose scores the final pruning uses
-                if name not in criteria:
-                    continue
-                val_curves.append(val)
-                curves.append(evaluate.curve(model, reference, ds.test, name, scores=s, rates=rates, progress=True))
+            val = evaluate.curve(model, reference, ds.val, name, scores=s, rates=rates)
+            val_by.setdefault(name, val)  # the first seed's, whose scores the final pruning uses
+            if name not in criteria:
+                continue
+            val_curves.append(val)
+            curves.append(evaluate.curve(model, reference, ds.test, name, scores=s, rates=rates, progress=True))
             console.print(f"  seed {seed} {name:<11} AUC val {val_curves[-1].auc:.4f}  test {curves[-1].auc:.4f}")
     console.print(report.curves_table(
         curves, chosen_by=val_curves,

@@ -379,7 +379,6 @@ def _check_labels(model: nn.Module, x: Any, y: Any, target: Any = "label") -> in
     Returns the number of classes of a classifier (one label per sample on
     ``[N, C]`` outputs), else None (token labels, vocabularies, embeddings).
     """
-    from .data import _check_integral
     from .units import _check_forward
 
     first = _inputs.first_sample(x)
@@ -392,7 +391,7 @@ def _check_labels(model: nn.Module, x: Any, y: Any, target: Any = "label") -> in
     except DataError:  # no class scores: criteria that need them say so (suggesting target='embedding')
         return None
     y = torch.as_tensor(y)
-    _check_integral(y)
+    _inputs.integral_labels(y)  # float labels with a fractional part: one-line error
     if out.dim() < 2:
         return None
     batch_out = (len(y) if y.dim() >= 1 else 1, *out.shape[1:])  # the output's shape on the whole batch

@@ -21,7 +21,6 @@ from typing import Any, Sequence
 
 import torch
 
-from ..demo import quiet_plans
 from ..errors import XpruneError
 from ._load import Source, load_model, load_source, reference
 from ._options import SCORE_OPTIONS, CriterionOptions, criterion_class, describe
@@ -219,7 +218,7 @@ def prune(args) -> int:
 
         if len(source.data.val) == 0:
             raise XpruneError("--max-drop calibrates on the dataset's val split, which is empty")
-        with distributed.on_device(model, args.device), quiet_plans():
+        with distributed.on_device(model, args.device):
             choice = choose_rate(model, ref, source.data.val, args.criterion, max_drop=args.max_drop,
                                  confidence=0.95 if args.confidence is None else args.confidence,
                                  scope=args.scope, scores=scores, min_keep=args.min_keep, round_to=args.round_to,
@@ -300,11 +299,10 @@ def curve(args) -> int:
             if name == "random":
                 options["seed"] = seed
             checkpoint = checkpoints / f"curve-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-seed{seed}.json"
-            with quiet_plans():
-                curves.append(evaluate.curve(model, ref, source.data.test, name, units=source.units,
-                                             scope=args.scope, progress=True, device=args.device,
-                                             precision=args.precision, checkpoint=checkpoint, resume=args.resume,
-                                             **_target(source), **options))
+            curves.append(evaluate.curve(model, ref, source.data.test, name, units=source.units,
+                                         scope=args.scope, progress=True, device=args.device,
+                                         precision=args.precision, checkpoint=checkpoint, resume=args.resume,
+                                         **_target(source), **options))
     console.print(report.curves_table(curves))
     with distributed.on_device(model, args.device):
         baseline = evaluate.accuracy(model, source.data.test)  # a collective in a process group: every rank calls it
@@ -409,15 +407,13 @@ def tune(args) -> int:
     common = dict(units=source.units, scope=args.scope, classes=args.classes, device=args.device,
                   precision=args.precision, rates=result.curve.rates, **_target(source))
     if baseline is not None:
-        with quiet_plans():
-            b = evaluate.curve(model, ref, val, "lrp", **{**common, **opts.for_criterion("lrp"),
-                                                          **baseline.for_criterion("lrp")})
+        b = evaluate.curve(model, ref, val, "lrp", **{**common, **opts.for_criterion("lrp"),
+                                                      **baseline.for_criterion("lrp")})
         say(f"baseline --composite {args.composite}: validation AUC {b.auc:.4f} "
             f"(tuned: {result.best_value:.4f}, {result.best_value - b.auc:+.4f})")
         extra["baseline"] = {"composite": args.composite, "validation_auc": b.auc, "curve": b.to_dict()}
     if args.test:
-        with quiet_plans():
-            c = evaluate.curve(model, ref, source.data.test, "lrp", **{**common, **result.options})
+        c = evaluate.curve(model, ref, source.data.test, "lrp", **{**common, **result.options})
         say(f"test AUC of the tuned composite: {c.auc:.4f}")
         extra["test_auc"] = c.auc
     if not distributed.is_main():

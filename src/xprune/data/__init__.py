@@ -29,7 +29,7 @@ from .builtin import (  # noqa: F401
     _mnist_arrays,
     available,
 )
-from .containers import Dataset, Split, _check_integral, _class_ids  # noqa: F401
+from .containers import Dataset, Split, _class_ids  # noqa: F401
 from .domain import RestrictedModel, restrict, restrict_model, split_classes
 from .files import IMAGE_EXTENSIONS, load_file, load_folder  # noqa: F401
 from .loading import load
