@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import xprune
-from xprune.criteria import get
 from tiny_models import ConvBN
+from xprune.criteria import get
 
 
 def _data(n=6, seed=0):
@@ -23,8 +23,8 @@ def _taylor_reference(model, layer, X, y):
     per_sample = []
     try:
         for i in range(len(X)):
-            out = model(X[i:i + 1])
-            loss = nn.functional.cross_entropy(out, y[i:i + 1])
+            out = model(X[i : i + 1])
+            loss = nn.functional.cross_entropy(out, y[i : i + 1])
             a = captured["a"]
             (g,) = torch.autograd.grad(loss, a)
             prod = (a * g).double()[0]  # [C, H, W] or [C]
@@ -51,8 +51,9 @@ def test_taylor_is_molchanovs_per_sample_loss_criterion_on_channels():
 def test_taylor_on_heads_is_the_per_sample_gate_gradient_of_the_loss():
     xt = pytest.importorskip("xprune.transformers")
     torch.manual_seed(0)
-    model = xprune.models.build("vit", input_shape=(1, 8, 8), num_classes=4, dim=16, depth=2, heads=4,
-                                mlp_dim=24).eval()
+    model = xprune.models.build(
+        "vit", input_shape=(1, 8, 8), num_classes=4, dim=16, depth=2, heads=4, mlp_dim=24
+    ).eval()
     X, y = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 3, 1])
     units = xprune.discover(model, X[:1], "heads")
     s = xprune.score(model, (X, y), "taylor", units, normalize=None)
@@ -60,9 +61,9 @@ def test_taylor_on_heads_is_the_per_sample_gate_gradient_of_the_loss():
     ref = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in units}
     for i in range(len(X)):  # Michel et al. 2019: |dL/dxi_h| per sample, xi_h a gate on head h
         with xt.gates(model, units) as gates:
-            loss = nn.functional.cross_entropy(model(X[i:i + 1]), y[i:i + 1])
+            loss = nn.functional.cross_entropy(model(X[i : i + 1]), y[i : i + 1])
             grads = torch.autograd.grad(loss, list(gates.values.values()))
-        for name, gr in zip(gates.values, grads):
+        for name, gr in zip(gates.values, grads, strict=True):
             ref[name] += gr.double().abs() / tokens / len(X)
     for name in ref:
         torch.testing.assert_close(s[name], ref[name], rtol=1e-5, atol=1e-12)
@@ -145,8 +146,18 @@ def test_default_normalisation_keeps_magnitude_baselines_from_removing_whole_lay
 
 
 def test_default_normalisation_per_criterion_and_the_mean_option():
-    expected = {"taylor": "l2", "taylor-mean": "l2", "weight": "mean", "l2": "mean", "gradient": "mean",
-                "activation": "mean", "integrated-gradients": "mean", "singe": "mean", "random": None}
+    expected = {
+        "taylor": "l2",
+        "taylor-mean": "l2",
+        "weight": "mean",
+        "l2": "mean",
+        "gradient": "mean",
+        "activation": "mean",
+        "integrated-gradients": "mean",
+        "singe": "mean",
+        "singe-fast": "mean",
+        "random": None,
+    }
     for name, how in expected.items():
         assert type(get(name)).default_normalize == how, name
     from xprune.scores import normalize
@@ -167,12 +178,19 @@ def test_demo_chooses_the_criterion_on_the_val_split_and_reports_the_test_split(
 
     from rich.console import Console
 
-    from xprune import demo, evaluate
-    from xprune import data as xdata
+    from xprune import data as xdata, demo, evaluate
 
     console = Console(file=io.StringIO(), width=160)
-    r = demo.run(arch="mlp", criteria=["taylor", "weight", "random"], seeds=[0], n_per_class=5,
-                 out=tmp_path / "demo", cache_dir=str(tmp_path / "cache"), console=console, ratio=0.2)
+    r = demo.run(
+        arch="mlp",
+        criteria=["taylor", "weight", "random"],
+        seeds=[0],
+        n_per_class=5,
+        out=tmp_path / "demo",
+        cache_dir=str(tmp_path / "cache"),
+        console=console,
+        ratio=0.2,
+    )
     val = {c["criterion"]: c for c in r["val_curves"]}
     test = {c["criterion"]: c for c in r["curves"]}
     assert set(val) == set(test) == {"taylor", "weight", "random"}
@@ -193,4 +211,3 @@ def test_demo_chooses_the_criterion_on_the_val_split_and_reports_the_test_split(
     assert {"command", "commit", "threads", "machine", "date"} <= set(prov)
     text = console.file.getvalue()
     assert "val AUC" in text and "test AUC" in text and "chosen on the val split" in text
-

@@ -17,15 +17,22 @@ from xprune.errors import DataError, XpruneError
 
 T = pytest.importorskip("transformers")
 xt = pytest.importorskip("xprune.transformers")
-from xprune.transformers.minilm import EmbeddingSimilarity, embed  # noqa: E402
+from xprune.transformers.minilm import EmbeddingSimilarity, embed  # noqa: E402  (after the importorskip above)
 
 V = 99  # vocabulary
 
 
 def bert(head=None, labels=5):
     torch.manual_seed(0)
-    cfg = T.BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=37, max_position_embeddings=32, num_labels=labels)
+    cfg = T.BertConfig(
+        vocab_size=V,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=32,
+        num_labels=labels,
+    )
     cls = {None: T.BertModel, "tokens": T.BertForTokenClassification, "sequence": T.BertForSequenceClassification}
     return cls[head](cfg).double().eval()
 
@@ -33,13 +40,26 @@ def bert(head=None, labels=5):
 def causal(kind):
     torch.manual_seed(0)
     if kind == "gpt2":
-        model = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_inner=40,
-                                               n_positions=32, bos_token_id=0, eos_token_id=0))
+        model = T.GPT2LMHeadModel(
+            T.GPT2Config(
+                vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_inner=40, n_positions=32, bos_token_id=0, eos_token_id=0
+            )
+        )
     else:
-        model = T.LlamaForCausalLM(T.LlamaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2,
-                                                 num_attention_heads=4, num_key_value_heads=2, intermediate_size=37,
-                                                 max_position_embeddings=32, bos_token_id=0, eos_token_id=0,
-                                                 pad_token_id=0))
+        model = T.LlamaForCausalLM(
+            T.LlamaConfig(
+                vocab_size=V,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=37,
+                max_position_embeddings=32,
+                bos_token_id=0,
+                eos_token_id=0,
+                pad_token_id=0,
+            )
+        )
     return model.double().eval()
 
 
@@ -58,7 +78,7 @@ def taylor_by_gates(model, units, inputs, objective, positions):
     with xt.gates(model, units) as g:
         value = objective(model(**inputs))
         grads = torch.autograd.grad(value, list(g.values.values()))
-    return {name: (gr.double() / positions).abs() for name, gr in zip(g.values, grads)}
+    return {name: (gr.double() / positions).abs() for name, gr in zip(g.values, grads, strict=True)}
 
 
 # ----------------------------------------------------------------------------- batches of every form
@@ -73,14 +93,15 @@ def test_batches_read_hugging_face_forms():
     whole = list(_inputs.batches(enc, 3))  # a tokenizer's output for the whole data set
     assert [type(x) for x, _ in whole] == [dict, dict] and sorted(whole[0][0]) == ["attention_mask", "input_ids"]
     assert torch.equal(whole[1][1], labels[3:])
-    loader = torch.utils.data.DataLoader([{"input_ids": ids[i], "attention_mask": mask[i], "label": i % 2}
-                                          for i in range(4)], batch_size=2)
+    loader = torch.utils.data.DataLoader(
+        [{"input_ids": ids[i], "attention_mask": mask[i], "label": i % 2} for i in range(4)], batch_size=2
+    )
     (x, y), _ = list(_inputs.batches(loader))
     assert sorted(x) == ["attention_mask", "input_ids"] and y.tolist() == [0, 1]
     items = [T.BatchEncoding({"input_ids": ids, "labels": labels})]  # a UserDict, not a dict
-    (x, y), = list(_inputs.batches(items))
+    ((x, y),) = list(_inputs.batches(items))
     assert type(x) is dict and torch.equal(y, labels)
-    assert list(_inputs.batches([ids], need_labels=False))[0][1] is None  # inputs alone
+    assert next(iter(_inputs.batches([ids], need_labels=False)))[1] is None  # inputs alone
     with pytest.raises(DataError, match=r"^each batch needs labels here; got a dict with keys \['input_ids'\]"):
         list(_inputs.batches([{"input_ids": ids}]))
     with pytest.raises(DataError, match="both 'labels' and 'label'"):
@@ -136,21 +157,33 @@ def test_dicts_batch_encodings_and_dataloaders_score_like_pairs():
         "batch encoding": [T.BatchEncoding({"input_ids": ids, "attention_mask": mask, "labels": y})],
         "whole encoding": T.BatchEncoding({"input_ids": ids, "attention_mask": mask, "labels": y}),
         "dataloader": torch.utils.data.DataLoader(
-            [{"input_ids": ids[i], "attention_mask": mask[i], "labels": y[i]} for i in range(5)], batch_size=5),
+            [{"input_ids": ids[i], "attention_mask": mask[i], "labels": y[i]} for i in range(5)], batch_size=5
+        ),
     }
-    for name, data in forms.items():
+    for _name, data in forms.items():
         close(xprune.score(model, data, "lrp", "heads"), ref, rtol=1e-9)
 
 
 def test_vision_dicts_score_like_pixel_pairs():
     torch.manual_seed(0)
-    cfg = T.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
-                      num_attention_heads=4, intermediate_size=37, num_labels=3)
+    cfg = T.ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        num_labels=3,
+    )
     model = T.ViTForImageClassification(cfg).double().eval()
     x, y = torch.randn(4, 1, 8, 8, dtype=torch.double), torch.tensor([0, 1, 2, 0])
     for crit in ("lrp", "taylor"):
-        close(xprune.score(model, [{"pixel_values": x, "labels": y}], crit, "neurons"),
-              xprune.score(model, (x, y), crit, "neurons"), rtol=1e-9)
+        close(
+            xprune.score(model, [{"pixel_values": x, "labels": y}], crit, "neurons"),
+            xprune.score(model, (x, y), crit, "neurons"),
+            rtol=1e-9,
+        )
 
 
 def test_dict_without_labels_needs_a_target_that_needs_none():
@@ -166,10 +199,15 @@ def test_dict_without_labels_needs_a_target_that_needs_none():
 
 def test_bad_labels_get_one_line_errors():
     model, ids = causal("gpt2"), ids_of(2, 6)
-    cases = [((ids, torch.cat([ids, ids[:, :1]], 1)), r"y must hold one label per sample \[N\] or"),
-             ([({"input_ids": ids}, ids[:, :4])], r"labels of shape \(2, 4\) do not fit the model output of shape \(2, 6, 99\)"),
-             ([({"input_ids": ids}, torch.full_like(ids, 150))], r"labels must lie in \[0, 98\]"),
-             ([({"input_ids": ids}, ids * 0.5)], "labels must be integer class indices")]
+    cases = [
+        ((ids, torch.cat([ids, ids[:, :1]], 1)), r"y must hold one label per sample \[N\] or"),
+        (
+            [({"input_ids": ids}, ids[:, :4])],
+            r"labels of shape \(2, 4\) do not fit the model output of shape \(2, 6, 99\)",
+        ),
+        ([({"input_ids": ids}, torch.full_like(ids, 150))], r"labels must lie in \[0, 98\]"),
+        ([({"input_ids": ids}, ids * 0.5)], "labels must be integer class indices"),
+    ]
     for data, match in cases:
         with pytest.raises(DataError) as e:
             xprune.score(model, data, "lrp", "heads")
@@ -181,7 +219,7 @@ def test_bad_labels_get_one_line_errors():
     vit_like = [{"pixel_values": torch.tensor([[float("nan")]]), "labels": torch.tensor([0])}]
     with pytest.raises(DataError, match="the inputs contain NaN or Inf values"):
         mlp = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-        xprune.score(mlp, [(torch.ones(1, 1), torch.tensor([0]))] + vit_like, "taylor")
+        xprune.score(mlp, [(torch.ones(1, 1), torch.tensor([0])), *vit_like], "taylor")
 
 
 def test_labels_as_a_column_are_one_per_sample():
@@ -208,9 +246,18 @@ def test_every_criterion_takes_labels_per_token(criterion):
         assert s.kind == unit and all(torch.isfinite(v).all() for v in s.values())
 
 
-@pytest.mark.parametrize("criterion,unit", [("lrp", "channels"), ("taylor", "channels"), ("gradient", "channels"),
-                                            ("activation", "channels"), ("taylor", "weights"),
-                                            ("lrp", "weights"), ("gradient", "weights")])
+@pytest.mark.parametrize(
+    "criterion,unit",
+    [
+        ("lrp", "channels"),
+        ("taylor", "channels"),
+        ("gradient", "channels"),
+        ("activation", "channels"),
+        ("taylor", "weights"),
+        ("lrp", "weights"),
+        ("gradient", "weights"),
+    ],
+)
 def test_labels_per_token_on_channels_and_weights(criterion, unit):
     model = bert("tokens")
     ids = ids_of(2, 6)
@@ -229,8 +276,11 @@ def test_one_labelled_token_equals_one_label_per_sample(criterion):
     per_token[:, -1] = y
     opts = {"n_steps": 2} if criterion == "singe" else {}
     for unit in ("heads", "channels") if criterion != "singe" else ("heads",):
-        close(xprune.score(model, (ids, per_token), criterion, unit, **opts),
-              xprune.score(model, [(ids, y)], criterion, unit, **opts), rtol=1e-9)
+        close(
+            xprune.score(model, (ids, per_token), criterion, unit, **opts),
+            xprune.score(model, [(ids, y)], criterion, unit, **opts),
+            rtol=1e-9,
+        )
 
 
 def test_predicted_target_explains_the_labelled_tokens():
@@ -243,8 +293,11 @@ def test_predicted_target_explains_the_labelled_tokens():
     wrong = (labels + 1) % 5  # other labels at the same tokens: "predicted" reads only where they are
     wrong[labels == -100] = -100
     for crit in ("lrp", "taylor"):
-        close(xprune.score(model, (ids, wrong), crit, "heads", target="predicted"),
-              xprune.score(model, (ids, labels), crit, "heads"), rtol=1e-9)
+        close(
+            xprune.score(model, (ids, wrong), crit, "heads", target="predicted"),
+            xprune.score(model, (ids, labels), crit, "heads"),
+            rtol=1e-9,
+        )
 
 
 @pytest.mark.parametrize("criterion", ["lrp", "singe"])
@@ -255,14 +308,20 @@ def test_causal_shift_matches_the_truncated_sequence(criterion):
     per_token[:, -1] = ids[:, -1]  # judged at position T-2
     opts = {"n_steps": 2} if criterion == "singe" else {}
     for unit in ("heads", "neurons"):
-        close(xprune.score(model, (ids, per_token), criterion, unit, **opts),
-              xprune.score(model, [(ids[:, :-1], ids[:, -1])], criterion, unit, **opts), rtol=1e-7)
+        close(
+            xprune.score(model, (ids, per_token), criterion, unit, **opts),
+            xprune.score(model, [(ids[:, :-1], ids[:, -1])], criterion, unit, **opts),
+            rtol=1e-7,
+        )
 
 
 def test_llm_pruner_with_hugging_face_labels_is_the_next_token_loss():
     model, ids = causal("llama"), ids_of(2, 8)
-    close(xprune.score(model, [{"input_ids": ids, "labels": ids}], "llm-pruner", "neurons"),
-          xprune.score(model, xprune.llm.TokenBlocks(ids), "llm-pruner", "neurons"), rtol=1e-9)
+    close(
+        xprune.score(model, [{"input_ids": ids, "labels": ids}], "llm-pruner", "neurons"),
+        xprune.score(model, xprune.llm.TokenBlocks(ids), "llm-pruner", "neurons"),
+        rtol=1e-9,
+    )
 
 
 # ----------------------------------------------------------------------------- padding
@@ -275,14 +334,26 @@ def _padded(ids_list, labels_list, pad_label=None):
     if labels_list[0].dim() == 0:
         return {"input_ids": ids, "attention_mask": mask}, torch.stack(labels_list)
     # padding labelled with the pad token itself (not -100): the attention mask must exclude it
-    labels = torch.stack([torch.cat([y, torch.full((t - len(y),), 7 if pad_label is None else pad_label)])
-                          for y in labels_list])
+    labels = torch.stack(
+        [torch.cat([y, torch.full((t - len(y),), 7 if pad_label is None else pad_label)]) for y in labels_list]
+    )
     return {"input_ids": ids, "attention_mask": mask}, labels
 
 
-PADDING_CASES = [("lrp", "heads"), ("lrp", "neurons"), ("lrp", "channels"), ("taylor", "heads"),
-                 ("taylor", "channels"), ("gradient", "neurons"), ("gradient", "channels"), ("activation", "heads"),
-                 ("activation", "channels"), ("singe", "neurons"), ("wanda", "heads"), ("llm-pruner", "neurons")]
+PADDING_CASES = [
+    ("lrp", "heads"),
+    ("lrp", "neurons"),
+    ("lrp", "channels"),
+    ("taylor", "heads"),
+    ("taylor", "channels"),
+    ("gradient", "neurons"),
+    ("gradient", "channels"),
+    ("activation", "heads"),
+    ("activation", "channels"),
+    ("singe", "neurons"),
+    ("wanda", "heads"),
+    ("llm-pruner", "neurons"),
+]
 
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
@@ -290,22 +361,34 @@ def test_padding_changes_no_score(kind):
     model = bert("tokens") if kind == "bert" else causal(kind)
     lengths = [7, 4, 5]
     ids_list = [ids_of(1, n, seed=10 + n)[0] for n in lengths]
-    labels_list = ([torch.randint(0, 5, (n,), generator=torch.Generator().manual_seed(n)) for n in lengths]
-                   if kind == "bert" else ids_list)
-    alone = [({"input_ids": i[None]}, y[None]) for i, y in zip(ids_list, labels_list)]  # unpadded, one per batch
+    labels_list = (
+        [torch.randint(0, 5, (n,), generator=torch.Generator().manual_seed(n)) for n in lengths]
+        if kind == "bert"
+        else ids_list
+    )
+    alone = [
+        ({"input_ids": i[None]}, y[None]) for i, y in zip(ids_list, labels_list, strict=True)
+    ]  # unpadded, one per batch
     padded = [_padded(ids_list, labels_list, pad_label=0 if kind == "bert" else None)]
     for criterion, unit in PADDING_CASES:
         if unit == "channels" and kind != "bert":
             continue  # channel discovery does not trace Hugging Face causal LMs (their output is not a tensor)
         opts = {"n_steps": 2} if criterion == "singe" else {}
-        close(xprune.score(model, padded, criterion, unit, **opts),
-              xprune.score(model, alone, criterion, unit, **opts), rtol=1e-6, atol=1e-10)
+        close(
+            xprune.score(model, padded, criterion, unit, **opts),
+            xprune.score(model, alone, criterion, unit, **opts),
+            rtol=1e-6,
+            atol=1e-10,
+        )
     if kind == "bert":  # the sentence embedding is the mean over the tokens of the attention mask
         encoder = bert()
         for criterion, unit in [("lrp", "heads"), ("taylor", "neurons"), ("gradient", "channels")]:
-            close(xprune.score(encoder, [padded[0][0]], criterion, unit, target="embedding"),
-                  xprune.score(encoder, [x for x, _ in alone], criterion, unit, target="embedding"),
-                  rtol=1e-6, atol=1e-10)
+            close(
+                xprune.score(encoder, [padded[0][0]], criterion, unit, target="embedding"),
+                xprune.score(encoder, [x for x, _ in alone], criterion, unit, target="embedding"),
+                rtol=1e-6,
+                atol=1e-10,
+            )
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "bert"])
@@ -314,13 +397,17 @@ def test_padding_changes_no_score_with_one_label_per_sample(kind):
     ids_list = [ids_of(1, n, seed=n)[0] for n in (6, 3)]
     # gpt2: the next token after each, judged at its last token (not at padding); bert: the class of each
     y = [torch.tensor(5), torch.tensor(9)] if kind == "gpt2" else [torch.tensor(0), torch.tensor(1)]
-    alone = [({"input_ids": i[None]}, t[None]) for i, t in zip(ids_list, y)]
+    alone = [({"input_ids": i[None]}, t[None]) for i, t in zip(ids_list, y, strict=True)]
     cases = [("lrp", "heads"), ("taylor", "neurons"), ("gradient", "heads"), ("activation", "heads")]
     if kind == "bert":
         cases += [("taylor", "channels"), ("activation", "channels"), ("gradient", "channels")]
     for criterion, unit in cases:
-        close(xprune.score(model, [_padded(ids_list, y)], criterion, unit),
-              xprune.score(model, alone, criterion, unit), rtol=1e-6, atol=1e-10)
+        close(
+            xprune.score(model, [_padded(ids_list, y)], criterion, unit),
+            xprune.score(model, alone, criterion, unit),
+            rtol=1e-6,
+            atol=1e-10,
+        )
 
 
 # ----------------------------------------------------------------------------- class coverage
@@ -402,7 +489,7 @@ def test_embedding_target_needs_no_labels_and_no_wrapper():
     plain = xprune.score(model, [batch["input_ids"][:1]], "lrp", "heads", target="embedding")  # input_ids alone
     assert all(v.sum() > 0 for v in plain.values())
     units = xprune.discover(model, {"input_ids": batch["input_ids"][:1]}, "heads")
-    singe = xprune.score(model, [batch], "singe", units, target="embedding", n_steps=1, normalize=None)
+    singe = xprune.score(model, [batch], "singe-fast", units, target="embedding", n_steps=1, normalize=None)
     taylor = xprune.score(model, [batch], "taylor-mean", units, target="embedding", normalize=None)
     close(singe, {k: v * float(batch["attention_mask"].sum()) for k, v in taylor.items()}, rtol=1e-6)
 

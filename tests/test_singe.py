@@ -8,11 +8,10 @@ import torch
 from torch import nn
 
 import xprune
+from tiny_models import MLP, ConvBN, Residual, randomize_bn
 from xprune import XpruneError, schedules
 from xprune.criteria.integrated import IntegratedGradients
-from xprune.criteria.singe import SInGE, gated, objective_value, path_points
-
-from tiny_models import MLP, ConvBN, Residual, randomize_bn
+from xprune.criteria.singe import SInGE, SInGEFast, gated, objective_value, path_points
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +61,9 @@ def test_singe_completeness_error_shrinks_with_k(path):
         full = float(objective_value(m(X), y))
     errors = []
     for K in (2, 8, 32):
-        ig = SInGE(n_steps=K, path=path).integrals(m, units, [(X, y)])
+        ig = SInGEFast(n_steps=K, path=path).integrals(
+            m, units, [(X, y)]
+        )  # a layer's gates together: completeness per layer
         err = 0.0
         for g in units:
             with gated(m, units, {g.name: torch.zeros(g.size)}), torch.no_grad():
@@ -75,11 +76,15 @@ def test_singe_completeness_error_shrinks_with_k(path):
 
 def test_singe_gate_zero_is_removal():
     # with the gate after the BatchNorm, gate 0 computes exactly what the pruned model computes
-    m, X, y = make(Residual)
+    m, X, _ = make(Residual)
     units = xprune.discover(m, X[:1])
-    plan = xprune.Plan("channels", {g.name: ([1, 3] if g.name == "b1" else []) for g in units},
-                       {g.name: g.size for g in units}, roots={g.name: g.root for g in units},
-                       example=units.example)
+    plan = xprune.Plan(
+        "channels",
+        {g.name: ([1, 3] if g.name == "b1" else []) for g in units},
+        {g.name: g.size for g in units},
+        roots={g.name: g.root for g in units},
+        example=units.example,
+    )
     pruned = xprune.apply(m, plan)
     gate = torch.ones(units["b1"].size)
     gate[[1, 3]] = 0
@@ -90,7 +95,7 @@ def test_singe_gate_zero_is_removal():
 def test_singe_network_scope_completeness():
     m, X, y = make(ConvBN)
     units = xprune.discover(m, X[:1])
-    crit = SInGE(n_steps=64, scope="network")
+    crit = SInGEFast(n_steps=64, scope="network")
     ig = crit.integrals(m, units, [(X, y)])
     assert crit.passes == 64
     with torch.no_grad():
@@ -107,8 +112,8 @@ def test_singe_fast_and_exact_rank_alike():
     for seed in range(5):
         m, X, y = trained_mlp(seed)
         units = xprune.discover(m, X[:1])
-        fast = SInGE(n_steps=8).integrals(m, units, [(X, y)])
-        exact = SInGE(n_steps=8, mode="exact").integrals(m, units, [(X, y)])
+        fast = SInGEFast(n_steps=8).integrals(m, units, [(X, y)])
+        exact = SInGEFast(n_steps=8, mode="exact").integrals(m, units, [(X, y)])
         rhos.append(spearman(fast["fc1"].abs(), exact["fc1"].abs()))
     assert sum(rhos) / len(rhos) >= 0.9, rhos
 
@@ -118,15 +123,15 @@ def test_singe_fast_equals_exact_on_linear_model():
     m = nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 6), nn.Linear(6, 3)).eval()
     X, y = torch.randn(20, 5), torch.randint(0, 3, (20,))
     units = xprune.discover(m, X[:1])
-    fast = SInGE(n_steps=5).integrals(m, units, [(X, y)])
-    exact = SInGE(n_steps=5, mode="exact").integrals(m, units, [(X, y)])
+    fast = SInGEFast(n_steps=5).integrals(m, units, [(X, y)])
+    exact = SInGEFast(n_steps=5, mode="exact").integrals(m, units, [(X, y)])
     for name in fast:
         torch.testing.assert_close(fast[name], exact[name], rtol=1e-5, atol=1e-6)
 
 
 def test_singe_one_step_is_summed_taylor():
     m, X, y = make(ConvBN)
-    one = xprune.score(m, (X, y), "singe", n_steps=1, gate_at="output", normalize=None)
+    one = xprune.score(m, (X, y), "singe-fast", n_steps=1, gate_at="output", normalize=None)
     taylor = xprune.score(m, (X, y), "taylor-mean", normalize=None)  # |mean over samples and positions|
     positions = {"conv1": 64, "conv2": 64, "fc1": 1}
     for name in one:
@@ -147,6 +152,10 @@ def test_singe_options_and_errors():
         SInGE(mode="slow")
     with pytest.raises(XpruneError, match="n_steps"):
         SInGE(n_steps=0)
+    with pytest.raises(XpruneError, match="aggregate"):
+        SInGE(aggregate="abs")
+    with pytest.raises(XpruneError, match="unit_batch"):
+        SInGE(unit_batch=0)
     with pytest.raises(XpruneError, match="single weights"):
         xprune.score(m, (X, y), "singe", units="weights")
     units = xprune.discover(m, X[:1])
@@ -156,6 +165,155 @@ def test_singe_options_and_errors():
     with pytest.raises(XpruneError, match="'rows' has no gate sites"):
         SInGE().integrals(m, rows, [(X, y)])
     assert units.kind == "channels"
+
+
+# ---------------------------------------------------------------- SInGE as defined: per unit, geometric, loss
+
+
+def naive_exact(model, units, X, y, points, weights, call=None, label_of=None, magnitude=False):
+    """Per-sample IG_{n,c} of minus the loss, one sample, one unit, one path point per pass (plain autograd).
+
+    ``magnitude=True``: the integral of |dL_n/dg_c| instead (singe's default ``aggregate="path"``).
+    """
+    call = call or (lambda m, n: m(X[n : n + 1]))
+    out = {}
+    for g in units:
+        ig = torch.zeros(len(y), g.size, dtype=torch.float64)
+        for n in range(len(y)):
+            for c in range(g.size):
+                for a, w in zip(points, weights, strict=True):
+                    gate = torch.ones(g.size)
+                    gate[c] = a
+                    gate.requires_grad_(True)
+                    with gated(model, units, {g.name: gate}):
+                        out_n = call(model, n)
+                        logits = getattr(out_n, "logits", out_n)
+                        loss = nn.functional.cross_entropy(logits.double(), y[n : n + 1])
+                    (d,) = torch.autograd.grad(-loss, gate)
+                    ig[n, c] += w * (abs(float(d[c])) if magnitude else float(d[c]))
+        out[g.name] = ig
+    return out
+
+
+def test_singe_batched_exact_equals_naive_per_unit_loop():
+    m, X, y = make(Residual, n=3)  # BatchNorm and residual sums (coupled groups)
+    units = xprune.discover(m, X[:1])
+    points, weights = path_points(3, "geometric")
+    ref = naive_exact(m, units, X, y, points, weights)
+    ref_path = naive_exact(m, units, X, y, points, weights, magnitude=True)
+    crit = SInGE(n_steps=3, unit_batch=5)  # chunks that cut across units and groups, a shorter last one
+    per = crit.per_sample(m, units, X, y)
+    pairs = 2 * units.total
+    assert crit.passes == 1 + math.ceil(pairs / 5)
+    scores = xprune.score(m, (X, y), crit, normalize=None)  # default aggregate="path"
+    sample = xprune.score(m, (X, y), "singe", n_steps=3, aggregate="sample", unit_batch=7, normalize=None)
+    batch = xprune.score(m, (X, y), "singe", n_steps=3, aggregate="batch", unit_batch=64, normalize=None)
+    strictly = False
+    for g in units:
+        torch.testing.assert_close(per[g.name], ref[g.name], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(scores[g.name], ref_path[g.name].mean(0), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(sample[g.name], ref[g.name].abs().mean(0), rtol=1e-5, atol=1e-7)
+        # |integral| <= integral of |.|, per sample: the path aggregate bounds the ablation effect
+        assert bool((scores[g.name] >= sample[g.name] - 1e-9).all())
+        strictly |= bool((scores[g.name] > sample[g.name] + 1e-6).any())
+        torch.testing.assert_close(batch[g.name], ref[g.name].sum(0).abs(), rtol=1e-5, atol=1e-7)
+    assert strictly, "on this model some gradient changes sign along a path"
+
+
+def test_singe_batched_exact_equals_naive_loop_on_heads_and_neurons():
+    T = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = T.BertConfig(
+        vocab_size=30,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=6,
+        max_position_embeddings=16,
+        num_labels=3,
+    )
+    model = T.BertForSequenceClassification(cfg).double().eval()
+    ids = torch.randint(0, 30, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    y = torch.tensor([0, 2])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    points, weights = path_points(3, "geometric")
+    for kind in ("heads", "neurons"):
+        units = xprune.discover(model, {"input_ids": ids[:1]}, kind)
+        ref = naive_exact(
+            model,
+            units,
+            None,
+            y,
+            points,
+            weights,
+            call=lambda m, n: m(input_ids=ids[n : n + 1], attention_mask=mask[n : n + 1]),
+        )
+        per = SInGE(n_steps=3, unit_batch=4).per_sample(model, units, batch, y)
+        for g in units:
+            torch.testing.assert_close(per[g.name], ref[g.name], rtol=1e-5, atol=1e-8)
+
+
+def test_singe_per_sample_completeness_with_the_loss():
+    m, X, y = make(Residual, n=4)
+    units = xprune.discover(m, X[:1])
+    with torch.no_grad():
+        present = nn.functional.cross_entropy(m(X), y, reduction="none").double()
+    delta = {}
+    for g in units:
+        d = torch.zeros(len(y), g.size, dtype=torch.float64)
+        for c in range(g.size):
+            gate = torch.ones(g.size)
+            gate[c] = 0
+            with gated(m, units, {g.name: gate}), torch.no_grad():
+                d[:, c] = nn.functional.cross_entropy(m(X), y, reduction="none").double() - present
+        delta[g.name] = d  # L_n(c removed) - L_n(present)
+    errors = []
+    for K in (2, 8, 32):
+        per = SInGE(n_steps=K).per_sample(m, units, X, y)
+        errors.append(sum(float((per[g.name] - delta[g.name]).abs().sum()) for g in units))
+    scale = sum(float(d.abs().sum()) for d in delta.values())
+    assert errors[2] < errors[1] < errors[0], errors
+    assert errors[2] < 0.05 * scale and errors[2] < 0.25 * errors[0], (errors, scale)
+
+
+def test_singe_fast_is_the_former_default():
+    m, X, y = make(ConvBN, n=10)
+    units = xprune.discover(m, X[:1])
+    K = 4
+    ref = {}
+    for g in units:  # uniform path, a layer's gates together, summed target logits, |sum over samples|
+        ig = torch.zeros(g.size, dtype=torch.float64)
+        for k in range(K):
+            gate = torch.full((g.size,), 1.0 - k / K, requires_grad=True)
+            with gated(m, units, {g.name: gate}):
+                value = m(X).gather(1, y.view(-1, 1)).sum()
+            ig += torch.autograd.grad(value, gate)[0].double() / K
+        ref[g.name] = ig.abs()
+    got = xprune.score(m, (X, y), "singe-fast", n_steps=K, normalize=None)
+    for g in units:
+        torch.testing.assert_close(got[g.name], ref[g.name], rtol=1e-5, atol=1e-7)
+    assert isinstance(xprune.criteria.get("singe-fast"), SInGEFast)
+
+
+def test_singe_sample_and_batch_aggregates_differ_when_signs_cancel():
+    # unit 0 carries x to the explained logit: IG_n = x_n = +1 and -1; unit 1 reaches no output
+    m = nn.Sequential(nn.Linear(1, 2), nn.Linear(2, 2)).eval()
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0], [1.0]]))
+        m[0].bias.zero_()
+        m[1].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+        m[1].bias.zero_()
+    X, y = torch.tensor([[1.0], [-1.0]]), torch.tensor([0, 0])
+    units = xprune.discover(m, X[:1])
+    for mode in ("exact", "fast"):
+        sample = SInGE(n_steps=4, mode=mode, objective="logit", aggregate="sample").compute(m, units, [(X, y)])
+        path = SInGE(n_steps=4, mode=mode, objective="logit").compute(m, units, [(X, y)])  # constant gradient: equal
+        torch.testing.assert_close(path["0"], torch.tensor([1.0, 0.0], dtype=torch.float64))
+        batch = SInGE(n_steps=4, mode=mode, objective="logit", aggregate="batch").compute(m, units, [(X, y)])
+        torch.testing.assert_close(sample["0"], torch.tensor([1.0, 0.0], dtype=torch.float64))
+        torch.testing.assert_close(batch["0"], torch.tensor([0.0, 0.0], dtype=torch.float64))
 
 
 # ---------------------------------------------------------------- integrated gradients
@@ -181,7 +339,8 @@ def test_integrated_gradients_matches_captum_layer_conductance():
     ours = IntegratedGradients(n_steps=10, rule="left", baseline=baseline).attributions(m, units, [(X, y)])
     for name, layer in (("conv2", m.conv2), ("fc1", m.fc1)):
         ref = captum.LayerConductance(m, layer).attribute(
-            X, baselines=baseline.expand_as(X), target=y, n_steps=10, method="riemann_trapezoid")
+            X, baselines=baseline.expand_as(X), target=y, n_steps=10, method="riemann_trapezoid"
+        )
         ref = ref.sum(dim=(2, 3)) if ref.dim() == 4 else ref
         torch.testing.assert_close(ours[name], ref.double(), rtol=1e-4, atol=1e-5)
 
@@ -229,8 +388,16 @@ def test_entwined_reaches_ratio_and_spends_the_budget_exactly():
     assert tuner.steps == [3, 3, 4] and sum(tuner.steps) == 10
     assert res.history[-1]["fine_tune_total"] == 10
     total = res.history[-1]["total"]
-    assert res.removed == math.floor(0.5 * total) == total - sum(
-        p.numel() for n, p in res.model.named_parameters() if n.endswith("bias") and n in ("conv1.bias", "conv2.bias", "fc1.bias"))
+    assert (
+        res.removed
+        == math.floor(0.5 * total)
+        == total
+        - sum(
+            p.numel()
+            for n, p in res.model.named_parameters()
+            if n.endswith("bias") and n in ("conv1.bias", "conv2.bias", "fc1.bias")
+        )
+    )
     assert [r["removed"] for r in res.history] == [math.floor(0.5 * total * i / 3) for i in (1, 2, 3)]
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())  # input model untouched
 
@@ -262,8 +429,9 @@ def test_entwined_resumes_identically(tmp_path):
     with pytest.raises(XpruneError, match="resume=True"):
         schedules.entwined(m, (X, y), fine_tune=Tuner(X, y), checkpoint_dir=tmp_path / "b", **kw)
     with pytest.raises(XpruneError, match="other settings"):
-        schedules.entwined(m, (X, y), fine_tune=Tuner(X, y), checkpoint_dir=tmp_path / "b", resume=True,
-                           **dict(kw, ratio=0.4))
+        schedules.entwined(
+            m, (X, y), fine_tune=Tuner(X, y), checkpoint_dir=tmp_path / "b", resume=True, **dict(kw, ratio=0.4)
+        )
     tuner = Tuner(X, y)
     resumed = schedules.entwined(m, (X, y), fine_tune=tuner, checkpoint_dir=tmp_path / "b", resume=True, **kw)
     assert tuner.steps == [2, 2]

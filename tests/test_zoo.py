@@ -28,6 +28,7 @@ from zoo import HF, N_CLASSES, PATTERNS, batches
 OPTIONS = {
     "integrated-gradients": {"n_steps": 2},
     "singe": {"n_steps": 2},
+    "singe-fast": {"n_steps": 2},
     "steered": {"predictor_steps": 2, "selector_steps": 2, "gate_steps": 2, "batch_size": 8, "cache_dir": None},
 }
 
@@ -47,7 +48,7 @@ CASES = [(family, kind) for family, (_, kinds) in HF.items() for kind in kinds]
 CASES += [(pattern, "channels") for pattern in PATTERNS]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _built(family: str):
     build = HF[family][0] if family in HF else PATTERNS[family]
     return build()
@@ -62,15 +63,33 @@ def _n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-CRITERIA = ["activation", "gradient", "integrated-gradients", "l2", "llm-pruner", "lrp", "pbe", "random", "singe",
-            "steered", "taylor", "taylor-mean", "wanda", "weight"]
+CRITERIA = [
+    "activation",
+    "gradient",
+    "integrated-gradients",
+    "l2",
+    "llm-pruner",
+    "lrp",
+    "pbe",
+    "random",
+    "singe",
+    "singe-fast",
+    "steered",
+    "taylor",
+    "taylor-mean",
+    "wanda",
+    "weight",
+]
 
 
 def _library_criteria():
     from xprune.criteria.base import _REGISTRY
 
-    return {name for name, entry in _REGISTRY.items()
-            if (entry if isinstance(entry, str) else entry.__module__).startswith("xprune.")}
+    return {
+        name
+        for name, entry in _REGISTRY.items()
+        if (entry if isinstance(entry, str) else entry.__module__).startswith("xprune.")
+    }
 
 
 def test_every_criterion_is_covered():
@@ -118,6 +137,7 @@ def test_zoo(family, kind, criterion):
 
 # ---------------------------------------------------------------- discovery of units on these patterns
 
+
 class _ScalarOps(nn.Module):
     def __init__(self, op):
         super().__init__()
@@ -130,14 +150,18 @@ class _ScalarOps(nn.Module):
         return self.fc(F.relu(self.c2(self.op(self.c1(x), x))).mean((2, 3)))
 
 
-@pytest.mark.parametrize("op,prunable", [
-    (lambda y, x: F.relu(y - 0.2), True),                 # a scalar does not tie the channels
-    (lambda y, x: y * 2.0, True),
-    (lambda y, x: y + torch.ones(1, 1, 1, 1), True),      # size 1 along the channels
-    (lambda y, x: y + x.repeat(1, 2, 1, 1), False),       # the input image: 6 fixed channels
-    (lambda y, x: y * torch.ones(1, 6, 1, 1), False),     # a constant per channel
-    (lambda y, x: torch.cat([y[:, :3], x], 1), False),    # concatenated with the input
-], ids=["sub-scalar", "mul-scalar", "add-size-1", "add-image", "mul-per-channel", "cat-image"])
+@pytest.mark.parametrize(
+    "op,prunable",
+    [
+        (lambda y, x: F.relu(y - 0.2), True),  # a scalar does not tie the channels
+        (lambda y, x: y * 2.0, True),
+        (lambda y, x: y + torch.ones(1, 1, 1, 1), True),  # size 1 along the channels
+        (lambda y, x: y + x.repeat(1, 2, 1, 1), False),  # the input image: 6 fixed channels
+        (lambda y, x: y * torch.ones(1, 6, 1, 1), False),  # a constant per channel
+        (lambda y, x: torch.cat([y[:, :3], x], 1), False),  # concatenated with the input
+    ],
+    ids=["sub-scalar", "mul-scalar", "add-size-1", "add-image", "mul-per-channel", "cat-image"],
+)
 def test_constant_operands(op, prunable):
     model = _ScalarOps(op).eval()
     units = xprune.discover(model, torch.randn(1, 3, 8, 8))

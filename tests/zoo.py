@@ -23,6 +23,7 @@ def _bn_stats(model: nn.Module, seed: int = 0) -> nn.Module:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             n = m.num_features
+            assert m.running_mean is not None and m.running_var is not None  # BatchNorm with running statistics
             m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
             m.running_var.copy_(0.5 + torch.rand(n, generator=g))
             if m.weight is not None:
@@ -40,18 +41,27 @@ def _hf(config_name: str, model_name: str, size: int, **config):
 
 
 def resnet():
-    return _hf("ResNetConfig", "ResNetForImageClassification", 32, embedding_size=8, hidden_sizes=[8, 16],
-               depths=[1, 1], layer_type="bottleneck")
+    return _hf(
+        "ResNetConfig",
+        "ResNetForImageClassification",
+        32,
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        layer_type="bottleneck",
+    )
 
 
 def convnext():
-    return _hf("ConvNextConfig", "ConvNextForImageClassification", 32, num_stages=2, hidden_sizes=[8, 16],
-               depths=[1, 1])
+    return _hf(
+        "ConvNextConfig", "ConvNextForImageClassification", 32, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1]
+    )
 
 
 def convnextv2():
-    return _hf("ConvNextV2Config", "ConvNextV2ForImageClassification", 32, num_stages=2, hidden_sizes=[8, 16],
-               depths=[1, 1])
+    return _hf(
+        "ConvNextV2Config", "ConvNextV2ForImageClassification", 32, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1]
+    )
 
 
 def mobilenetv1():
@@ -63,39 +73,104 @@ def mobilenetv2():
 
 
 def efficientnet():
-    return _hf("EfficientNetConfig", "EfficientNetForImageClassification", 32, image_size=32, width_coefficient=0.25,
-               depth_coefficient=0.2, hidden_dim=320, kernel_sizes=[3, 3, 5], in_channels=[32, 16, 24],
-               out_channels=[16, 24, 40], strides=[1, 2, 2], num_block_repeats=[1, 2, 1], expand_ratios=[1, 6, 6])
+    return _hf(
+        "EfficientNetConfig",
+        "EfficientNetForImageClassification",
+        32,
+        image_size=32,
+        width_coefficient=0.25,
+        depth_coefficient=0.2,
+        hidden_dim=320,
+        kernel_sizes=[3, 3, 5],
+        in_channels=[32, 16, 24],
+        out_channels=[16, 24, 40],
+        strides=[1, 2, 2],
+        num_block_repeats=[1, 2, 1],
+        expand_ratios=[1, 6, 6],
+    )
 
 
 def regnet():
-    return _hf("RegNetConfig", "RegNetForImageClassification", 32, embedding_size=8, hidden_sizes=[8, 16],
-               depths=[1, 1], groups_width=4, layer_type="y")
+    return _hf(
+        "RegNetConfig",
+        "RegNetForImageClassification",
+        32,
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        groups_width=4,
+        layer_type="y",
+    )
 
 
 def bit():
-    return _hf("BitConfig", "BitForImageClassification", 32, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-               layer_type="bottleneck", global_padding="SAME", num_groups=2)
+    return _hf(
+        "BitConfig",
+        "BitForImageClassification",
+        32,
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        layer_type="bottleneck",
+        global_padding="SAME",
+        num_groups=2,
+    )
 
 
 def vit():
-    return _hf("ViTConfig", "ViTForImageClassification", 32, hidden_size=16, num_hidden_layers=2,
-               num_attention_heads=4, intermediate_size=32, image_size=32, patch_size=8)
+    return _hf(
+        "ViTConfig",
+        "ViTForImageClassification",
+        32,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=32,
+        image_size=32,
+        patch_size=8,
+    )
 
 
 def deit():
-    return _hf("DeiTConfig", "DeiTForImageClassification", 32, hidden_size=16, num_hidden_layers=2,
-               num_attention_heads=4, intermediate_size=32, image_size=32, patch_size=8)
+    return _hf(
+        "DeiTConfig",
+        "DeiTForImageClassification",
+        32,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=32,
+        image_size=32,
+        patch_size=8,
+    )
 
 
 def swin():
-    return _hf("SwinConfig", "SwinForImageClassification", 32, image_size=32, patch_size=4, embed_dim=8,
-               depths=[1, 1], num_heads=[2, 2], window_size=4)
+    return _hf(
+        "SwinConfig",
+        "SwinForImageClassification",
+        32,
+        image_size=32,
+        patch_size=4,
+        embed_dim=8,
+        depths=[1, 1],
+        num_heads=[2, 2],
+        window_size=4,
+    )
 
 
 def dinov2():
-    return _hf("Dinov2Config", "Dinov2ForImageClassification", 32, hidden_size=16, num_hidden_layers=2,
-               num_attention_heads=4, mlp_ratio=2, image_size=32, patch_size=8)
+    return _hf(
+        "Dinov2Config",
+        "Dinov2ForImageClassification",
+        32,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        mlp_ratio=2,
+        image_size=32,
+        patch_size=8,
+    )
 
 
 #: Hugging Face families -> (builder, unit kinds to prune)
@@ -116,6 +191,7 @@ HF = {
 
 
 # ---------------------------------------------------------------- hand-written patterns
+
 
 class InplaceVGG(nn.Module):
     """conv -> ReLU(inplace) -> conv -> ReLU(inplace) -> pool -> linear (torchvision VGG style, no BN)."""
@@ -237,6 +313,7 @@ def _pattern(cls):
     def build():
         torch.manual_seed(0)
         return _bn_stats(cls()), 16
+
     build.__name__ = cls.__name__
     return build
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,10 +64,18 @@ class Scores(Mapping):
         Anything else worth keeping (options, number of samples).
     """
 
-    def __init__(self, values: Mapping[str, torch.Tensor], *, kind: str, criterion: str = "",
-                 members: Mapping[str, Any] | None = None, roots: Mapping[str, str] | None = None,
-                 example: Any = None, meta: Mapping[str, Any] | None = None,
-                 parts: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        values: Mapping[str, torch.Tensor],
+        *,
+        kind: str,
+        criterion: str = "",
+        members: Mapping[str, Any] | None = None,
+        roots: Mapping[str, str] | None = None,
+        example: Any = None,
+        meta: Mapping[str, Any] | None = None,
+        parts: Mapping[str, Any] | None = None,
+    ):
         self._values = {k: torch.as_tensor(v).detach().reshape(-1).double().cpu() for k, v in values.items()}
         self.kind = kind
         self.criterion = criterion
@@ -78,10 +86,16 @@ class Scores(Mapping):
         self.parts = {k: [list(map(int, p)) for p in v] for k, v in (parts or {}).items()}
 
     @classmethod
-    def from_units(cls, values, units: UnitSet, **kw) -> "Scores":
-        return cls(values, kind=units.kind, members={g.name: g.members for g in units},
-                   roots={g.name: g.root for g in units}, example=units.example,
-                   parts={g.name: [[u for u in m if u >= 0] for m in g.index.values()] for g in units if g.index}, **kw)
+    def from_units(cls, values, units: UnitSet, **kw) -> Scores:
+        return cls(
+            values,
+            kind=units.kind,
+            members={g.name: g.members for g in units},
+            roots={g.name: g.root for g in units},
+            example=units.example,
+            parts={g.name: [[u for u in m if u >= 0] for m in g.index.values()] for g in units if g.index},
+            **kw,
+        )
 
     def __getitem__(self, key: str) -> torch.Tensor:
         return self._values[key]
@@ -97,19 +111,34 @@ class Scores(Mapping):
         """Total number of units."""
         return sum(v.numel() for v in self._values.values())
 
-    def normalized(self, how: str | None) -> "Scores":
+    def normalized(self, how: str | None) -> Scores:
         """A copy with every layer's scores normalised (see :func:`normalize`)."""
         return self._replace({k: normalize(v, how) for k, v in self._values.items()})
 
-    def _replace(self, values) -> "Scores":
-        return Scores(values, kind=self.kind, criterion=self.criterion, members=self.members,
-                      roots=self.roots, example=self.example, meta=self.meta, parts=self.parts)
+    def _replace(self, values) -> Scores:
+        return Scores(
+            values,
+            kind=self.kind,
+            criterion=self.criterion,
+            members=self.members,
+            roots=self.roots,
+            example=self.example,
+            meta=self.meta,
+            parts=self.parts,
+        )
 
     def _header(self) -> dict[str, str]:
-        return {"xprune": "scores", "kind": self.kind, "criterion": self.criterion,
-                "members": json.dumps(self.members), "roots": json.dumps(self.roots),
-                "example": json.dumps(self.example), "meta": json.dumps(self.meta, default=str),
-                "parts": json.dumps(self.parts), "order": json.dumps(list(self._values))}
+        return {
+            "xprune": "scores",
+            "kind": self.kind,
+            "criterion": self.criterion,
+            "members": json.dumps(self.members),
+            "roots": json.dumps(self.roots),
+            "example": json.dumps(self.example),
+            "meta": json.dumps(self.meta, default=str),
+            "parts": json.dumps(self.parts),
+            "order": json.dumps(list(self._values)),
+        }
 
     def save(self, path: str | Path) -> None:
         """Save to ``.safetensors`` (tensors + JSON metadata) or any other suffix with ``torch.save``."""
@@ -130,7 +159,7 @@ class Scores(Mapping):
             atomic_write(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path: str | Path) -> "Scores":
+    def load(cls, path: str | Path) -> Scores:
         """Load scores written by :meth:`save`."""
         path = Path(path)
         if not path.exists():
@@ -141,24 +170,33 @@ class Scores(Mapping):
 
                 with safe_open(str(path), framework="pt") as f:
                     header = f.metadata() or {}
-                    values = {k: f.get_tensor(k) for k in f.keys()}
+                    values = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has keys() but is not iterable
             else:
                 blob = torch.load(path, map_location="cpu", weights_only=True)
                 header, values = blob["header"], blob["values"]
         except Exception as e:  # safetensors, zip and unpickling errors of a damaged file
-            raise XpruneError(f"{path} cannot be read as a scores file (truncated or corrupt?): "
-                              f"{type(e).__name__}: {e}. Recompute the scores with xprune.score") from e
+            raise XpruneError(
+                f"{path} cannot be read as a scores file (truncated or corrupt?): "
+                f"{type(e).__name__}: {e}. Recompute the scores with xprune.score"
+            ) from e
         if not isinstance(header, dict) or header.get("xprune") != "scores":
             raise XpruneError(f"{path} is not an xprune scores file (written by Scores.save)")
         try:
             values = {k: values[k] for k in json.loads(header.get("order", "[]")) or values}  # forward order
-            return cls(values, kind=header["kind"], criterion=header["criterion"],
-                       members=json.loads(header["members"]), roots=json.loads(header["roots"]),
-                       example=json.loads(header["example"]), meta=json.loads(header["meta"]),
-                       parts=json.loads(header.get("parts", "{}")))
+            return cls(
+                values,
+                kind=header["kind"],
+                criterion=header["criterion"],
+                members=json.loads(header["members"]),
+                roots=json.loads(header["roots"]),
+                example=json.loads(header["example"]),
+                meta=json.loads(header["meta"]),
+                parts=json.loads(header.get("parts", "{}")),
+            )
         except (KeyError, TypeError, ValueError) as e:
-            raise XpruneError(f"{path} is a damaged scores file ({type(e).__name__}: {e}); "
-                              "recompute the scores with xprune.score") from e
+            raise XpruneError(
+                f"{path} is a damaged scores file ({type(e).__name__}: {e}); recompute the scores with xprune.score"
+            ) from e
 
     def __repr__(self) -> str:
         return f"Scores(criterion={self.criterion!r}, kind={self.kind!r}, groups={len(self)}, units={self.total})"
@@ -234,8 +272,8 @@ def score(
         ``taylor``, ``taylor-mean``          ``"l2"``    Molchanov et al. 2017, eq. (9)
         ``weight``, ``l2``, ``gradient``,    ``"mean"``  every layer's mean score 1, as
         ``activation``,                                  Torch-Pruning's importances by default
-        ``integrated-gradients``, ``singe``              (``normalizer="mean"``); unlike ``"l1"``
-                                                         it does not depend on the layer's width
+        ``integrated-gradients``, ``singe``,             (``normalizer="mean"``); unlike ``"l1"``
+        ``singe-fast``                                   it does not depend on the layer's width
         ``weight``, ``l2`` on single         None        global magnitude pruning (Han et al.
         weights (``units="weights"``)                    2015): raw ``|w|`` across layers
         ``random``                           None        uniform scores share one scale already
@@ -282,13 +320,26 @@ def score(
     from . import distributed
 
     if isinstance(target, str) and target not in criteria.TARGETS:
-        raise XpruneError(f"unknown target {target!r}; use 'label', 'predicted', 'embedding', a class index (int) "
-                          "or a callable(output, labels)")
+        raise XpruneError(
+            f"unknown target {target!r}; use 'label', 'predicted', 'embedding', a class index (int) "
+            "or a callable(output, labels)"
+        )
     crit = criteria.get(criterion, **options)
     with distributed.on_device(model, device) as dev:
-        raw, unit_set, used = _compute(model, data, crit, units, dev, target=target, example_inputs=example_inputs,
-                                       include_output=include_output, ignore=ignore, batch_size=batch_size,
-                                       progress=progress, precision=precision)
+        raw, unit_set, used = _compute(
+            model,
+            data,
+            crit,
+            units,
+            dev,
+            target=target,
+            example_inputs=example_inputs,
+            include_output=include_output,
+            ignore=ignore,
+            batch_size=batch_size,
+            progress=progress,
+            precision=precision,
+        )
     for g in unit_set:
         if g.name not in raw or raw[g.name].numel() != g.size:
             raise XpruneError(f"criterion {crit.name!r} returned no/incorrectly sized scores for {g.name!r}")
@@ -316,8 +367,9 @@ def default_normalization(crit: criteria.Criterion, kind: str) -> str | None:
     return pick(kind) if callable(pick) else crit.default_normalize
 
 
-def _compute(model, data, crit, units, dev, *, target, example_inputs, include_output, ignore, batch_size,
-             progress, precision):
+def _compute(
+    model, data, crit, units, dev, *, target, example_inputs, include_output, ignore, batch_size, progress, precision
+):
     """Raw scores of ``crit`` (split across ranks in a process group), the units, and what was used."""
     from . import distributed
 
@@ -332,16 +384,33 @@ def _compute(model, data, crit, units, dev, *, target, example_inputs, include_o
         raise DataError(f"criterion {crit.name!r} needs data: pass reference samples as (X, y) or a DataLoader")
     elif example_inputs is None and not isinstance(units, UnitSet):
         raise DataError("pass example_inputs (or data) so the model can be traced to find its units")
-    unit_set = units if isinstance(units, UnitSet) else discover(
-        model, _inputs.to_device(example_inputs, dev), units, include_output=include_output, ignore=ignore)
+    unit_set = (
+        units
+        if isinstance(units, UnitSet)
+        else discover(
+            model, _inputs.to_device(example_inputs, dev), units, include_output=include_output, ignore=ignore
+        )
+    )
     how = distributed.mode(crit, unit_set.kind)
     used = {} if how is None else {"distributed": how, "world_size": distributed.world_size()}
     if how == "fallback":
-        warnings.warn(f"criterion {crit.name!r} on unit kind {unit_set.kind!r} cannot reduce its sums across "
-                      "ranks: every rank scores all the reference data (exact, no speed-up)", XpruneWarning, stacklevel=3)
+        warnings.warn(
+            f"criterion {crit.name!r} on unit kind {unit_set.kind!r} cannot reduce its sums across "
+            "ranks: every rank scores all the reference data (exact, no speed-up)",
+            XpruneWarning,
+            stacklevel=3,
+        )
     # data may declare that its labels are not meant to cover the classes (next tokens of a text: xprune.llm)
-    seen = set() if stream is not None and how is None and isinstance(target, str) and target == "label" and n_classes \
-        and getattr(data, "label_coverage", True) else None
+    seen = (
+        set()
+        if stream is not None
+        and how is None
+        and isinstance(target, str)
+        and target == "label"
+        and n_classes
+        and getattr(data, "label_coverage", True)
+        else None
+    )
     if stream is not None:
         if how == "shard":
             stream = distributed.shard(data, batch_size, stream)
@@ -423,7 +492,10 @@ def _warn_missing_classes(seen: set, n_classes: int, task=None) -> None:
             f"{'classes' if task is None else 'task classes'} "
             f"(none of class {shown}): the scores ignore what the model needs for those classes. Fine for a "
             "domain restriction to the classes present; otherwise draw samples of every class, e.g. "
-            "xprune.data.reference_samples(split, n_per_class)", XpruneWarning, stacklevel=4)
+            "xprune.data.reference_samples(split, n_per_class)",
+            XpruneWarning,
+            stacklevel=4,
+        )
 
 
 def _progress(iterable, description: str):

@@ -9,9 +9,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,12 +46,20 @@ class Spec:
 
 
 def _specs(quick: bool) -> list[Spec]:
-    out = [Spec("weight", "weight"), Spec("l2", "l2"), Spec("gradient", "gradient"), Spec("taylor", "taylor"),
-           Spec("activation", "activation"), Spec("random", "random"),
-           Spec("lrp (epsilon-plus)", "lrp"), Spec("lrp (zplus)", "lrp", (("composite", "zplus"),)),
-           Spec("lrp (epsilon)", "lrp", (("composite", "epsilon"),)),
-           Spec("integrated-gradients", "integrated-gradients", (("n_steps", 4 if quick else 16),)),
-           Spec("singe", "singe", (("n_steps", 3 if quick else 10),))]
+    out = [
+        Spec("weight", "weight"),
+        Spec("l2", "l2"),
+        Spec("gradient", "gradient"),
+        Spec("taylor", "taylor"),
+        Spec("activation", "activation"),
+        Spec("random", "random"),
+        Spec("lrp (epsilon-plus)", "lrp"),
+        Spec("lrp (zplus)", "lrp", (("composite", "zplus"),)),
+        Spec("lrp (epsilon)", "lrp", (("composite", "epsilon"),)),
+        Spec("integrated-gradients", "integrated-gradients", (("n_steps", 4 if quick else 16),)),
+        Spec("singe", "singe", (("n_steps", 3 if quick else 10),)),  # per unit, geometric, loss (the paper)
+        Spec("singe-fast", "singe-fast", (("n_steps", 3 if quick else 10),)),
+    ]  # xprune's shared-path simplification
     if not quick:
         out.insert(9, Spec("lrp (epsilon-alpha2-beta1)", "lrp", (("composite", "epsilon-alpha2-beta1"),)))
     return out
@@ -69,8 +78,9 @@ def _fmt(values: Sequence[float], digits: int = 3) -> str:
 class Context:
     """What a scenario gets: output folder, size, seeds and a progress callback."""
 
-    def __init__(self, out: Path, quick: bool, seeds: Sequence[int], advance: Callable[[float], None],
-                 log: Callable[[str], None]):
+    def __init__(
+        self, out: Path, quick: bool, seeds: Sequence[int], advance: Callable[[float], None], log: Callable[[str], None]
+    ):
         self.out, self.quick, self.seeds, self.advance, self.log = out, quick, list(seeds), advance, log
 
     def write(self, name: str, payload: dict, markdown: str) -> None:
@@ -81,12 +91,24 @@ class Context:
 # --------------------------------------------------------------------------- PXP tuning, labelled curves
 
 #: the PXP search inside the suite: scenario -> ((trials, sampler) full, (trials, sampler) quick, validation samples)
-_TUNE = {"transfer": ((15, "random"), (3, "random"), 600),  # random search: it beat the GP (docs/tune.md)
-         "vit": ((10, "random"), (3, "random"), 300)}
+_TUNE = {
+    "transfer": ((15, "random"), (3, "random"), 600),  # random search: it beat the GP (docs/tune.md)
+    "vit": ((10, "random"), (3, "random"), 300),
+}
 
 
-def _tuned_lrp(ctx: Context, scenario: str, model: nn.Module, reference: Any, val: Any, rates: Sequence[float],
-               seed: int, *, folder: str | None = None, **tune_options: Any) -> tuple[dict, dict]:
+def _tuned_lrp(
+    ctx: Context,
+    scenario: str,
+    model: nn.Module,
+    reference: Any,
+    val: Any,
+    rates: Sequence[float],
+    seed: int,
+    *,
+    folder: str | None = None,
+    **tune_options: Any,
+) -> tuple[dict, dict]:
     """PXP: tune an LRP composite on ``val`` (a seeded subset); ``(score options, summary)``.
 
     The study is kept in ``out/tune/<folder or scenario>-seed<seed>``.
@@ -98,16 +120,34 @@ def _tuned_lrp(ctx: Context, scenario: str, model: nn.Module, reference: Any, va
     idx = torch.randperm(len(val.X), generator=torch.Generator().manual_seed(seed))[:n_val]
     t0 = time.perf_counter()
     # the study lives in the output folder: an interrupted suite resumes it instead of starting again
-    res = tune(model, reference, (val.X[idx], val.y[idx]), trials=trials, sampler=sampler, seed=seed, rates=rates,
-               out=ctx.out / "tune" / f"{folder or scenario}-seed{seed}", progress=False, **tune_options)
-    summary = {"trials": trials, "sampler": sampler, "validation_samples": n_val, "val_auc": res.best_value,
-               "params": res.best_params, "counts": res.counts, "seconds": time.perf_counter() - t0,
-               "composite": os.path.relpath(res.composite, ctx.out)}
+    res = tune(
+        model,
+        reference,
+        (val.X[idx], val.y[idx]),
+        trials=trials,
+        sampler=sampler,
+        seed=seed,
+        rates=rates,
+        out=ctx.out / "tune" / f"{folder or scenario}-seed{seed}",
+        progress=False,
+        **tune_options,
+    )
+    summary = {
+        "trials": trials,
+        "sampler": sampler,
+        "validation_samples": n_val,
+        "val_auc": res.best_value,
+        "params": res.best_params,
+        "counts": res.counts,
+        "seconds": time.perf_counter() - t0,
+        "composite": os.path.relpath(res.composite, ctx.out),
+    }
     return dict(res.options), summary
 
 
-def _curves(model: nn.Module, reference: Any, test: Any, runs: Sequence[tuple[str, str, dict]], seed: int,
-            **curve_options: Any) -> list:
+def _curves(
+    model: nn.Module, reference: Any, test: Any, runs: Sequence[tuple[str, str, dict]], seed: int, **curve_options: Any
+) -> list:
     """One accuracy-vs-rate curve per ``(label, criterion, options)`` run, labelled and tagged with the seed."""
     out = []
     for label, name, kwargs in runs:
@@ -164,10 +204,15 @@ def _auc_ranking(curves: Sequence[dict]) -> tuple[dict[str, list[float]], list[s
 def _commit() -> str | None:
     """The source checkout's git commit (short hash, ``+`` if it has uncommitted changes), if there is one."""
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if head.returncode:
@@ -175,16 +220,32 @@ def _commit() -> str | None:
     return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
 
-def _record(summary_path: Path, summary: dict, name: str, *, seconds: float, quick: bool, seeds: list[int],
-            names: Sequence[str], out: Path) -> dict:
+def _record(
+    summary_path: Path,
+    summary: dict,
+    name: str,
+    *,
+    seconds: float,
+    quick: bool,
+    seeds: list[int],
+    names: Sequence[str],
+    out: Path,
+) -> dict:
     """Add scenario ``name``'s run (command, commit, threads, date) to ``summary.json``; the summary written."""
     if summary_path.exists():  # another `xprune bench` may have written to the same folder meanwhile
         summary = json.loads(summary_path.read_text())
         summary.setdefault("scenarios", {})
-    summary["scenarios"][name] = {"seconds": seconds, "quick": quick, "seeds": seeds,
-                                  "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                  "command": "xprune bench " + " ".join(names) + (" --quick" if quick else "")
-                                  + f" --seeds {','.join(map(str, seeds))} --out {out}",
-                                  "threads": torch.get_num_threads(), "commit": _commit()}
+    summary["scenarios"][name] = {
+        "seconds": seconds,
+        "quick": quick,
+        "seeds": seeds,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": "xprune bench "
+        + " ".join(names)
+        + (" --quick" if quick else "")
+        + f" --seeds {','.join(map(str, seeds))} --out {out}",
+        "threads": torch.get_num_threads(),
+        "commit": _commit(),
+    }
     atomic_write(summary_path, json.dumps(summary, indent=1))
     return summary

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from typing import Any
 
 from .. import evaluate
 from ._common import Context, Spec, _fmt, _specs
@@ -29,11 +30,9 @@ def resnet(ctx: Context) -> dict:
     if ctx.quick:
         specs = [s for s in specs if s.label in ("taylor", "random", "lrp (epsilon-plus)")]
     else:
-        specs = [Spec(s.label, s.name, (("n_steps", 3),)) if s.name == "singe" else s for s in specs]
+        specs = [Spec(s.label, s.name, (("n_steps", 3),)) if s.name in ("singe", "singe-fast") else s for s in specs]
     budget, steps = (6, 2) if ctx.quick else (60, 3)
-    kinds = {"entwined": dict(steps=steps, fine_tune_budget=budget),
-             "one-shot + FT": dict(steps=1, fine_tune_budget=budget),
-             "iterative, no FT": dict(steps=steps, fine_tune_budget=0)}
+    kinds = {"entwined": (steps, budget), "one-shot + FT": (1, budget), "iterative, no FT": (steps, 0)}  # steps, FT
     labels = [s.label for s in specs] + ["steered"]
     results: dict[str, dict[str, list[float]]] = {n: {k: [] for k in kinds} for n in labels}
     for seed in ctx.seeds:
@@ -45,19 +44,33 @@ def resnet(ctx: Context) -> dict:
             def tune(m, n):
                 fine_tune(m, data.train, steps=n, lr=1e-3, batch_size=32, seed=seed * 1000 + calls[0])
                 calls[0] += 1
+
             return tune
 
         for spec in specs:
-            for kind, kw in kinds.items():
+            for kind, (n_steps, ft_budget) in kinds.items():
                 # random's own seed option would clash with the schedule's seed: pass it as an object
-                crit, opts = ((get_criterion(spec.name, **spec.kwargs(seed)), {}) if spec.name == "random"
-                              else (spec.name, spec.kwargs(seed)))
-                res = schedules.entwined(model, ref, crit, 0.5, by="macs", fine_tune=tuner(seed), seed=seed,
-                                         **kw, **opts)
+                crit, opts = (
+                    (get_criterion(spec.name, **spec.kwargs(seed)), {})
+                    if spec.name == "random"
+                    else (spec.name, spec.kwargs(seed))
+                )
+                res = schedules.entwined(
+                    model,
+                    ref,
+                    crit,
+                    0.5,
+                    by="macs",
+                    fine_tune=tuner(seed),
+                    seed=seed,
+                    steps=n_steps,
+                    fine_tune_budget=ft_budget,
+                    **opts,
+                )
                 results[spec.label][kind].append(evaluate.accuracy(res.model, data.test))
             ctx.advance(1)
-        st = steer(model, data.train, 0.5, seed=seed, progress=False,
-                   **({"predictor_steps": 20, "selector_steps": 20, "gate_steps": 20} if ctx.quick else {}))
+        fast: dict[str, Any] = {"predictor_steps": 20, "selector_steps": 20, "gate_steps": 20} if ctx.quick else {}
+        st = steer(model, data.train, 0.5, seed=seed, progress=False, **fast)
         pruned = apply(model, st.plan(calibrate=True)).eval()
         results["steered"]["iterative, no FT"].append(evaluate.accuracy(pruned, data.test))
         tuner(seed)(pruned, budget)
@@ -65,24 +78,37 @@ def resnet(ctx: Context) -> dict:
         results["steered"]["one-shot + FT"].append(evaluate.accuracy(pruned, data.test))
         ctx.advance(1)
         ctx.log(f"resnet seed {seed} done")
-    md = [f"ResNet on {'digits' if ctx.quick else 'MNIST'}, 50% fewer MACs, fine-tuning budget {budget} steps "
-          f"(entwined: {steps} steps), test accuracy (mean ± std over seeds {ctx.seeds}), unpruned {base:.3f}. "
-          "`steered` learns its gates once for the MACs target, so it runs one-shot only (its no-FT column is "
-          "one-shot without fine-tuning).\n",
-          "| criterion | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    md = [
+        f"ResNet on {'digits' if ctx.quick else 'MNIST'}, 50% fewer MACs, fine-tuning budget {budget} steps "
+        f"(entwined: {steps} steps), test accuracy (mean ± std over seeds {ctx.seeds}), unpruned {base:.3f}. "
+        "`steered` learns its gates once for the MACs target, so it runs one-shot only (its no-FT column is "
+        "one-shot without fine-tuning).\n",
+        "| criterion | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
     for label in sorted(labels, key=lambda n: -statistics.fmean(results[n]["one-shot + FT"])):
-        md.append(f"| {label} | " + " | ".join(_fmt(results[label][k]) if results[label][k] else "—"
-                                             for k in kinds) + " |")
-    payload = {"settings": {"budget": budget, "steps": steps, "seeds": ctx.seeds, "per_class": 5},
-               "unpruned_accuracy": base, "results": results}
+        md.append(
+            f"| {label} | " + " | ".join(_fmt(results[label][k]) if results[label][k] else "—" for k in kinds) + " |"
+        )
+    payload = {
+        "settings": {"budget": budget, "steps": steps, "seeds": ctx.seeds, "per_class": 5},
+        "unpruned_accuracy": base,
+        "results": results,
+    }
     ctx.write("resnet", payload, "\n".join(md))
-    _plot_bars(results, list(kinds), ctx.out / "resnet.png",
-               title=f"ResNet, 50% fewer MACs (unpruned {base:.3f})", ylabel="test accuracy")
+    _plot_bars(
+        results,
+        list(kinds),
+        ctx.out / "resnet.png",
+        title=f"ResNet, 50% fewer MACs (unpruned {base:.3f})",
+        ylabel="test accuracy",
+    )
     return payload
 
 
-def _plot_bars(results: dict[str, dict[str, list[float]]], groups: list[str], path: Path, *, title: str,
-               ylabel: str) -> None:
+def _plot_bars(
+    results: dict[str, dict[str, list[float]]], groups: list[str], path: Path, *, title: str, ylabel: str
+) -> None:
     """Grouped bars: one group per schedule, one bar per criterion (mean, error bar = std over seeds)."""
     import matplotlib
 
@@ -111,4 +137,3 @@ def _plot_bars(results: dict[str, dict[str, list[float]]], groups: list[str], pa
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-

@@ -6,8 +6,9 @@ that the gated classifier keeps the same explanations at a target MACs
 budget, and the closed-gate channels are removed.
 
 Modules: :mod:`.rbf` (masks and relaxed-Bernoulli samples), :mod:`.explainer`
-(predictor and selector), :mod:`.gates` (gates, exact MACs model),
-:mod:`.pipeline` (:func:`steer`, :func:`prune`), :mod:`.criterion`
+(predictor and selector), :mod:`.gates` (gates, free gates, exact MACs model), :mod:`.generator` (the
+authors' hypernetwork gate generator, the default),
+:mod:`.pipeline` (:func:`steer`, :func:`prune`), :mod:`.config` (their settings), :mod:`.criterion`
 (``"steered"`` for :func:`xprune.score`).
 
 Quick use::
@@ -20,8 +21,22 @@ Quick use::
 
 from . import criterion, rbf  # noqa: F401  (criterion registers "steered")
 from .explainer import Selector, feature_layers, features
-from .gates import ChannelGates, MacsModel, select_for_macs
+from .gates import ChannelGates, GateGenerator, MacsModel, select_for_macs
+from .generator import HyperGates
 from .pipeline import SteeredConfig, SteeredResult, prune, steer
 
-__all__ = ["ChannelGates", "MacsModel", "Selector", "SteeredConfig", "SteeredResult", "feature_layers", "features",
-           "prune", "rbf", "select_for_macs", "steer"]
+__all__ = [
+    "ChannelGates",
+    "GateGenerator",
+    "HyperGates",
+    "MacsModel",
+    "Selector",
+    "SteeredConfig",
+    "SteeredResult",
+    "feature_layers",
+    "features",
+    "prune",
+    "rbf",
+    "select_for_macs",
+    "steer",
+]

@@ -21,14 +21,16 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .._io import atomic_write
+from ..errors import XpruneError
 
 __all__ = ["tensor_hash", "module_hash", "StageCache", "run_stage", "Interrupted"]
 
@@ -74,7 +76,7 @@ class StageCache:
             return None
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged file: recompute
+        except Exception:  # noqa: BLE001 - a damaged or foreign cache file (any unpickling error): recompute
             return None
 
     def load(self) -> dict | None:
@@ -109,8 +111,10 @@ def run_stage(
     progress: bool = True,
     checkpoint_every: int = 50,
     stop_after: int | None = None,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
 ) -> dict[str, Any]:
-    """Train ``module``'s trainable parameters for ``steps`` Adam steps, cached and resumable.
+    """Train ``module``'s trainable parameters for ``steps`` Adam (or AdamW) steps, cached and resumable.
 
     ``step_fn(generator, step) -> (loss, logs)`` draws its batch and noise
     from ``generator`` only, so a resumed stage repeats the same draws.
@@ -119,14 +123,22 @@ def run_stage(
 
     Returns the stage summary: ``seconds`` (training time, summed over
     resumptions), ``steps``, ``resumed_from``, ``cached`` (loaded, not
-    trained), ``final`` (mean logs over the last 10% of steps).
+    trained), ``final`` (mean logs over the last 10% of steps), ``history``
+    (the logs of every step).
+    ``optimizer``: ``"adam"`` or ``"adamw"`` (decoupled ``weight_decay``).
     """
     done = cache.load()
     if done is not None:
         module.load_state_dict(done["module"])
         return dict(done["summary"], cached=True)
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    opt: torch.optim.Optimizer
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    else:
+        raise XpruneError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
     gen = torch.Generator().manual_seed(int(seed))
     start, seconds, history = 0, 0.0, []
     part = cache.load_partial()
@@ -151,18 +163,35 @@ def run_stage(
             loss.backward()
             opt.step()
             history.append({k: float(v) for k, v in logs.items()})
-            if bar is not None:
+            if bar is not None and task is not None:
                 bar.update(task, advance=1, status=" ".join(f"{k} {v:.3g}" for k, v in logs.items()))
-            if (checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps) or step + 1 == end < steps:
-                cache.checkpoint({"module": module.state_dict(), "optimizer": opt.state_dict(),
-                                  "generator": gen.get_state(), "step": step + 1,
-                                  "seconds": seconds + time.perf_counter() - t0, "history": history})
+            if (
+                checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps
+            ) or step + 1 == end < steps:
+                cache.checkpoint(
+                    {
+                        "module": module.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "generator": gen.get_state(),
+                        "step": step + 1,
+                        "seconds": seconds + time.perf_counter() - t0,
+                        "history": history,
+                    }
+                )
     module.train(was_training)
     seconds += time.perf_counter() - t0
-    tail = history[-max(1, len(history) // 10):] if history else []
+    tail = history[-max(1, len(history) // 10) :] if history else []
     final = {k: sum(h[k] for h in tail) / len(tail) for k in (tail[0] if tail else {})}
-    summary = {"stage": cache.stage, "key": cache.key, "seconds": seconds, "steps": len(history),
-               "resumed_from": start, "final": final, "cached": False}
+    summary = {
+        "stage": cache.stage,
+        "key": cache.key,
+        "seconds": seconds,
+        "steps": len(history),
+        "resumed_from": start,
+        "final": final,
+        "history": history,
+        "cached": False,
+    }
     if end < steps:
         raise Interrupted(f"stage {cache.stage!r} stopped after step {end} of {steps} (checkpoint written)")
     cache.save({"module": module.state_dict(), "summary": summary})

@@ -2,8 +2,8 @@
 
 ``xprune.score(model, data, "steered", reduction=0.5)`` runs
 :func:`xprune.steered.steer` (cached) on ``data`` and returns each unit's
-learned gate logit :math:`\\alpha` (higher = keep; a unit with
-:math:`\\alpha > 0` keeps its gate open). Select with
+learned gate logit :math:`a` (the generator's logit plus its ``base``;
+higher = keep; a unit with :math:`a > 0` keeps its gate open). Select with
 ``xprune.select(scores, ratio)``, or with
 :func:`xprune.steered.select_for_macs` for an exact MACs reduction. Options:
 ``reduction`` (the MACs target the gates were trained for), ``cache_dir``,
@@ -39,13 +39,16 @@ class Steered(Criterion):
         from .pipeline import SteeredConfig, as_tensors, steer
 
         if units.kind != "channels":  # its gates are trained against a MACs budget of conv channels
-            raise XpruneError(f"criterion 'steered' prunes conv channels (Ganjdanesh et al. 2022), not units of kind "
-                              f"{units.kind!r}; pass units='channels', or use 'taylor' or 'lrp' for {units.kind}")
+            raise XpruneError(
+                f"criterion 'steered' prunes conv channels (Ganjdanesh et al. 2022), not units of kind "
+                f"{units.kind!r}; pass units='channels', or use 'taylor' or 'lrp' for {units.kind}"
+            )
         if not isinstance(target, str) or target not in ("label", "predicted"):
             raise XpruneError(f"criterion 'steered' explains target 'label' or 'predicted', got {target!r}")
         X, y = as_tensors(data)
         config = SteeredConfig.from_options(**self.options, target=target)
-        self.result = steer(model, (X, y), self.reduction, config=config, units=units,
-                            cache_dir=self.cache_dir, progress=self.progress)
+        self.result = steer(
+            model, (X, y), self.reduction, config=config, units=units, cache_dir=self.cache_dir, progress=self.progress
+        )
         scores = self.result.scores()
         return {name: scores[name] for name in scores}

@@ -6,7 +6,7 @@ with a *selector* network that predicts, in one forward pass, the saliency
 mask of an image for a class, trained in the REAL-X way (Jethani et al.,
 "Have We Learned to Explain?", AISTATS 2021) against a *predictor*.
 
-Predictor (:func:`train_predictor`)
+Predictor (:func:`predictor_step`)
     :math:`g` = a copy of :math:`f` fine-tuned to classify masked images like
     :math:`f` classifies the full ones:
 
@@ -17,7 +17,7 @@ Predictor (:func:`train_predictor`)
     centres uniform, widths log-uniform in ``width_range``). BatchNorm
     statistics stay frozen.
 
-Selector (:class:`Selector`, :func:`train_selector`)
+Selector (:class:`Selector`, :func:`selector_step`)
     A small U-Net-like decoder on the frozen classifier's own feature maps
     (its encoder): 1x1 lateral convolutions, the deepest map gated
     channel-wise by a class-label embedding
@@ -48,7 +48,7 @@ a gated copy of the classifier during pruning.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,17 @@ from torch import nn
 from ..errors import XpruneError
 from . import rbf
 
-__all__ = ["feature_layers", "features", "Selector", "kl_loss", "train_predictor", "train_selector", "sample_batch"]
+__all__ = [
+    "feature_layers",
+    "features",
+    "Selector",
+    "kl_loss",
+    "sample_batch",
+    "predictor_step",
+    "selector_step",
+    "frozen",
+    "channels_of",
+]
 
 
 def feature_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
@@ -101,7 +111,9 @@ def features(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torc
     modules = dict(model.named_modules())
     missing = [n for n in layers if n not in modules]
     if missing:
-        raise XpruneError(f"the model has no layers {missing}; pass feature_layers from xprune.steered.feature_layers(model, x)")
+        raise XpruneError(
+            f"the model has no layers {missing}; pass feature_layers from xprune.steered.feature_layers(model, x)"
+        )
     store: dict[str, torch.Tensor] = {}
     handles = [modules[n].register_forward_hook(lambda m, a, out, n=n: store.__setitem__(n, out)) for n in layers]
     try:
@@ -137,9 +149,10 @@ class Selector(nn.Module):
         self.embed = nn.Embedding(num_classes, channels[-1])
         nn.init.normal_(self.embed.weight, 0.0, 1.0)
         self.attend = nn.Conv2d(width, 1, 1)
-        self.head = nn.Sequential(nn.Linear(width + 2, 32), nn.ReLU(), nn.Linear(32, 3))
-        nn.init.zeros_(self.head[2].weight)
-        nn.init.zeros_(self.head[2].bias)
+        first, last = nn.Linear(width + 2, 32), nn.Linear(32, 3)  # created in this order: the same random init
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.head = nn.Sequential(first, nn.ReLU(), last)
 
     def raw(self, feats: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         if len(feats) != len(self.lateral):
@@ -164,7 +177,8 @@ class Selector(nn.Module):
 
 
 def kl_loss(reference_logits: torch.Tensor, logits: torch.Tensor, direction: str = "forward") -> torch.Tensor:
-    r"""Mean over the batch of :math:`\mathrm{KL}(p_{ref} \| p)` (``"forward"``) or :math:`\mathrm{KL}(p \| p_{ref})`."""
+    r"""Mean over the batch of :math:`\mathrm{KL}(p_{ref} \| p)` (``"forward"``) or :math:`\mathrm{KL}(p \| p_{ref})`
+    (``"reverse"``)."""
     ref, cur = F.log_softmax(reference_logits, -1), F.log_softmax(logits, -1)
     if direction == "forward":
         return (ref.exp() * (ref - cur)).sum(-1).mean()
@@ -202,8 +216,21 @@ def predictor_step(original: nn.Module, predictor: nn.Module, X, y, *, batch_siz
     return step
 
 
-def selector_step(original: nn.Module, predictor: nn.Module, selector: Selector, layers: Sequence[str], X, y, *,
-                  batch_size, temperature, sparsity, smoothness, kl, target):
+def selector_step(
+    original: nn.Module,
+    predictor: nn.Module,
+    selector: Selector,
+    layers: Sequence[str],
+    X,
+    y,
+    *,
+    batch_size,
+    temperature,
+    sparsity,
+    smoothness,
+    kl,
+    target,
+):
     """One selector loss (see the module docs); returns ``step_fn`` for ``run_stage``."""
 
     def step(gen: torch.Generator, i: int):
@@ -238,4 +265,3 @@ def channels_of(model: nn.Module, layers: Sequence[str], example: torch.Tensor) 
         model(example[:1])
         model.train(was)
     return [int(store[n].shape[1]) for n in layers]
-

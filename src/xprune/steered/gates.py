@@ -1,25 +1,30 @@
 r"""Learned channel gates and a differentiable, exact MACs model.
 
-Gates (:class:`ChannelGates`)
------------------------------
+Gates (:class:`GateGenerator`, :class:`ChannelGates`)
+------------------------------------------------------
 One gate per unit of every channel group (groups of one unit are never
 gated). The gate multiplies the unit's output at the sites of
 :func:`xprune.gates.sites_of` (``"after-norm"``: after the
 BatchNorm that follows a producer, so a closed gate is exactly the unit's
 removal), every coupled producer of a group sharing the group's gate through
-:meth:`~xprune.units.UnitGroup.units_of`. Each gate has a logit
-:math:`\alpha`; in training a Gumbel-sigmoid (binary concrete) sample per
-image,
+:meth:`~xprune.units.UnitGroup.units_of`. A *generator* produces one logit
+:math:`a = \ell + b` per gate (:math:`\ell` generated, :math:`b` a fixed
+offset, ``base``); in training a relaxed sample
 
-.. math:: z = \operatorname{sigmoid}\big((\alpha + \log U - \log(1 - U)) / \tau\big),
-          \quad U \sim \mathcal U(0, 1),
+.. math:: z = \operatorname{sigmoid}\big((a + \epsilon) / \tau\big),
 
 made hard by the straight-through estimator (forward :math:`\mathbb 1[z > 1/2]`,
 backward :math:`\partial z`), Bengio et al. 2013; Jang et al., Maddison et
-al. 2017. :math:`P(\mathbb 1[z > 1/2] = 1) = \operatorname{sigmoid}(\alpha)`
-for every :math:`\tau`. At evaluation the gates are deterministic and hard:
-:math:`\mathbb 1[\alpha > t]` (threshold :math:`t = 0` by default), and
-:meth:`ChannelGates.plan` removes exactly the units whose gate is closed.
+al. 2017. The noise :math:`\epsilon` is *logistic*,
+:math:`\log U - \log(1 - U)` (binary concrete, :math:`P(\text{open}) =
+\operatorname{sigmoid}(a)`; the free gates), or *Gumbel*,
+:math:`-\log(-\log U)` (what ``Models/hypernet.py`` of the authors' code
+draws, :math:`P(\text{open}) = 1 - \exp(-e^{a})`; the hypernetwork of
+:mod:`xprune.steered.generator`). At evaluation the gates are deterministic
+and hard, :math:`\mathbb 1[a > t]` (threshold :math:`t = 0`), and
+:meth:`GateGenerator.plan` removes exactly the units whose gate is closed.
+:class:`ChannelGates` (``generator="free"``) learns :math:`a` directly, one
+free logit per gate (the authors' ``Simplified_Gate``).
 
 MACs (:class:`MacsModel`)
 -------------------------
@@ -40,7 +45,7 @@ over-estimate the saving of large prunings (removing half the inputs and half
 the outputs of a convolution saves 75% of its MACs, not 100%). Under
 independent gates :math:`\mathbb E[r_n r_m] = \mathbb E[r_n]\,\mathbb E[r_m]`
 for :math:`n \ne m`, so the expected MACs are the same polynomial at
-:math:`\mathbb E[r_n] = \sum_i (1 - \operatorname{sigmoid}\alpha_i)`,
+:math:`\mathbb E[r_n] = \sum_i (1 - P_i(\text{open}))`,
 differentiable in the gate probabilities. Groups spanning unequal branches
 of a concatenation use their mean unit; :meth:`MacsModel.of_plan` is exact
 for any plan and :meth:`MacsModel.check` compares with a measured count.
@@ -48,20 +53,23 @@ for any plan and :meth:`MacsModel.check` compares with a measured count.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from .. import _inputs
-from ..gates import sites_of
 from ..errors import XpruneError
-from ..scores import Scores
+from ..gates import sites_of
 from ..plan import Plan
+from ..scores import Scores
 from ..select import select
 from ..units import UnitSet
 
-__all__ = ["ChannelGates", "MacsModel", "select_for_macs"]
+__all__ = ["GateGenerator", "ChannelGates", "MacsModel", "select_for_macs"]
+
+_EPS = 1e-6
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -76,55 +84,60 @@ class _StraightThrough(torch.autograd.Function):
         return grad
 
 
-class ChannelGates(nn.Module):
-    """One learnable gate per prunable channel of ``units`` (see the module docs).
+class GateGenerator(nn.Module):
+    """What every gate generator shares: attaching, sampling, hard gates, plans (see the module docs).
+
+    Subclasses define :meth:`raw_logits` (the generated :math:`\\ell`, one
+    tensor per gated group, differentiable).
 
     Parameters
     ----------
     units : UnitSet
         Channel groups (kind ``"channels"``) of the model the gates attach to.
-    init : float, default 3.0
-        Initial logit (``sigmoid(3) = 0.95``: nearly all open).
-    temperature : float, default 0.5
-        Gumbel-sigmoid temperature :math:`\\tau`.
-    init_noise : float, default 0.5
-        Standard deviation of Gaussian noise added to the initial logits. It
-        breaks the ties between gates that receive the same gradient (Adam
-        moves every logit by about the same step, so identical gates would
-        open and close all together and the hard MACs could only jump
-        between coarse levels).
-    seed : int, default 0
-        Seeds that noise.
+    temperature : float
+        :math:`\\tau`.
+    base : float
+        :math:`b`, added to every generated logit.
+    noise : "logistic" or "gumbel"
+    per_sample : bool
+        One gate sample per image (``True``) or one per batch, shared by its images.
 
     Attributes
     ----------
     names : list of str
         The gated groups (size >= 2), in forward order.
-    logits : nn.ParameterList
-        :math:`\\alpha` of each gated group.
     """
 
-    def __init__(self, units: UnitSet, init: float = 3.0, temperature: float = 0.5, init_noise: float = 0.5,
-                 seed: int = 0):
+    def __init__(
+        self, units: UnitSet, temperature: float, base: float = 0.0, noise: str = "logistic", per_sample: bool = True
+    ):
         super().__init__()
         if units.kind != "channels":
             raise XpruneError(f"steered gates prune channels; got units of kind {units.kind!r}")
         if temperature <= 0:
             raise XpruneError(f"temperature must be > 0, got {temperature!r}")
+        if noise not in ("logistic", "gumbel"):
+            raise XpruneError(f"noise must be 'logistic' or 'gumbel', got {noise!r}")
         self.units = units
         self.temperature = float(temperature)
+        self.base = float(base)
+        self.noise = noise
+        self.per_sample = bool(per_sample)
         self.names = [g.name for g in units if g.size >= 2]
         if not self.names:
             raise XpruneError("no channel group has two or more units to gate")
-        g = torch.Generator().manual_seed(int(seed))
-        self.logits = nn.ParameterList([
-            nn.Parameter(float(init) + float(init_noise) * torch.randn(units[n].size, generator=g)) for n in self.names
-        ])
         self._values: dict[str, torch.Tensor] | None = None
         self._handles: list = []
 
+    def raw_logits(self) -> list[torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def gate_logits(self) -> list[torch.Tensor]:
+        """:math:`a = \\ell + b` per gated group, differentiable (higher = keep; open at evaluation when > 0)."""
+        return [a + self.base for a in self.raw_logits()] if self.base else list(self.raw_logits())
+
     # ---------------------------------------------------------------- attaching
-    def attach(self, model: nn.Module, gate_at: str = "after-norm", like: nn.Module | None = None) -> "ChannelGates":
+    def attach(self, model: nn.Module, gate_at: str = "after-norm", like: nn.Module | None = None) -> GateGenerator:
         """Hook the gates into ``model``.
 
         ``like`` is the model ``units`` was discovered on, when ``model`` is a
@@ -144,7 +157,9 @@ class ChannelGates(nn.Module):
             for site in sites_of(like, self.units, group, gate_at):
                 module = target.get(names.get(site.module, ""))
                 if module is None:
-                    raise XpruneError(f"the model has no layer {names.get(site.module)!r} to gate; is it a copy of `like`?")
+                    raise XpruneError(
+                        f"the model has no layer {names.get(site.module)!r} to gate; is it a copy of `like`?"
+                    )
                 self._handles.append(site.attach(group, self._gate(group.name), module=module))
         return self
 
@@ -161,62 +176,145 @@ class ChannelGates(nn.Module):
         """All gates open (the model as it is)."""
         self._values = None
 
+    def _noise(self, shape, generator, device) -> torch.Tensor:
+        u = torch.rand(shape, generator=generator).clamp(_EPS, 1 - _EPS).to(device)
+        if self.noise == "gumbel":
+            return -torch.log(-torch.log(u))
+        return torch.log(u) - torch.log1p(-u)
+
+    def relaxed(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Relaxed samples :math:`z` per group, ``[n, size]`` (``[1, size]`` when not ``per_sample``)."""
+        rows = n if self.per_sample else 1
+        return {
+            name: torch.sigmoid((a + self._noise((rows, a.numel()), generator, a.device)) / self.temperature)
+            for name, a in zip(self.names, self.gate_logits(), strict=True)
+        }
+
     def sample(self, n: int, generator: torch.Generator | None = None, hard: bool = True) -> None:
-        """Draw Gumbel-sigmoid gates for a batch of ``n`` (straight-through hard when ``hard``)."""
-        values = {}
-        for name, a in zip(self.names, self.logits):
-            u = torch.rand((n, a.numel()), generator=generator).clamp(1e-6, 1 - 1e-6).to(a.device)
-            z = torch.sigmoid((a + torch.log(u) - torch.log1p(-u)) / self.temperature)
-            values[name] = _StraightThrough.apply(z) if hard else z
-        self._values = values
+        """Draw gates for a batch of ``n`` (straight-through hard when ``hard``)."""
+        z = self.relaxed(n, generator)
+        self._values = {k: _StraightThrough.apply(v) if hard else v for k, v in z.items()}
 
     def set_hard(self, threshold: float = 0.0) -> None:
-        """Deterministic hard gates :math:`1[\\alpha > t]` (evaluation)."""
-        self._values = {n: (a.detach() > threshold).float()[None] for n, a in zip(self.names, self.logits)}
+        """Deterministic hard gates :math:`1[a > t]` (evaluation)."""
+        self._values = {
+            n: (a.detach() > threshold).float()[None] for n, a in zip(self.names, self.gate_logits(), strict=True)
+        }
 
     def set_values(self, values: Mapping[str, torch.Tensor]) -> None:
         """Fixed gate values (1-D per group, 1 = open); groups not given stay open."""
         self._values = {n: torch.as_tensor(v, dtype=torch.float32).reshape(1, -1) for n, v in values.items()}
 
     def probabilities(self) -> dict[str, torch.Tensor]:
-        """Probability that each gate is open, :math:`\\operatorname{sigmoid}(\\alpha)`."""
-        return {n: torch.sigmoid(a) for n, a in zip(self.names, self.logits)}
+        """Probability that each sampled hard gate is open.
+
+        :math:`\\operatorname{sigmoid}(a)` (logistic noise) or :math:`1 - e^{-e^a}` (Gumbel noise).
+        """
+        if self.noise == "gumbel":
+            return {n: -torch.expm1(-torch.exp(a)) for n, a in zip(self.names, self.gate_logits(), strict=True)}
+        return {n: torch.sigmoid(a) for n, a in zip(self.names, self.gate_logits(), strict=True)}
 
     def hard_removed(self, threshold: float = 0.0) -> dict[str, torch.Tensor]:
         r"""Removed counts of the deterministic hard gates, with the gradient of :meth:`expected_removed`.
 
-        Straight-through: the value is :math:`\sum_i \mathbb 1[\alpha_i \le t]` (what
-        :meth:`plan` removes), the gradient that of :math:`\sum_i (1 - \operatorname{sigmoid}\alpha_i)`.
+        Straight-through: the value is :math:`\sum_i \mathbb 1[a_i \le t]` (what
+        :meth:`plan` removes), the gradient that of :math:`\sum_i (1 - P_i(\text{open}))`.
         """
         soft = self.expected_removed()
-        return {n: (a.detach() <= threshold).sum().to(soft[n].dtype) + soft[n] - soft[n].detach()
-                for n, a in zip(self.names, self.logits)}
+        return {
+            n: (a.detach() <= threshold).sum().to(soft[n].dtype) + soft[n] - soft[n].detach()
+            for n, a in zip(self.names, self.gate_logits(), strict=True)
+        }
 
     def expected_removed(self) -> dict[str, torch.Tensor]:
-        """:math:`\\mathbb E[r_n] = \\sum_i (1 - \\operatorname{sigmoid}\\alpha_i)` per gated group (differentiable)."""
+        """:math:`\\mathbb E[r_n] = \\sum_i (1 - P_i(\\text{open}))` per gated group (differentiable)."""
         return {n: (1 - p).sum() for n, p in self.probabilities().items()}
+
+    def sampled_removed(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Removed counts of one fresh straight-through hard sample (value hard, gradient of the relaxed sample).
+
+        What the authors' ``resource_output()`` feeds the FLOPs constraint (``Models/hypernet.py``).
+        """
+        return {n: (1 - _StraightThrough.apply(z[0])).sum() for n, z in self.relaxed(1, generator).items()}
 
     # ---------------------------------------------------------------- outputs
     def plan(self, threshold: float = 0.0) -> Plan:
-        """The plan removing every unit whose gate is closed (:math:`\\alpha \\le t`); each group keeps >= 1 unit."""
-        remove = {g.name: [] for g in self.units}
-        for n, a in zip(self.names, self.logits):
-            a = a.detach()
+        """The plan removing every unit whose gate is closed (:math:`a \\le t`); each group keeps >= 1 unit."""
+        remove: dict[str, list[int]] = {g.name: [] for g in self.units}
+        with torch.no_grad():
+            logits = self.gate_logits()
+        for n, a in zip(self.names, logits, strict=True):
             closed = (a <= threshold).nonzero().flatten().tolist()
             if len(closed) == a.numel():
                 closed.remove(int(a.argmax()))
             remove[n] = sorted(closed)
         u = self.units
-        return Plan("channels", remove, {g.name: g.size for g in u}, {g.name: list(g.members) for g in u},
-                    {g.name: g.root for g in u}, u.example,
-                    {"criterion": "steered", "threshold": threshold, "min_keep": 1})
+        return Plan(
+            "channels",
+            remove,
+            {g.name: g.size for g in u},
+            {g.name: list(g.members) for g in u},
+            {g.name: g.root for g in u},
+            u.example,
+            {"criterion": "steered", "threshold": threshold, "min_keep": 1},
+        )
 
     def scores(self) -> Scores:
-        """Gate logits as :class:`~xprune.Scores` (higher = keep); ungated one-unit groups get the maximum + 1."""
-        values = {n: a.detach().double() for n, a in zip(self.names, self.logits)}
+        """Gate logits :math:`a` as :class:`~xprune.Scores` (higher = keep).
+
+        Ungated one-unit groups get the maximum + 1.
+        """
+        with torch.no_grad():
+            values = {n: a.double() for n, a in zip(self.names, self.gate_logits(), strict=True)}
         top = max(float(v.max()) for v in values.values()) + 1.0
         full = {g.name: values.get(g.name, torch.full((g.size,), top, dtype=torch.float64)) for g in self.units}
         return Scores.from_units(full, self.units, criterion="steered", meta={"scores": "gate logits"})
+
+
+class ChannelGates(GateGenerator):
+    """One free, learnable logit per prunable channel of ``units`` (``generator="free"``; see the module docs).
+
+    The authors' ``Simplified_Gate`` (``Models/hypernet.py``): the logits are
+    the parameters. Logistic noise, one sample per image.
+
+    Parameters
+    ----------
+    units : UnitSet
+        Channel groups (kind ``"channels"``) of the model the gates attach to.
+    init : float, default 3.0
+        Initial logit (``sigmoid(3) = 0.95``: nearly all open); plays the
+        role of the authors' ``base``.
+    temperature : float, default 0.5
+        :math:`\\tau`.
+    init_noise : float, default 0.5
+        Standard deviation of Gaussian noise added to the initial logits. It
+        breaks the ties between gates that receive the same gradient (Adam
+        moves every logit by about the same step, so identical gates would
+        open and close all together and the hard MACs could only jump
+        between coarse levels).
+    seed : int, default 0
+        Seeds that noise.
+
+    Attributes
+    ----------
+    logits : nn.ParameterList
+        :math:`a` of each gated group.
+    """
+
+    def __init__(
+        self, units: UnitSet, init: float = 3.0, temperature: float = 0.5, init_noise: float = 0.5, seed: int = 0
+    ):
+        super().__init__(units, temperature, 0.0, "logistic", per_sample=True)
+        g = torch.Generator().manual_seed(int(seed))
+        self.logits = nn.ParameterList(
+            [
+                nn.Parameter(float(init) + float(init_noise) * torch.randn(units[n].size, generator=g))
+                for n in self.names
+            ]
+        )
+
+    def raw_logits(self) -> list[torch.Tensor]:
+        return list(self.logits)
 
 
 class MacsModel:
@@ -262,13 +360,17 @@ class MacsModel:
         """MACs of the model pruned by ``plan`` (exact, unit by unit)."""
         return self.model_costs.of_plan(plan, "macs")
 
-    def expected(self, gates: ChannelGates, straight_through: bool = False) -> torch.Tensor:
+    def expected(self, gates: GateGenerator, straight_through: bool = False) -> torch.Tensor:
         """Expected MACs under ``gates`` (differentiable in the logits).
 
         ``straight_through=True``: the value is the MACs of the deterministic
         hard gates (what will be removed), the gradient that of the expectation.
         """
         return self.macs(gates.hard_removed() if straight_through else gates.expected_removed())
+
+    def sampled(self, gates: GateGenerator, generator: torch.Generator | None = None) -> torch.Tensor:
+        """MACs of one fresh straight-through hard sample of ``gates`` (:meth:`GateGenerator.sampled_removed`)."""
+        return self.macs(gates.sampled_removed(generator))
 
     def check(self, model: nn.Module, plan: Plan, example_inputs: Any = None) -> tuple[float, float]:
         """``(predicted, measured)`` MACs of ``model`` pruned by ``plan``."""

@@ -2,32 +2,37 @@ r"""The whole Interpretations Steered Pruning method: :func:`steer` and :func:`p
 
 Stages (each cached and resumable, see :mod:`xprune.steered._stage`):
 
-1. **predictor** -- :func:`~xprune.steered.explainer.train_predictor` loss;
+1. **predictor** -- :func:`~xprune.steered.explainer.predictor_step` loss;
 2. **selector** -- the amortised explainer (:class:`~xprune.steered.explainer.Selector`);
-3. **gates** -- :class:`~xprune.steered.gates.ChannelGates` on a frozen copy
-   of the classifier, trained with
+3. **gates** -- an architecture generator on a frozen copy of the
+   classifier: by default the authors' hypernetwork
+   (:class:`~xprune.steered.generator.HyperGates`, ``generator="hypernet"``),
+   or one free logit per channel (:class:`~xprune.steered.gates.ChannelGates`,
+   ``generator="free"``), trained with (authors' ``training.py``,
+   ``train_IGP_gau``, and ``utils.py``, ``Flops_constraint_resnet``)
 
    .. math::
 
-       \mathcal L = \lambda_e \, d\big(\phi(x, y; f_z), \phi(x, y; f)\big)
-       + \lambda_M \Big(\frac{\mathbb E[\mathrm{MACs}(z)]}{M_0} - (1 - \rho)\Big)^2
+       \mathcal L = \lambda_e \, \mathrm{MSE}\big(m(\phi(x, y; f_z)), m(\phi(x, y; f))\big)
+       + \lambda_M \log\frac{\max(r(z), p)}{p}
        + \lambda_{ce}\,\mathrm{CE}(f_z(x), y),
 
-   :math:`\phi(\cdot; f)` the selector's RBF parameters (centre x, y, width)
-   read from the features of the classifier :math:`f`, :math:`f_z` the gated
-   classifier, :math:`d` the squared distance of :func:`explanation_distance`
-   (centres, and widths on a log scale), :math:`\rho` the wanted reduction of the MACs, the expected
-   MACs from :class:`~xprune.steered.gates.MacsModel` (exact in expectation;
-   by default, ``macs_estimate="straight-through"``, the value is the MACs of
-   the deterministic hard gates and the gradient that of the expectation).
-   This is the paper's objective (MSE between the mask parameters of the
-   gated and of the original model, plus a FLOPs term, cross-entropy
-   optional) with widths compared on a log scale and a two-sided quadratic
-   MACs term. Gate logits start at ``gate_init`` plus Gaussian noise
-   (``gate_init_noise``), which breaks ties between gates.
+   :math:`\phi(\cdot; f)` the selector's RBF parameters read from the features
+   of the classifier :math:`f`, :math:`m` the rendered RBF mask
+   (:func:`~xprune.steered.rbf.rbf_mask`), :math:`f_z` the gated classifier,
+   :math:`p = 1 - \rho` the kept fraction of the MACs (:math:`\rho` the wanted
+   reduction), :math:`r(z)` the MACs fraction of the hard gates from the
+   exact :class:`~xprune.steered.gates.MacsModel` (straight-through: the
+   value of the deterministic hard gates, the gradient of the expectation). Defaults
+   as the authors' ``resnet_igp.py``: :math:`\lambda_e = 10`,
+   :math:`\lambda_M = 1`, :math:`\lambda_{ce} = 0`, AdamW (lr 1e-3, weight
+   decay 1e-3). Options: ``explanation="params"`` (squared distance of the RBF
+   parameters, :func:`explanation_distance`), ``resource="quadratic"``
+   (:math:`(r - p)^2`, two-sided), ``macs_estimate`` (which MACs :math:`r` is).
 
-Then :func:`prune` removes the units whose gate is closed (threshold 0, or
-calibrated to the exact MACs target) and fine-tunes.
+Then :func:`prune` removes the units whose gate is closed (the raw hard
+gates; ``calibrate=True`` instead ranks the gate logits to the exact MACs
+target) and fine-tunes. docs/steered.md compares with the authors' code.
 
 Reference: A. Ganjdanesh, S. Gao, H. Huang, "Interpretations Steered Network
 Pruning via Amortized Inferred Saliency Maps", ECCV 2022.
@@ -36,7 +41,8 @@ Pruning via Amortized Inferred Saliency Maps", ECCV 2022.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -44,118 +50,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _inputs
-from ..errors import DataError, XpruneError
-from ..scores import Scores
+from ..errors import DataError, XpruneError, XpruneWarning
 from ..plan import Plan
+from ..scores import Scores
 from ..units import UnitSet, discover
-from . import explainer as ex
+from . import explainer as ex, rbf
 from ._stage import StageCache, module_hash, run_stage, tensor_hash
-from .gates import ChannelGates, MacsModel, select_for_macs
+from .config import SteeredConfig
+from .gates import ChannelGates, GateGenerator, MacsModel, select_for_macs
+from .generator import HyperGates
 
-__all__ = ["SteeredConfig", "SteeredResult", "steer", "prune", "as_tensors"]
-
-
-@dataclass
-class SteeredConfig:
-    """Every setting of the steered pipeline (the defaults run in about a minute on 2 CPU cores for ResNet-8/MNIST).
-
-    Attributes
-    ----------
-    batch_size : int, 32
-    seed : int, 0
-        Seeds every stage's batches and noise.
-    target : "label" or "predicted", "label"
-        The class the selector explains (the same for the gated and the original model).
-    feature_layers : tuple of str, optional
-        Encoder taps of the selector (default :func:`~xprune.steered.explainer.feature_layers`).
-    predictor_steps, predictor_lr : 150, 1e-3
-    temperature : float, 0.5
-        Relaxed-Bernoulli temperature of the mask samples.
-    width_range : (float, float), (0.1, 1.0)
-        Widths of the predictor's random masks (log-uniform, normalised units).
-    kl : "forward" or "reverse", "forward"
-        ``KL(p_f(x) || p_g(x*s))`` or the reverse.
-    selector_steps, selector_lr : 200, 3e-3
-    sparsity : float, 1.0
-        :math:`\\lambda_1`, weight of the mean of the mask sample.
-    smoothness : float, 1.0
-        :math:`\\lambda_2`, weight of its total variation.
-    selector_width : int, 16
-        Decoder channels.
-    min_width : float, 0.05
-        Lower bound of the mask width.
-    gate_steps, gate_lr : 150, 0.1
-    gate_init : float, 3.0
-        Initial gate logit.
-    gate_init_noise : float, 0.5
-        Standard deviation of the initial logits around ``gate_init`` (breaks ties).
-    gate_temperature : float, 0.5
-    hard : bool, True
-        Straight-through hard gates in training.
-    explanation_weight : float, 1.0
-        :math:`\\lambda_e`.
-    macs_weight : float, 20.0
-        :math:`\\lambda_M`.
-    ce_weight : float, 0.0
-        :math:`\\lambda_{ce}` (optional cross-entropy).
-    macs_estimate : "straight-through" or "expected", "straight-through"
-        MACs in the MACs term: the exact expectation under the gate
-        probabilities (``"expected"``), or the MACs of the deterministic hard
-        gates with the expectation's gradient (``"straight-through"``), which
-        lands the *evaluated* gates on the target even when some logits stay
-        near 0 (where the expectation and the hard gates differ most).
-    checkpoint_every : int, 50
-        Steps between resumable checkpoints.
-    """
-
-    batch_size: int = 32
-    seed: int = 0
-    target: str = "label"
-    feature_layers: tuple[str, ...] | None = None
-    predictor_steps: int = 150
-    predictor_lr: float = 1e-3
-    temperature: float = 0.5
-    width_range: tuple[float, float] = (0.1, 1.0)
-    kl: str = "forward"
-    selector_steps: int = 200
-    selector_lr: float = 3e-3
-    sparsity: float = 1.0
-    smoothness: float = 1.0
-    selector_width: int = 16
-    min_width: float = 0.05
-    gate_steps: int = 150
-    gate_lr: float = 0.1
-    gate_init: float = 3.0
-    gate_init_noise: float = 0.5
-    gate_temperature: float = 0.5
-    hard: bool = True
-    explanation_weight: float = 1.0
-    macs_weight: float = 20.0
-    ce_weight: float = 0.0
-    macs_estimate: str = "straight-through"
-    checkpoint_every: int = 50
-
-    def __post_init__(self):
-        if self.target not in ("label", "predicted"):
-            raise XpruneError(f"target must be 'label' or 'predicted' for the steered method, got {self.target!r}")
-        if self.macs_estimate not in ("straight-through", "expected"):
-            raise XpruneError(f"macs_estimate must be 'straight-through' or 'expected', got {self.macs_estimate!r}")
-        if self.kl not in ("forward", "reverse"):
-            raise XpruneError(f"kl must be 'forward' or 'reverse', got {self.kl!r}")
-        for name in ("predictor_steps", "selector_steps", "gate_steps", "batch_size"):
-            if int(getattr(self, name)) < 0 or (name == "batch_size" and self.batch_size < 1):
-                raise XpruneError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
-        if self.feature_layers is not None:
-            self.feature_layers = tuple(self.feature_layers)
-        self.width_range = tuple(self.width_range)
-
-    @classmethod
-    def from_options(cls, **options: Any) -> "SteeredConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise XpruneError(f"unknown steered options {unknown}; known: {sorted(known)}")
-        return cls(**options)
+__all__ = [
+    "SteeredConfig",
+    "SteeredResult",
+    "steer",
+    "prune",
+    "as_tensors",
+    "make_gates",
+    "explanation_masks",
+    "resource_loss",
+]
 
 
 @dataclass
@@ -167,8 +81,9 @@ class SteeredResult:
     predictor, selector : nn.Module
         Frozen, eval mode. ``selector(feats, labels)`` with ``feats`` read at
         ``layers`` of the classifier (:func:`~xprune.steered.explainer.features`).
-    gates : ChannelGates
-        Trained gates (detached from any model).
+    gates : GateGenerator
+        The trained generator (:class:`~xprune.steered.generator.HyperGates` or
+        :class:`~xprune.steered.gates.ChannelGates`), detached from any model.
     units : UnitSet
     macs : MacsModel
     layers : list of str
@@ -180,7 +95,7 @@ class SteeredResult:
 
     predictor: nn.Module
     selector: ex.Selector
-    gates: ChannelGates
+    gates: GateGenerator
     units: UnitSet
     macs: MacsModel
     layers: list[str]
@@ -192,16 +107,35 @@ class SteeredResult:
         """Gate logits as scores (higher = keep), usable with :func:`xprune.select`."""
         return self.gates.scores()
 
-    def plan(self, calibrate: bool = True) -> Plan:
-        """The pruning plan: closed gates (``calibrate=False``), or gate logits ranked to the exact MACs target."""
+    @property
+    def raw_macs_reduction(self) -> float:
+        """Fraction of the MACs the raw hard gates remove (exact, :meth:`MacsModel.of_plan`)."""
+        return 1 - self.macs.of_plan(self.gates.plan(0.0)) / self.macs.base
+
+    def plan(self, calibrate: bool = False) -> Plan:
+        """The pruning plan.
+
+        ``calibrate=False`` (default): the units whose deterministic hard gate
+        is closed, as the authors take the architecture from the generator.
+        ``calibrate=True``: an optional last step, the gate logits ranked to
+        the exact MACs target (:func:`select_for_macs`). Either way ``meta``
+        holds ``macs_reduction`` (achieved), ``macs_target`` and
+        ``raw_macs_reduction`` (the raw gates').
+        """
+        raw = self.raw_macs_reduction
         if not calibrate:
             plan = self.gates.plan(0.0)
-            plan.meta["macs_reduction"] = 1 - self.macs.of_plan(plan) / self.macs.base
-            return plan
-        return select_for_macs(self.scores(), self.macs, self.reduction)
+            plan.meta["macs_reduction"] = raw
+        else:
+            plan = select_for_macs(self.scores(), self.macs, self.reduction)
+        plan.meta.update(macs_target=self.reduction, raw_macs_reduction=raw, calibrated=bool(calibrate))
+        return plan
 
     def explain(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Selector RBF parameters ``[N, 3]`` for ``model`` (the original or a gated/masked copy with the same layers)."""
+        """Selector RBF parameters ``[N, 3]`` for ``model``.
+
+        ``model`` is the original or a gated/masked copy with the same layers.
+        """
         was = model.training
         model.eval()
         try:
@@ -305,30 +239,88 @@ def steer(
     predictor = copy.deepcopy(original)
     for p in predictor.parameters():
         p.requires_grad_(True)
-    pc = StageCache("predictor", {**base, "steps": cfg.predictor_steps, "lr": cfg.predictor_lr,
-                                  "temperature": cfg.temperature, "width_range": cfg.width_range, "kl": cfg.kl},
-                    root)
-    step = ex.predictor_step(original, predictor, X, y, batch_size=cfg.batch_size, temperature=cfg.temperature,
-                             width_range=cfg.width_range, kl=cfg.kl)
-    stages["predictor"] = run_stage(pc, predictor, step, steps=cfg.predictor_steps, lr=cfg.predictor_lr,
-                                    seed=cfg.seed, progress=progress, checkpoint_every=cfg.checkpoint_every,
-                                    stop_after=stop_after.get("predictor"))
+    pc = StageCache(
+        "predictor",
+        {
+            **base,
+            "steps": cfg.predictor_steps,
+            "lr": cfg.predictor_lr,
+            "temperature": cfg.temperature,
+            "width_range": cfg.width_range,
+            "kl": cfg.kl,
+        },
+        root,
+    )
+    step = ex.predictor_step(
+        original,
+        predictor,
+        X,
+        y,
+        batch_size=cfg.batch_size,
+        temperature=cfg.temperature,
+        width_range=cfg.width_range,
+        kl=cfg.kl,
+    )
+    stages["predictor"] = run_stage(
+        pc,
+        predictor,
+        step,
+        steps=cfg.predictor_steps,
+        lr=cfg.predictor_lr,
+        seed=cfg.seed,
+        progress=progress,
+        checkpoint_every=cfg.checkpoint_every,
+        stop_after=stop_after.get("predictor"),
+    )
     ex.frozen(predictor)
 
     # 2. selector
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         selector = ex.Selector(ex.channels_of(original, layers, X), num_classes, cfg.selector_width, cfg.min_width)
-    sc = StageCache("selector", {**base, "predictor": pc.key, "layers": layers, "steps": cfg.selector_steps,
-                                 "lr": cfg.selector_lr, "temperature": cfg.temperature, "sparsity": cfg.sparsity,
-                                 "smoothness": cfg.smoothness, "width": cfg.selector_width,
-                                 "min_width": cfg.min_width, "kl": cfg.kl, "target": cfg.target}, root)
-    step = ex.selector_step(original, predictor, selector, layers, X, y, batch_size=cfg.batch_size,
-                            temperature=cfg.temperature, sparsity=cfg.sparsity, smoothness=cfg.smoothness,
-                            kl=cfg.kl, target=cfg.target)
-    stages["selector"] = run_stage(sc, selector, step, steps=cfg.selector_steps, lr=cfg.selector_lr, seed=cfg.seed,
-                                   progress=progress, checkpoint_every=cfg.checkpoint_every,
-                                   stop_after=stop_after.get("selector"))
+    sc = StageCache(
+        "selector",
+        {
+            **base,
+            "predictor": pc.key,
+            "layers": layers,
+            "steps": cfg.selector_steps,
+            "lr": cfg.selector_lr,
+            "temperature": cfg.temperature,
+            "sparsity": cfg.sparsity,
+            "smoothness": cfg.smoothness,
+            "width": cfg.selector_width,
+            "min_width": cfg.min_width,
+            "kl": cfg.kl,
+            "target": cfg.target,
+        },
+        root,
+    )
+    step = ex.selector_step(
+        original,
+        predictor,
+        selector,
+        layers,
+        X,
+        y,
+        batch_size=cfg.batch_size,
+        temperature=cfg.temperature,
+        sparsity=cfg.sparsity,
+        smoothness=cfg.smoothness,
+        kl=cfg.kl,
+        target=cfg.target,
+    )
+    stages["selector"] = run_stage(
+        sc,
+        selector,
+        step,
+        steps=cfg.selector_steps,
+        lr=cfg.selector_lr,
+        seed=cfg.seed,
+        progress=progress,
+        checkpoint_every=cfg.checkpoint_every,
+        stop_after=stop_after.get("selector"),
+    )
     ex.frozen(selector)
 
     # 3. gates
@@ -336,23 +328,60 @@ def steer(
         units = discover(model, X[:1])
     macs = MacsModel(model, units, X[:1])
     gated = _logits_only(ex.frozen(copy.deepcopy(model)))
-    gates = ChannelGates(units, cfg.gate_init, cfg.gate_temperature, cfg.gate_init_noise, cfg.seed).attach(gated, like=model)
-    gc = StageCache("gates", {**base, "selector": sc.key, "reduction": reduction, "groups": units.names,
-                              "steps": cfg.gate_steps, "lr": cfg.gate_lr, "init": cfg.gate_init, "init_noise": cfg.gate_init_noise,
-                              "temperature": cfg.gate_temperature, "hard": cfg.hard,
-                              "weights": [cfg.explanation_weight, cfg.macs_weight, cfg.ce_weight],
-                              "macs_estimate": cfg.macs_estimate}, root)
+    gates = make_gates(units, cfg).attach(gated, like=model)
+    gc = StageCache(
+        "gates",
+        {
+            **base,
+            "selector": sc.key,
+            "reduction": reduction,
+            "groups": units.names,
+            "generator": cfg.generator,
+            "steps": cfg.gate_steps,
+            "lr": cfg.gate_lr,
+            "optimizer": [cfg.gate_optimizer, cfg.gate_weight_decay],
+            "base": cfg.gate_base,
+            "init": cfg.gate_init,
+            "init_noise": cfg.gate_init_noise,
+            "temperature": cfg.gate_temperature,
+            "hard": cfg.hard,
+            "loss": [cfg.explanation, cfg.resource],
+            "weights": [cfg.explanation_weight, cfg.macs_weight, cfg.ce_weight],
+            "macs_estimate": cfg.macs_estimate,
+        },
+        root,
+    )
     step = gate_step(gated, selector, layers, gates, macs, X, y, reduction=reduction, cfg=cfg)
+    assert cfg.gate_lr is not None  # SteeredConfig.__post_init__ fills in the generator's default
     try:
-        stages["gates"] = run_stage(gc, gates, step, steps=cfg.gate_steps, lr=cfg.gate_lr, seed=cfg.seed,
-                                    progress=progress, checkpoint_every=cfg.checkpoint_every,
-                                    stop_after=stop_after.get("gates"))
+        stages["gates"] = run_stage(
+            gc,
+            gates,
+            step,
+            steps=cfg.gate_steps,
+            lr=cfg.gate_lr,
+            seed=cfg.seed,
+            progress=progress,
+            checkpoint_every=cfg.checkpoint_every,
+            stop_after=stop_after.get("gates"),
+            optimizer=cfg.gate_optimizer,
+            weight_decay=cfg.gate_weight_decay,
+        )
     finally:
         gates.detach()
         gates.open()
     for p in gates.parameters():
         p.requires_grad_(False)
-    return SteeredResult(predictor, selector, gates, units, macs, layers, reduction, cfg, stages)
+    result = SteeredResult(predictor, selector, gates, units, macs, layers, reduction, cfg, stages)
+    stages["gates"]["raw_macs_reduction"] = result.raw_macs_reduction
+    return result
+
+
+def make_gates(units: UnitSet, cfg: SteeredConfig) -> GateGenerator:
+    """The gate generator ``cfg.generator`` names, initialised with ``cfg.seed``."""
+    if cfg.generator == "hypernet":
+        return HyperGates(units, cfg.gate_temperature, cfg.gate_base, seed=cfg.seed)
+    return ChannelGates(units, cfg.gate_init, cfg.gate_temperature, cfg.gate_init_noise, cfg.seed)
 
 
 def explanation_distance(params: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -368,10 +397,38 @@ def explanation_distance(params: torch.Tensor, reference: torch.Tensor) -> torch
     return ((a - b) ** 2).sum(-1).mean()
 
 
-def gate_step(gated: nn.Module, selector: ex.Selector, layers, gates: ChannelGates, macs: MacsModel, X, y, *,
-              reduction: float, cfg: SteeredConfig):
+def explanation_masks(params: torch.Tensor, reference: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """MSE between the rendered RBF masks of ``params`` and ``reference`` (``[N, 3]``) on an image of ``size``.
+
+    The authors' interpretation term (``training.py``, ``train_IGP_gau``:
+    ``MSELoss`` of the gated network's predicted masks against the original's).
+    """
+    return F.mse_loss(rbf.rbf_mask(params, size), rbf.rbf_mask(reference, size))
+
+
+def resource_loss(fraction: torch.Tensor, kept: float, kind: str = "log") -> torch.Tensor:
+    r"""The MACs term: :math:`\log(\max(r, p)/p)` (``"log"``, authors' ``Flops_constraint_resnet``) or
+    :math:`(r - p)^2` (``"quadratic"``)."""
+    if kind == "log":
+        return torch.log(torch.clamp(fraction, min=kept) / kept)
+    return (fraction - kept) ** 2
+
+
+def gate_step(
+    gated: nn.Module,
+    selector: ex.Selector,
+    layers,
+    gates: GateGenerator,
+    macs: MacsModel,
+    X,
+    y,
+    *,
+    reduction: float,
+    cfg: SteeredConfig,
+):
     """The gate loss of the module docs; returns ``step_fn`` for ``run_stage``."""
-    target_fraction = 1.0 - reduction
+    kept = 1.0 - reduction
+    size = tuple(X.shape[-2:])
 
     def step(gen: torch.Generator, i: int):
         x, labels = ex.sample_batch(X, y, cfg.batch_size, gen)
@@ -385,11 +442,14 @@ def gate_step(gated: nn.Module, selector: ex.Selector, layers, gates: ChannelGat
             logits = gated(x)
             params = selector([store[n] for n in layers], cls)
         gates.open()
-        expl = explanation_distance(params, ref)
-        frac = macs.expected(gates, straight_through=cfg.macs_estimate == "straight-through") / macs.base
-        macs_term = (frac - target_fraction) ** 2
-        loss = cfg.explanation_weight * expl + cfg.macs_weight * macs_term
-        logs = {"expl": expl.detach(), "macs": frac.detach()}
+        expl = explanation_masks(params, ref, size) if cfg.explanation == "masks" else explanation_distance(params, ref)
+        if cfg.macs_estimate == "sample":
+            frac = macs.sampled(gates, gen) / macs.base
+        else:
+            frac = macs.expected(gates, straight_through=cfg.macs_estimate == "straight-through") / macs.base
+        res = resource_loss(frac, kept, cfg.resource)
+        loss = cfg.explanation_weight * expl + cfg.macs_weight * res
+        logs = {"expl": expl.detach(), "macs": frac.detach(), "resource": res.detach()}
         if cfg.ce_weight:
             ce = F.cross_entropy(logits, labels)
             loss = loss + cfg.ce_weight * ce
@@ -406,19 +466,23 @@ def prune(
     *,
     fine_tune_steps: int = 100,
     fine_tune_lr: float = 1e-3,
-    calibrate: bool = True,
+    calibrate: bool = False,
     result: SteeredResult | None = None,
     progress: bool = True,
     seed: int = 0,
+    miss_tolerance: float = 0.05,
     **steer_options: Any,
 ) -> tuple[nn.Module, Plan, SteeredResult]:
     """Steer, remove the closed-gate units physically, fine-tune.
 
-    ``calibrate=True`` ranks the units by gate logit and removes them until the
-    exact MACs reach ``(1 - reduction) M0``; ``False`` removes exactly the
-    closed gates. Fine-tuning: :func:`xprune.models.fine_tune` (Adam,
-    ``fine_tune_steps`` steps at ``fine_tune_lr``) on ``data``. Returns
-    ``(pruned_model, plan, result)``.
+    ``calibrate=False`` (default) removes exactly the closed hard gates;
+    ``True`` ranks the units by gate logit and removes them until the exact
+    MACs reach ``(1 - reduction) M0``. When the raw gates remove a fraction of
+    the MACs more than ``miss_tolerance`` away from ``reduction`` an
+    :class:`xprune.errors.XpruneWarning` says so (``plan.meta`` holds
+    ``raw_macs_reduction`` and ``macs_target``). Fine-tuning:
+    :func:`xprune.models.fine_tune` (Adam, ``fine_tune_steps`` steps at
+    ``fine_tune_lr``) on ``data``. Returns ``(pruned_model, plan, result)``.
     """
     from ..models import fine_tune
     from ..surgery import apply
@@ -426,10 +490,18 @@ def prune(
     if result is None:
         result = steer(model, data, reduction, progress=progress, **steer_options)
     plan = result.plan(calibrate)
+    raw = plan.meta["raw_macs_reduction"]
+    if abs(raw - result.reduction) > miss_tolerance:
+        then = "calibrate=True removed exactly the target" if calibrate else "pass calibrate=True to hit it exactly"
+        warnings.warn(
+            f"the raw steered gates remove {raw:.1%} of the MACs, target {result.reduction:.1%} "
+            f"(more than {miss_tolerance:.0%} off); {then}, or train the gates longer (gate_steps)",
+            XpruneWarning,
+            stacklevel=2,
+        )
     pruned = apply(model, plan, "remove")
     if fine_tune_steps:
         X, y = as_tensors(data)
         fine_tune(pruned, (X, y), steps=fine_tune_steps, lr=fine_tune_lr, seed=seed, progress=progress)
     pruned.eval()
     return pruned, plan, result
-

@@ -107,8 +107,9 @@ def rbf_mask(params: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.exp(logits - logits.amax(dim=(-2, -1), keepdim=True))
 
 
-def random_params(n: int, generator: torch.Generator | None = None, width_range: tuple[float, float] = (0.1, 1.0),
-                  dtype=torch.float32) -> torch.Tensor:
+def random_params(
+    n: int, generator: torch.Generator | None = None, width_range: tuple[float, float] = (0.1, 1.0), dtype=torch.float32
+) -> torch.Tensor:
     """Random RBF parameters: centres uniform in ``[-1, 1]^2``, widths log-uniform in ``width_range``."""
     lo, hi = width_range
     if not 0 < lo <= hi:
@@ -119,8 +120,9 @@ def random_params(n: int, generator: torch.Generator | None = None, width_range:
     return torch.cat([centre, width], dim=1)
 
 
-def relaxed_bernoulli(probs: torch.Tensor, temperature: float = 0.5, generator: torch.Generator | None = None,
-                      eps: float = 1e-6) -> torch.Tensor:
+def relaxed_bernoulli(
+    probs: torch.Tensor, temperature: float = 0.5, generator: torch.Generator | None = None, eps: float = 1e-6
+) -> torch.Tensor:
     """A reparametrised relaxed-Bernoulli sample with probabilities ``probs`` (see the module docs)."""
     if temperature <= 0:
         raise XpruneError(f"temperature must be > 0, got {temperature!r}")
