@@ -21,10 +21,31 @@ import xprune
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "xprune"
 
-CORE = ("xprune.units", "xprune.kinds", "xprune.gates", "xprune.scores", "xprune.plan", "xprune.select",
-        "xprune.surgery", "xprune.costs", "xprune.measure")
-ABOVE_CORE = ("xprune.schedules", "xprune.tune", "xprune.guarantee", "xprune.steered", "xprune.transformers",
-              "xprune.llm", "xprune.bench", "xprune.demo", "xprune.report", "xprune.cli", "xprune.pipeline")
+CORE = (
+    "xprune.units",
+    "xprune.kinds",
+    "xprune.gates",
+    "xprune.scores",
+    "xprune.plan",
+    "xprune.select",
+    "xprune.surgery",
+    "xprune.costs",
+    "xprune.measure",
+)
+ABOVE_CORE = (
+    "xprune.schedules",
+    "xprune.tune",
+    "xprune.guarantee",
+    "xprune.steered",
+    "xprune.transformers",
+    "xprune.llm",
+    "xprune.bench",
+    "xprune.demo",
+    "xprune.report",
+    "xprune.cli",
+    "xprune.pipeline",
+    "xprune.control",
+)
 NOT_FROM_LRP = ("xprune.models", "xprune.transformers", "xprune.criteria", "xprune.data")
 
 
@@ -175,7 +196,9 @@ def test_a_new_kind_is_one_call():
     out = model.head(h)
     (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(out, y, reduction="sum"), h)
     taylor = (h * g).abs().mean(0).detach()  # Molchanov et al.: per-sample |a * dLoss/da|, averaged
-    torch.testing.assert_close(ns["scores"]["head"].float(), taylor / taylor.norm(), rtol=1e-4, atol=1e-6)  # l2 per layer
+    torch.testing.assert_close(
+        ns["scores"]["head"].float(), taylor / taylor.norm(), rtol=1e-4, atol=1e-6
+    )  # l2 per layer
     gone = ns["masked"]._xprune_history[-1]["plan"]["remove"]["head"]
     assert len(gone) == 1  # 25% of 6 hidden units, rounded down
     kept = h.detach().clone()
@@ -187,7 +210,9 @@ def test_import_xprune_loads_no_optional_package():
     import subprocess
     import sys
 
-    code = ("import sys, xprune; print(sorted(m for m in ('optuna', 'transformers', 'matplotlib', 'sklearn', "
-            "'mlxtend', 'rich', 'onnx') if m in sys.modules))")
+    code = (
+        "import sys, xprune; print(sorted(m for m in ('optuna', 'transformers', 'matplotlib', 'sklearn', "
+        "'mlxtend', 'rich', 'onnx') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -19,6 +19,7 @@ Quick use::
 import importlib
 
 from . import criteria, evaluate, guarantee, lrp, measure, pipeline, units
+from ._version import __version__
 from .costs import unit_costs
 from .criteria import Criterion, HookedCriterion, register
 from .errors import DataError, NothingToPrune, XpruneError
@@ -34,19 +35,24 @@ from .tune import TuneResult, tune  # optuna is imported only when tune() runs
 from .units import UnitGroup, UnitKind, UnitSet, discover, register_kind
 
 #: Subpackages imported on first attribute access (``xprune.llm``, ``xprune.transformers``, ...).
-_LAZY = ("llm", "transformers", "steered", "schedules", "data", "models", "bench", "report", "similarity")
+_LAZY = ("llm", "transformers", "steered", "schedules", "data", "models", "bench", "report", "similarity", "control")
+#: Functions of lazy subpackages, reached as ``xprune.NAME`` (``xprune.correct`` is ``xprune.control.correct``).
+_LAZY_NAMES = {"correct": "control", "circuit": "control", "contrastive_scores": "control"}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY_NAMES[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__version__ = "0.1.0"
 
 __all__ = [
-    "Criterion", "DataError", "RateChoice", "calibration_size", "choose_rate", "guarantee", "explain", "lrp", "HookedCriterion", "NothingToPrune", "Plan", "Scores", "UnitGroup", "UnitSet",
+    "__version__",
+    "Criterion", "DataError", "RateChoice", "calibration_size", "choose_rate", "guarantee", "explain", "lrp",
+    "HookedCriterion", "NothingToPrune", "Plan", "Scores", "UnitGroup", "UnitSet",
     "XpruneError", "apply", "criteria", "discover", "export_onnx", "history", "load", "prune", "register", "save",
     "llm", "score", "select", "unit_costs", "units", "tune", "TuneResult", "UnitKind", "register_kind",
-    "evaluate", "measure", "pipeline",
-]
+    "evaluate", "measure", "pipeline", "control", "correct", "circuit", "contrastive_scores",
+]  # fmt: skip

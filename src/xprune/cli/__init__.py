@@ -38,17 +38,27 @@ import os
 import re
 import sys
 import warnings
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from ..errors import XpruneError
-from ._load import load_data, load_model  # noqa: F401  (public helpers of the command line)
+from ._load import load_data, load_model  # public helpers of the command line
 from ._parser import build_parser
 
 __all__ = ["main", "build_parser", "load_data", "load_model", "cli_words", "EXTRAS"]
 
 #: Optional packages and the extra of xprune that installs each (pyproject.toml).
-EXTRAS = {"sklearn": "data", "mlxtend": "data", "PIL": "data", "matplotlib": "plots", "rich": "cli",
-          "optuna": "tune", "transformers": "hf", "tokenizers": "hf", "onnx": "export", "onnxruntime": "export"}
+EXTRAS = {
+    "sklearn": "data",
+    "mlxtend": "data",
+    "PIL": "data",
+    "matplotlib": "plots",
+    "rich": "cli",
+    "optuna": "tune",
+    "transformers": "hf",
+    "tokenizers": "hf",
+    "onnx": "export",
+    "onnxruntime": "export",
+}
 
 
 def _missing_extra(e: BaseException) -> str | None:
@@ -87,10 +97,8 @@ def _session() -> Iterator[None]:
         if not is_main():  # in a process group rank 0 speaks for all
             return
         text = cli_words(" ".join(str(message).split("\n")).strip())
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed stderr must not stop the command
             print(f"warning: {text}", file=sys.stderr if file is None else file, flush=True)
-        except (OSError, ValueError):  # a closed stderr must not stop the command
-            pass
 
     added = None
     cwd = os.getcwd()
@@ -125,19 +133,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("xprune: interrupted", file=sys.stderr)
             return 130
-        except (XpruneError, ValueError, FileNotFoundError, ModuleNotFoundError, NotADirectoryError,
-                PermissionError, IsADirectoryError) as e:
+        except (
+            XpruneError,
+            ValueError,
+            FileNotFoundError,
+            ModuleNotFoundError,
+            NotADirectoryError,
+            PermissionError,
+            IsADirectoryError,
+        ) as e:
             if args.traceback:
                 raise
-            prefix = f"xprune: error (rank {distributed.rank()}): " if distributed.world_size() > 1 else "xprune: error: "
+            prefix = (
+                f"xprune: error (rank {distributed.rank()}): " if distributed.world_size() > 1 else "xprune: error: "
+            )
             print(f"{prefix}{_missing_extra(e) or _one_line(e)}", file=sys.stderr)
             return 2
-        except Exception as e:  # noqa: BLE001  (a failure inside the user's model, or a bug: one line, not a traceback)
+        except Exception as e:  # a failure inside the user's model, or a bug: one line, not a traceback
             if args.traceback:
                 raise
             text = f"{type(e).__name__}: {_one_line(e)}" if str(e).strip() else type(e).__name__
-            print(f"xprune: error: {text} (unexpected; run again with --traceback to see where it happened)",
-                  file=sys.stderr)
+            print(
+                f"xprune: error: {text} (unexpected; run again with --traceback to see where it happened)",
+                file=sys.stderr,
+            )
             return 1
         finally:
             if started:

@@ -1,4 +1,6 @@
-"""The commands of the ``xprune`` command line: demo, criteria, prune, curve, tune, export, bench.
+"""The commands of the ``xprune`` command line: demo, criteria, prune, curve, export, bench.
+
+``tune`` is in :mod:`._tune`, ``correct`` and ``circuit`` in :mod:`._control`.
 
 Each takes the parsed arguments and returns the exit code. Bad input raises
 :class:`~xprune.errors.XpruneError` before any work where it can be checked
@@ -9,15 +11,14 @@ Results go to stdout, progress and warnings to stderr.
 
 from __future__ import annotations
 
-import sys
-
 import copy
 import io
 import re
-import shlex
 import shutil
+import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -32,16 +33,19 @@ def _console():
 
     from ..distributed import is_main
 
-    return Console(highlight=False, soft_wrap=True, quiet=not is_main(),
-                   width=None if sys.stdout.isatty() else 140)  # tables unclipped when piped
+    return Console(
+        highlight=False, soft_wrap=True, quiet=not is_main(), width=None if sys.stdout.isatty() else 140
+    )  # tables unclipped when piped
 
 
 def _refuse_existing(paths: Sequence[Path], what: str = "") -> None:
     """Refuse to replace the user's files: name them and say how to go on."""
     existing = [str(p) for p in paths if Path(p).exists()]
     if existing:
-        raise XpruneError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}{what}; "
-                          "pass --overwrite to replace, or choose another --out")
+        raise XpruneError(
+            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}{what}; "
+            "pass --overwrite to replace, or choose another --out"
+        )
 
 
 def _out_file(spec: str, overwrite: bool, *companions: Path) -> Path:
@@ -61,15 +65,17 @@ def _plan_path(out: Path) -> Path:
 def _listing(console, files: Sequence[tuple[Path, str]]) -> None:
     """``wrote A and B``, then one line per file saying how to open it."""
     names = [str(p) for p, _ in files]
-    console.print("wrote " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]),
-                  markup=False)
+    console.print(
+        "wrote " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]), markup=False
+    )
     width = max(len(n) for n in names)
-    for name, (_, how) in zip(names, files):
+    for name, (_, how) in zip(names, files, strict=True):
         console.print(f"  {name:<{width}}  {how}", markup=False)
 
 
-def _warn_if_chance(accuracy: float, source: Source, *, before: float | None = None,
-                    what: str = "the pruned model") -> None:
+def _warn_if_chance(
+    accuracy: float, source: Source, *, before: float | None = None, what: str = "the pruned model"
+) -> None:
     from .. import checks
 
     if source.num_classes:
@@ -89,8 +95,10 @@ def _target(source: Source) -> dict[str, Any]:
 
 def _needs_accuracy(source: Source, command: str) -> None:
     if source.target == "embedding":
-        raise XpruneError(f"{command} measures accuracy, which an embedding model (no classes) does not have; "
-                          "prune it with 'xprune prune' (it reports parameters, MACs and latency)")
+        raise XpruneError(
+            f"{command} measures accuracy, which an embedding model (no classes) does not have; "
+            "prune it with 'xprune prune' (it reports parameters, MACs and latency)"
+        )
 
 
 def _say_setup(console, source: Source, opts: CriterionOptions | None) -> None:
@@ -109,10 +117,22 @@ def demo(args) -> int:
     names = [c.strip() for c in args.criteria.split(",") if c.strip()] if args.criteria else _demo.default_criteria()
     chosen = [args.criterion] if args.criterion else []
     opts = _options(args, list(dict.fromkeys(names + chosen)))
-    _demo.run(arch=args.arch, dataset=args.data, n_per_class=args.n_per_class, criteria=names, ratio=args.ratio,
-              criterion=args.criterion, seeds=args.seeds, out=args.out, console=_console(),
-              tolerance=args.tolerance, normalize=args.normalize, data_root=args.data_root,
-              options={n: opts.for_criterion(n) for n in opts.criteria}, overwrite=args.overwrite)
+    _demo.run(
+        arch=args.arch,
+        dataset=args.data,
+        n_per_class=args.n_per_class,
+        criteria=names,
+        ratio=args.ratio,
+        criterion=args.criterion,
+        seeds=args.seeds,
+        out=args.out,
+        console=_console(),
+        tolerance=args.tolerance,
+        normalize=args.normalize,
+        data_root=args.data_root,
+        options={n: opts.for_criterion(n) for n in opts.criteria},
+        overwrite=args.overwrite,
+    )
     return 0
 
 
@@ -125,11 +145,15 @@ def criteria(args) -> int:
         cls = criterion_class(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         print(f"{name:<{width}}  {doc}")
-        print(f"{'':<{width}}  options: {describe(cls)}; default per-layer normalisation: "
-              f"{getattr(cls, 'default_normalize', None) or 'none'}")
-    print(f"\nPass options as --option KEY=VALUE (repeatable; e.g. --option aggregate=yeom); every criterion also "
-          f"takes normalize={'|'.join(SCORE_OPTIONS['normalize'])} (per-layer normalisation of the scores). "
-          "--composite NAME|FILE sets lrp's rules (a preset or a file written by 'xprune tune').")
+        print(
+            f"{'':<{width}}  options: {describe(cls)}; default per-layer normalisation: "
+            f"{getattr(cls, 'default_normalize', None) or 'none'}"
+        )
+    print(
+        f"\nPass options as --option KEY=VALUE (repeatable; e.g. --option aggregate=yeom); every criterion also "
+        f"takes normalize={'|'.join(SCORE_OPTIONS['normalize'])} (per-layer normalisation of the scores). "
+        "--composite NAME|FILE sets lrp's rules (a preset or a file written by 'xprune tune')."
+    )
     return 0
 
 
@@ -151,14 +175,17 @@ def _check_prune_flags(args) -> None:
 def _hf_out(spec: str, overwrite: bool) -> Path:
     out = Path(spec)
     if out.suffix in (".pt", ".pth", ".safetensors", ".bin") or (out.exists() and not out.is_dir()):
-        raise XpruneError(f"--out {spec}: an hf: model is saved as a folder (save_pretrained); give a folder name, "
-                          f"e.g. {out.with_suffix('')}-pruned")
+        raise XpruneError(
+            f"--out {spec}: an hf: model is saved as a folder (save_pretrained); give a folder name, "
+            f"e.g. {out.with_suffix('')}-pruned"
+        )
     if out.is_dir() and any(out.iterdir()):
         if not (out / "config.json").is_file():
             raise XpruneError(f"{out} holds files that are not a saved model; choose a new or empty folder for --out")
         if not overwrite:
-            raise XpruneError(f"{out} already holds a saved model; pass --overwrite to replace it, or choose "
-                              "another --out")
+            raise XpruneError(
+                f"{out} already holds a saved model; pass --overwrite to replace it, or choose another --out"
+            )
     return out
 
 
@@ -190,8 +217,7 @@ def _save_hf(pruned, source: Source, plan, out: Path) -> None:
 
 
 def prune(args) -> int:
-    from .. import demo as _demo
-    from .. import distributed, report
+    from .. import demo as _demo, distributed, report
     from .._io import atomic_write
     from ..pipeline import default_mode
     from ..scores import score
@@ -210,8 +236,17 @@ def prune(args) -> int:
     options = opts.for_criterion(args.criterion)
     if args.criterion == "random":
         options["seed"] = args.seed
-    scores = score(model, ref, args.criterion, source.units, target=source.target, progress=True,
-                   device=args.device, precision=args.precision, **options)
+    scores = score(
+        model,
+        ref,
+        args.criterion,
+        source.units,
+        target=source.target,
+        progress=True,
+        device=args.device,
+        precision=args.precision,
+        **options,
+    )
     ratio, choice = args.ratio, None
     if args.max_drop is not None:
         from ..guarantee import choose_rate
@@ -219,19 +254,41 @@ def prune(args) -> int:
         if len(source.data.val) == 0:
             raise XpruneError("--max-drop calibrates on the dataset's val split, which is empty")
         with distributed.on_device(model, args.device):
-            choice = choose_rate(model, ref, source.data.val, args.criterion, max_drop=args.max_drop,
-                                 confidence=0.95 if args.confidence is None else args.confidence,
-                                 scope=args.scope, scores=scores, min_keep=args.min_keep, round_to=args.round_to,
-                                 progress=True)
+            choice = choose_rate(
+                model,
+                ref,
+                source.data.val,
+                args.criterion,
+                max_drop=args.max_drop,
+                confidence=0.95 if args.confidence is None else args.confidence,
+                scope=args.scope,
+                scores=scores,
+                min_keep=args.min_keep,
+                round_to=args.round_to,
+                progress=True,
+            )
         console.print(choice.explain(), markup=False)
         ratio = choice.rate
-    plan = select(scores, ratio, scope=args.scope, min_keep=args.min_keep, round_to=args.round_to, by=args.by,
-                  model=model if args.by != "units" else None)
+    plan = select(
+        scores,
+        ratio,
+        scope=args.scope,
+        min_keep=args.min_keep,
+        round_to=args.round_to,
+        by=args.by,
+        model=model if args.by != "units" else None,
+    )
     if choice is not None:
-        plan.meta["guarantee"] = {"max_drop": choice.max_drop, "confidence": choice.confidence,
-                                  "method": choice.method, "n_calibration": choice.n_calibration,
-                                  "calibration": "val split", "certified": choice.certified,
-                                  "bound": choice.bound, "calibration_drop": choice.drop}
+        plan.meta["guarantee"] = {
+            "max_drop": choice.max_drop,
+            "confidence": choice.confidence,
+            "method": choice.method,
+            "n_calibration": choice.n_calibration,
+            "calibration": "val split",
+            "certified": choice.certified,
+            "bound": choice.bound,
+            "calibration_drop": choice.drop,
+        }
     plan.meta["normalization"] = source.normalization
     plan.meta["criterion_options"] = {k: v for k, v in options.items() if k != "seed"}
     mode = args.mode or default_mode(plan)
@@ -248,15 +305,25 @@ def prune(args) -> int:
         return 0
     if hf:
         _save_hf(pruned, source, plan, out)
-        _listing(console, [(out, "the pruned model (save_pretrained): xprune.transformers.load_pruned(path)"),
-                           (out / "plan.json", "the units removed: xprune.Plan.load(path)")])
+        _listing(
+            console,
+            [
+                (out, "the pruned model (save_pretrained): xprune.transformers.load_pruned(path)"),
+                (out / "plan.json", "the units removed: xprune.Plan.load(path)"),
+            ],
+        )
         return 0
     buf = io.BytesIO()
     torch.save(pruned, buf)
     atomic_write(out, buf.getvalue())
     plan.save(_plan_path(out))
-    _listing(console, [(out, "the pruned model (whole module): torch.load(path, weights_only=False)"),
-                       (_plan_path(out), "the units removed: xprune.Plan.load(path)")])
+    _listing(
+        console,
+        [
+            (out, "the pruned model (whole module): torch.load(path, weights_only=False)"),
+            (_plan_path(out), "the units removed: xprune.Plan.load(path)"),
+        ],
+    )
     return 0
 
 
@@ -281,8 +348,10 @@ def curve(args) -> int:
     if not args.overwrite and not args.resume:
         _refuse_existing([out / n for n in ("curves.json", "curves.png", "curves.md")])
         if started:
-            raise XpruneError(f"{out} holds an interrupted curve run ({len(started)} checkpoint(s) in "
-                              f"{checkpoints}); pass --resume to continue it, or --overwrite to start afresh")
+            raise XpruneError(
+                f"{out} holds an interrupted curve run ({len(started)} checkpoint(s) in "
+                f"{checkpoints}); pass --resume to continue it, or --overwrite to start afresh"
+            )
     opts = _options(args, names)
     if args.overwrite:
         for f in started:  # start afresh: only the checkpoints of earlier curve runs go
@@ -299,138 +368,49 @@ def curve(args) -> int:
             if name == "random":
                 options["seed"] = seed
             checkpoint = checkpoints / f"curve-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-seed{seed}.json"
-            curves.append(evaluate.curve(model, ref, source.data.test, name, units=source.units,
-                                         scope=args.scope, progress=True, device=args.device,
-                                         precision=args.precision, checkpoint=checkpoint, resume=args.resume,
-                                         **_target(source), **options))
+            curves.append(
+                evaluate.curve(
+                    model,
+                    ref,
+                    source.data.test,
+                    name,
+                    units=source.units,
+                    scope=args.scope,
+                    progress=True,
+                    device=args.device,
+                    precision=args.precision,
+                    checkpoint=checkpoint,
+                    resume=args.resume,
+                    **_target(source),
+                    **options,
+                )
+            )
     console.print(report.curves_table(curves))
     with distributed.on_device(model, args.device):
         baseline = evaluate.accuracy(model, source.data.test)  # a collective in a process group: every rank calls it
     if not distributed.is_main():
         return 0
     report.plot_curves(curves, out / "curves.png", baseline=baseline)
-    report.save_json({"curves": curves, "model": args.model, "data": args.data,
-                      "normalization": source.normalization, "baseline_accuracy": baseline,
-                      "options": {n: opts.for_criterion(n) for n in names}}, out / "curves.json")
+    report.save_json(
+        {
+            "curves": curves,
+            "model": args.model,
+            "data": args.data,
+            "normalization": source.normalization,
+            "baseline_accuracy": baseline,
+            "options": {n: opts.for_criterion(n) for n in names},
+        },
+        out / "curves.json",
+    )
     atomic_write(out / "curves.md", report.curves_markdown(curves) + "\n")
-    _listing(console, [(out / "curves.png", "accuracy vs pruning rate (an image)"),
-                       (out / "curves.json", "the curves: json.load(open(path))['curves']"),
-                       (out / "curves.md", "the table above, as markdown")])
-    return 0
-
-
-# ----------------------------------------------------------------------------- tune
-
-
-def _next_command(args, composite: Path) -> str:
-    """The ``xprune prune`` command that uses the tuned composite on the same model and data."""
-    parts = ["xprune", "prune", "--model", args.model]
-    if args.weights:
-        parts += ["--weights", args.weights]
-    parts += ["--data", args.data]
-    for flag, value, default in (("--data-root", args.data_root, None), ("--normalize", args.normalize, "auto"),
-                                 ("--max-length", args.max_length, None), ("--units", args.units, None),
-                                 ("--scope", args.scope, "global"), ("--n-per-class", args.n_per_class, 10),
-                                 ("--precision", args.precision, None), ("--device", args.device, None)):
-        if value is not None and value != default:
-            parts += [flag, str(value)]
-    if args.image_size is not None:
-        size = args.image_size
-        parts += ["--image-size", f"{size[0]}x{size[1]}" if isinstance(size, tuple) else str(size)]
-    if args.grayscale:
-        parts.append("--grayscale")
-    for key, value in args.option:
-        parts += ["--option", f"{key}={value}"]
-    parts += ["--composite", str(composite), "--ratio", "0.3", "--out", "pruned" if args.model.startswith("hf:")
-              else "pruned.pt"]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def tune(args) -> int:
-    import json
-
-    from .. import distributed
-    from .._io import atomic_write
-    from ..tune import tune as run_tune
-
-    out = Path(args.out)
-
-    def check_out():  # on rank 0 only in a process group: it alone owns the study and writes
-        if out.exists() and not out.is_dir():
-            raise XpruneError(f"--out {out} is a file; tune writes a folder (study.db, best_composite.json, ...)")
-        held = [out / n for n in ("study.db", "best_composite.json", "summary.json")]
-        if args.overwrite:
-            if args.storage is None:  # a new study: the old one in OUT/study.db goes
-                (out / "study.db").unlink(missing_ok=True)
-        elif not args.resume and any(p.exists() for p in held):
-            raise XpruneError(f"{out} already holds a tuning study or its results; pass --resume to continue the "
-                              "study (up to --trials finished trials) or --overwrite to start a new one")
-
-    if args.resume and args.overwrite:
-        raise XpruneError("give --resume (continue the study) or --overwrite (start a new one), not both")
-    fixed = ("aggregate", "normalize")
-    opts = CriterionOptions(["lrp"], args.option, None, fixed=fixed)
-    baseline = CriterionOptions(["lrp"], [], args.composite) if args.composite else None
-    opts.check()
-    distributed.run_on_main(check_out, "checking --out")
-    source = load_source(args, seed=0)
-    _needs_accuracy(source, "tune")
-    model = source.model
-    say = print if distributed.is_main() else (lambda *a, **k: None)  # in a process group only rank 0 prints
-    say(f"data: {source.describe_normalization()}")
-    if opts.summary():
-        say(opts.summary())
-    ref = reference(source, args.n_per_class, args.seed)
-    val = source.data.val
-    if len(val) == 0:
-        raise XpruneError(f"dataset {args.data!r} has no val split to tune on")
-    if args.val_size and args.val_size < len(val):
-        g = torch.Generator().manual_seed(args.seed)
-        val = val.subset(torch.randperm(len(val), generator=g)[: args.val_size])
-    space = {}
-    if args.rules:
-        space["rules"] = args.rules
-    if args.aggregate:
-        space["aggregate"] = args.aggregate
-    if args.score_normalize:
-        space["normalize"] = [None if n == "none" else n for n in args.score_normalize]
-    result = run_tune(model, ref, val, units=source.units, space=space or None, trials=args.trials,
-                      sampler=args.sampler, storage=args.storage, study_name=args.study_name, out=args.out,
-                      seed=args.seed, classes=args.classes, timeout=args.timeout,
-                      pruner=None if args.no_pruning else "bound", progress=distributed.is_main(),
-                      scope=args.scope, device=args.device, precision=args.precision,
-                      options={**opts.for_criterion("lrp"), **_target(source)})
-    say(result)
-    extra: dict[str, Any] = {"normalization": source.normalization, "data": args.data, "model": args.model}
-    from .. import evaluate
-
-    common = dict(units=source.units, scope=args.scope, classes=args.classes, device=args.device,
-                  precision=args.precision, rates=result.curve.rates, **_target(source))
-    if baseline is not None:
-        b = evaluate.curve(model, ref, val, "lrp", **{**common, **opts.for_criterion("lrp"),
-                                                      **baseline.for_criterion("lrp")})
-        say(f"baseline --composite {args.composite}: validation AUC {b.auc:.4f} "
-            f"(tuned: {result.best_value:.4f}, {result.best_value - b.auc:+.4f})")
-        extra["baseline"] = {"composite": args.composite, "validation_auc": b.auc, "curve": b.to_dict()}
-    if args.test:
-        c = evaluate.curve(model, ref, source.data.test, "lrp", **{**common, **result.options})
-        say(f"test AUC of the tuned composite: {c.auc:.4f}")
-        extra["test_auc"] = c.auc
-    if not distributed.is_main():
-        return 0
-    if (out / "summary.json").exists():
-        summary = json.loads((out / "summary.json").read_text())
-        summary.update(extra)
-        atomic_write(out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
-    how = {"composite": "the tuned LRP composite: --composite PATH (prune, curve), or "
-                        "xprune.score(..., 'lrp', composite=PATH)",
-           "summary": "every trial and the settings: json.load(open(path))",
-           "history": "validation AUC per trial (an image)", "importances": "what mattered (an image)"}
-    files = [(Path(path), how.get(name, "")) for name, path in result.files.items()]
-    if args.storage is None and (out / "study.db").exists():
-        files.append((out / "study.db", "the optuna study (SQLite): --resume continues it"))
-    _listing(_console(), files)
-    say(f"use it: {_next_command(args, result.composite)}")
+    _listing(
+        console,
+        [
+            (out / "curves.png", "accuracy vs pruning rate (an image)"),
+            (out / "curves.json", "the curves: json.load(open(path))['curves']"),
+            (out / "curves.md", "the table above, as markdown"),
+        ],
+    )
     return 0
 
 
@@ -462,8 +442,8 @@ def _hf_export_model(spec: str):
 
         model = hub.load(spec[3:]).model
     config = getattr(model, "config", None)
-    text = config is not None and getattr(config, "vocab_size", None) and not getattr(config, "num_channels", None)
-    return _Logits(model.eval()).eval(), (int(config.vocab_size) if text else None)
+    vocab = getattr(config, "vocab_size", None)  # None without a config
+    return _Logits(model.eval()).eval(), (int(vocab) if vocab and not getattr(config, "num_channels", None) else None)
 
 
 def export(args) -> int:
@@ -486,9 +466,11 @@ def export(args) -> int:
     except Exception as e:  # noqa: BLE001  (whatever the model raises on a wrong shape)
         first = str(e).splitlines()[0] if str(e) else ""
         what = "token ids" if vocab else "a float tensor"
-        raise XpruneError(f"--input-shape {','.join(map(str, shape))} does not fit the model ({type(e).__name__}: "
-                          f"{first}); give the shape of one batch of its inputs ({what}), batch first, e.g. "
-                          f"{'1,16' if vocab else '1,3,32,32 for RGB 32x32 images or 1,20 for 20 features'}") from None
+        raise XpruneError(
+            f"--input-shape {','.join(map(str, shape))} does not fit the model ({type(e).__name__}: "
+            f"{first}); give the shape of one batch of its inputs ({what}), batch first, e.g. "
+            f"{'1,16' if vocab else '1,3,32,32 for RGB 32x32 images or 1,20 for 20 features'}"
+        ) from None
     res = export_onnx(model, args.out, example, atol=args.atol)
     print(f"wrote {res['path']}; onnxruntime vs torch max |diff| = {res['max_abs_diff']:.2e}")
     print(f"  {res['path']}  open with onnxruntime.InferenceSession(path); its input is named 'input'")
@@ -504,8 +486,10 @@ def bench(args) -> int:
     if args.page_only:
         ignored = [f for f, v in (("scenarios", args.scenario), ("--quick", args.quick), ("--seeds", args.seeds)) if v]
         if ignored:
-            raise XpruneError(f"--page-only runs nothing, so {' and '.join(ignored)} would be ignored; drop "
-                              f"{'them' if len(ignored) > 1 else 'it'}, or drop --page-only")
+            raise XpruneError(
+                f"--page-only runs nothing, so {' and '.join(ignored)} would be ignored; drop "
+                f"{'them' if len(ignored) > 1 else 'it'}, or drop --page-only"
+            )
         print(f"wrote {_bench.results_page(args.out, args.page or 'docs/results.md')}")
         return 0
     _bench.run(args.scenario or None, out=args.out, quick=args.quick, seeds=args.seeds, page=args.page)

@@ -68,8 +68,10 @@ def _read(path: Path, reader, what: str):
     except (ModuleNotFoundError, AttributeError) as e:
         raise _import_error(path, e) from e
     except Exception as e:  # zip, pickle and safetensors errors of a damaged or foreign file
-        raise XpruneError(f"{path} cannot be read as {what} (truncated, corrupt or another format?): "
-                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise XpruneError(
+            f"{path} cannot be read as {what} (truncated, corrupt or another format?): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
 
 
 def _import_error(path: Path, e: BaseException) -> BaseException:
@@ -83,22 +85,27 @@ def _import_error(path: Path, e: BaseException) -> BaseException:
         return XpruneError(
             f"{path} is a saved module whose code lives in the Python module {name!r}, which cannot be imported "
             f"here ({e}); run from the folder holding {name.split('.')[0]}.py, or put that folder on the path: "
-            f"PYTHONPATH=/path/to/that/folder xprune ...")
-    return XpruneError(f"{path} is a saved module whose class cannot be found ({e}); the code that defined it "
-                       "has changed: restore it, or save model.state_dict() and use --model module:factory "
-                       "--weights FILE")
+            f"PYTHONPATH=/path/to/that/folder xprune ..."
+        )
+    return XpruneError(
+        f"{path} is a saved module whose class cannot be found ({e}); the code that defined it "
+        "has changed: restore it, or save model.state_dict() and use --model module:factory "
+        "--weights FILE"
+    )
 
 
-def load_model(spec: str, *, weights: str | None = None, dataset: str | None = None, seed: int = 0,
-               data_root: str | None = None) -> nn.Module:
+def load_model(
+    spec: str, *, weights: str | None = None, dataset: str | None = None, seed: int = 0, data_root: str | None = None
+) -> nn.Module:
     """A model from ``builtin:ARCH`` (trained on ``dataset``, cached), a saved module file, or ``module:factory``."""
     if spec.startswith("builtin:"):
         from ..models import pretrained
 
         if dataset is None:
             raise XpruneError("builtin models need --data naming a built-in dataset")
-        model, _ = pretrained(spec.split(":", 1)[1], dataset, seed=seed,
-                              data_kwargs={"root": data_root} if data_root else None)
+        model, _ = pretrained(
+            spec.split(":", 1)[1], dataset, seed=seed, data_kwargs={"root": data_root} if data_root else None
+        )
     elif spec.startswith("hf:"):
         raise XpruneError(f"--model {spec}: this command takes a torch module; hf: models are not supported here")
     elif Path(spec).exists():
@@ -109,8 +116,9 @@ def load_model(spec: str, *, weights: str | None = None, dataset: str | None = N
     elif ":" in spec:
         model = _from_factory(spec)
     else:
-        raise XpruneError(f"--model {spec!r}: no such file; use a saved module (.pt), module:factory, builtin:ARCH "
-                          "or hf:PATH")
+        raise XpruneError(
+            f"--model {spec!r}: no such file; use a saved module (.pt), module:factory, builtin:ARCH or hf:PATH"
+        )
     if weights:
         _load_weights(model, weights)
     if not isinstance(model, nn.Module):
@@ -121,16 +129,20 @@ def load_model(spec: str, *, weights: str | None = None, dataset: str | None = N
 def _from_factory(spec: str) -> Any:
     module_name, _, factory = spec.partition(":")
     if not module_name or not factory:
-        raise XpruneError(f"--model {spec!r}: give module:factory, e.g. mynet:make_net (mynet.py in the current "
-                          "folder or on PYTHONPATH)")
+        raise XpruneError(
+            f"--model {spec!r}: give module:factory, e.g. mynet:make_net (mynet.py in the current "
+            "folder or on PYTHONPATH)"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         missing = getattr(e, "name", None)
         if isinstance(e, ModuleNotFoundError) and missing and module_name.startswith(missing):
-            raise XpruneError(f"cannot import {module_name!r} for --model {spec}: no {missing.replace('.', '/')}.py in "
-                              f"the current folder ({os.getcwd()}) nor on PYTHONPATH; run from its folder or set "
-                              "PYTHONPATH=/path/to/its/folder") from e
+            raise XpruneError(
+                f"cannot import {module_name!r} for --model {spec}: no {missing.replace('.', '/')}.py in "
+                f"the current folder ({os.getcwd()}) nor on PYTHONPATH; run from its folder or set "
+                "PYTHONPATH=/path/to/its/folder"
+            ) from e
         raise XpruneError(f"importing {module_name!r} for --model {spec} failed: {e}") from e
     if not hasattr(module, factory):
         raise XpruneError(f"module {module_name!r} has no attribute {factory!r}")
@@ -139,8 +151,10 @@ def _from_factory(spec: str) -> Any:
     except XpruneError:
         raise
     except Exception as e:
-        raise XpruneError(f"--model {spec}: calling {factory}() failed ({type(e).__name__}: {e}); the factory must "
-                          "build the model without arguments") from e
+        raise XpruneError(
+            f"--model {spec}: calling {factory}() failed ({type(e).__name__}: {e}); the factory must "
+            "build the model without arguments"
+        ) from e
 
 
 def _load_weights(model: Any, weights: str) -> None:
@@ -161,8 +175,9 @@ def _load_weights(model: Any, weights: str) -> None:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
         first = [line.strip() for line in str(e).splitlines() if "size mismatch" in line][:2]
-        raise XpruneError(f"--weights {weights} do not fit the model: {'; '.join(first) or str(e).splitlines()[0]}"
-                          ) from None
+        raise XpruneError(
+            f"--weights {weights} do not fit the model: {'; '.join(first) or str(e).splitlines()[0]}"
+        ) from None
     if missing or unexpected:
         raise XpruneError(f"--weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
@@ -170,8 +185,15 @@ def _load_weights(model: Any, weights: str) -> None:
 # ----------------------------------------------------------------------------- data
 
 
-def load_data(spec: str, *, seed: int = 0, root: str | None = None, normalize: Any = "auto",
-              image_size: Any = None, grayscale: bool = False):
+def load_data(
+    spec: str,
+    *,
+    seed: int = 0,
+    root: str | None = None,
+    normalize: Any = "auto",
+    image_size: Any = None,
+    grayscale: bool = False,
+):
     """The dataset ``spec`` names (built-in name, ``.npz``/``.pt`` file or image folder), normalised as asked.
 
     Parameters
@@ -193,19 +215,24 @@ def load_data(spec: str, *, seed: int = 0, root: str | None = None, normalize: A
     if path.suffix.lower() in TEXT_SUFFIXES:
         raise XpruneError(f"--data {spec} is text: it needs a Hugging Face language model, --model hf:FOLDER")
     if root and (path.is_dir() or path.is_file()):
-        raise XpruneError(f"--data-root applies to built-in datasets (e.g. fashion-mnist); --data {spec} is a "
-                          f"{'folder' if path.is_dir() else 'file'} already")
+        raise XpruneError(
+            f"--data-root applies to built-in datasets (e.g. fashion-mnist); --data {spec} is a "
+            f"{'folder' if path.is_dir() else 'file'} already"
+        )
     if path.is_dir():
-        return xdata.load("folder", root=str(path), seed=seed, normalize=normalize, image_size=image_size,
-                          grayscale=bool(grayscale))
+        return xdata.load(
+            "folder", root=str(path), seed=seed, normalize=normalize, image_size=image_size, grayscale=bool(grayscale)
+        )
     given = [o for o, v in (("--image-size", image_size), ("--grayscale", grayscale)) if v]
     if given:
         what = "a data file" if path.suffix.lower() in DATA_SUFFIXES or path.is_file() else "a built-in dataset"
-        raise XpruneError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to image folders; "
-                          f"--data {spec} is {what}")
+        raise XpruneError(
+            f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to image folders; --data {spec} is {what}"
+        )
     if path.suffix.lower() in DATA_SUFFIXES or path.is_file():
         return xdata.load(str(path), seed=seed, normalize=normalize)
-    return xdata.load(spec, seed=seed, normalize=normalize, **({"root": root} if root else {}))
+    extra: dict[str, Any] = {"root": root} if root else {}
+    return xdata.load(spec, seed=seed, normalize=normalize, **extra)
 
 
 def _data(args, seed: int, *, normalize: Any = None, image_size: Any = None):
@@ -213,16 +240,23 @@ def _data(args, seed: int, *, normalize: Any = None, image_size: Any = None):
     if getattr(args, "max_length", None) is not None:
         raise XpruneError("--max-length applies to .txt/.jsonl text data of hf: language models")
     size = args.image_size if args.image_size is not None else (image_size if Path(args.data).is_dir() else None)
-    return load_data(args.data, seed=seed, root=getattr(args, "data_root", None),
-                     normalize=args.normalize if normalize is None else normalize, image_size=size,
-                     grayscale=args.grayscale)
+    return load_data(
+        args.data,
+        seed=seed,
+        root=getattr(args, "data_root", None),
+        normalize=args.normalize if normalize is None else normalize,
+        image_size=size,
+        grayscale=args.grayscale,
+    )
 
 
 def _no_image_options(args, what: str) -> None:
     given = [o for o, v in (("--image-size", args.image_size), ("--grayscale", args.grayscale)) if v]
     if given:
-        raise XpruneError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to image folders; "
-                          f"--data {args.data} is {what}")
+        raise XpruneError(
+            f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to image folders; "
+            f"--data {args.data} is {what}"
+        )
 
 
 def _hf(args, seed: int) -> Source:
@@ -237,8 +271,9 @@ def _hf(args, seed: int) -> Source:
     data_path = Path(args.data)
     if data_path.suffix.lower() in TEXT_SUFFIXES:
         if loaded.tokenizer is None:
-            raise XpruneError(f"--data {args.data} is text, but {args.model} has no tokenizer (an image model?); "
-                              "give an image folder")
+            raise XpruneError(
+                f"--data {args.data} is text, but {args.model} has no tokenizer (an image model?); give an image folder"
+            )
         _no_image_options(args, "text")
         if args.normalize not in ("auto", "none"):
             raise XpruneError("--normalize applies to images; text is tokenised as it is (drop --normalize)")
@@ -248,8 +283,10 @@ def _hf(args, seed: int) -> Source:
         data = hub.text_data(str(data_path), loaded.tokenizer, task=loaded.task, seed=seed, **kwargs)
         return Source(model, data, loaded, target, units)
     if loaded.tokenizer is not None and loaded.image_size is None:
-        raise XpruneError(f"{args.model} is a language model: give --data a .txt file (texts separated by blank "
-                          "lines) or a .jsonl file (one {'text': ..., 'label': ...} per line)")
+        raise XpruneError(
+            f"{args.model} is a language model: give --data a .txt file (texts separated by blank "
+            "lines) or a .jsonl file (one {'text': ..., 'label': ...} per line)"
+        )
     normalize = args.normalize
     if normalize == "auto" and loaded.normalization is not None:
         normalize = loaded.normalization
@@ -271,8 +308,9 @@ def load_source(args, *, seed: int = 0) -> Source:
     if args.model.startswith("hf:"):
         source = _hf(args, seed)
     else:
-        model = load_model(args.model, weights=args.weights, dataset=args.data, seed=seed,
-                           data_root=getattr(args, "data_root", None))
+        model = load_model(
+            args.model, weights=args.weights, dataset=args.data, seed=seed, data_root=getattr(args, "data_root", None)
+        )
         source = Source(model, _data(args, seed))
     if getattr(args, "units", None):
         source.units = args.units
@@ -288,8 +326,11 @@ def reference(source: Source, n_per_class: int, seed: int):
         try:
             return xdata.reference_samples(train, n_per_class, seed=seed)
         except XpruneError as e:  # name the option, not the Python argument
-            raise XpruneError(str(e).replace(f"n_per_class={n_per_class}", f"--n-per-class {n_per_class}")
-                              .replace("lower n_per_class", "lower --n-per-class")) from None
+            raise XpruneError(
+                str(e)
+                .replace(f"n_per_class={n_per_class}", f"--n-per-class {n_per_class}")
+                .replace("lower n_per_class", "lower --n-per-class")
+            ) from None
     if hasattr(train, "subset"):  # language models and embeddings: no classes to balance
         n = min(len(train), 10 * n_per_class)
         g = torch.Generator().manual_seed(seed)

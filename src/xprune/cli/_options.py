@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import inspect
 import json
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from ..errors import XpruneError
 
@@ -67,8 +68,17 @@ def _kinds(p: inspect.Parameter | None) -> list[str]:
         kinds.append({bool: "bool", int: "int", float: "float", str: "str"}.get(type(default), "json"))
     note = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
     if note is not p.empty:
-        for token, kind in (("bool", "bool"), ("int", "int"), ("float", "float"), ("str", "str"), ("list", "json"),
-                            ("dict", "json"), ("tuple", "json"), ("Sequence", "json"), ("Mapping", "json")):
+        for token, kind in (
+            ("bool", "bool"),
+            ("int", "int"),
+            ("float", "float"),
+            ("str", "str"),
+            ("list", "json"),
+            ("dict", "json"),
+            ("tuple", "json"),
+            ("Sequence", "json"),
+            ("Mapping", "json"),
+        ):
             if token in str(note) and kind not in kinds:
                 kinds.append(kind)
         if "Any" in str(note) and "json" not in kinds:
@@ -108,8 +118,9 @@ def convert(key: str, text: str, p: inspect.Parameter | None, owner: str) -> Any
             return _convert(text, kind)
         except (ValueError, TypeError):
             continue
-    wanted = " or ".join({"json": "JSON (a list or dict)"}.get(k, "true/false" if k == "bool" else k)
-                         for k in dict.fromkeys(kinds))
+    wanted = " or ".join(
+        {"json": "JSON (a list or dict)"}.get(k, "true/false" if k == "bool" else k) for k in dict.fromkeys(kinds)
+    )
     default = "" if p is None or p.default is p.empty else f" (default {p.default!r})"
     raise XpruneError(f"--option {key}={text}: {owner}'s option {key!r} takes {wanted}{default}; got {text!r}")
 
@@ -126,8 +137,14 @@ def describe(cls) -> str:
 class CriterionOptions:
     """The options of the chosen criteria: ``for_criterion(name)`` gives the keyword arguments of ``xprune.score``."""
 
-    def __init__(self, criteria: Sequence[str], pairs: Iterable[tuple[str, str]] = (), composite: str | None = None,
-                 *, fixed: Sequence[str] = ()):
+    def __init__(
+        self,
+        criteria: Sequence[str],
+        pairs: Iterable[tuple[str, str]] = (),
+        composite: str | None = None,
+        *,
+        fixed: Sequence[str] = (),
+    ):
         self.criteria = list(dict.fromkeys(criteria))
         self.classes = {name: criterion_class(name) for name in self.criteria}
         self.signatures = {name: parameters(cls) for name, cls in self.classes.items()}
@@ -138,7 +155,7 @@ class CriterionOptions:
             self.given[key] = value
         self.composite = composite
         self.from_file: dict[str, Any] = {}
-        self.source = None
+        self.source: str | None = None
         if composite is not None:
             self._composite(composite, fixed)
         for key in self.given:
@@ -164,16 +181,20 @@ class CriterionOptions:
             raise XpruneError("--option composite=...: use --composite NAME|FILE")
         if not self.takers(key):
             which = "criterion" if len(self.criteria) == 1 else "chosen criterion"
-            raise XpruneError(f"--option {key}: no {which} takes it ({self._listing()}; every criterion takes "
-                              "normalize=none|l1|l2|max)")
+            raise XpruneError(
+                f"--option {key}: no {which} takes it ({self._listing()}; every criterion takes "
+                "normalize=none|l1|l2|max)"
+            )
 
     def _composite(self, spec: str, fixed: Sequence[str]) -> None:
         from ..lrp import composite as resolve
         from ..lrp.files import is_composite_path, read_composite
 
         if not self.takers("composite"):
-            raise XpruneError(f"--composite is an option of lrp; the chosen {'criteria' if len(self.criteria) > 1 else 'criterion'} "
-                              f"{', '.join(self.criteria)} take{'' if len(self.criteria) > 1 else 's'} no composite")
+            raise XpruneError(
+                f"--composite is an option of lrp; the chosen {'criteria' if len(self.criteria) > 1 else 'criterion'} "
+                f"{', '.join(self.criteria)} take{'' if len(self.criteria) > 1 else 's'} no composite"
+            )
         if is_composite_path(spec):
             doc = read_composite(spec)
             resolve(spec)  # a file that does not resolve fails here, in one line
@@ -215,8 +236,9 @@ class CriterionOptions:
             except XpruneError as e:
                 raise XpruneError(f"criterion {name!r} refuses its options: {e}") from None
             except TypeError as e:
-                raise XpruneError(f"criterion {name!r} refuses its options ({e}); its options: "
-                                  f"{describe(self.classes[name])}") from None
+                raise XpruneError(
+                    f"criterion {name!r} refuses its options ({e}); its options: {describe(self.classes[name])}"
+                ) from None
 
     def summary(self) -> str | None:
         """One line saying which options apply (``None`` when none were given)."""
