@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.xprune-installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test demo bench clean
+.PHONY: install test lint demo bench docs wheel-check clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,11 +23,25 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# ruff (lint + format check) and mypy, configured in pyproject.toml; seconds
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
 demo: $(STAMP)
 	$(BIN)/xprune demo --overwrite
+
+# the documentation site, offline, warnings as errors (mkdocs.yml; output in site/)
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -d site
+
+# build sdist + wheel, check the metadata, install the wheel in a fresh venv and run it there
+wheel-check: $(STAMP)
+	PYTHON=$(BIN)/python bash .ci/wheel-check
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/speedup.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

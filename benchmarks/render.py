@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = ("README.md", "docs/results.md")
+FILES = ("README.md", "docs/results.md", "docs/benchmarks.md", "docs/control.md")
 BLOCK = re.compile(r"<!-- figures: (?P<spec>[^>]*?) -->\n(?P<body>.*?)<!-- /figures -->", re.S)
 
 
@@ -361,12 +361,50 @@ def llm(d: dict, calib: int | None = 128) -> str:
     return "\n".join(out + ["", _source_line(d, script="llm.py")])
 
 
+def faithful(*ds: dict) -> str:
+    """The published methods at 50% of the MACs, one fine-tuning budget (benchmarks/faithful.py; a file per setting)."""
+    out = []
+    for res in (r for d in ds for r in d["results"]):
+        out += [f"**{res['arch']} on {res['data']}**: unpruned test accuracy {res['unpruned_accuracy']:.3f} "
+                f"({res['test_n']} test samples), {res['macs'] / 1e6:.2f} M MACs, {res['units']} prunable channels.",
+                "", "| method | MACs removed % | acc. before FT | acc. after FT | scoring s |", "|---|---|---|---|---|"]
+        best = max(statistics.fmean([r["acc"] for r in rs]) for rs in res["rows"].values())
+        for m, rs in res["rows"].items():
+            before = [r["acc_no_ft"] for r in rs if r["acc_no_ft"] is not None]
+            acc = _ms([r["acc"] for r in rs])
+            if statistics.fmean([r["acc"] for r in rs]) == best:
+                acc = f"**{acc}**"
+            out.append(f"| {m} | {_ms([100 * r['macs_reduction'] for r in rs], 1)} | "
+                       f"{_ms(before) if before else 'interleaved'} | {acc} | {_ms([r['score_seconds'] for r in rs], 1)} |")
+        out.append("")
+    st = ds[0]["settings"]
+    out.append(f"Seeds {st['seeds']} (reference samples, ISP stages, fine-tuning order); {st['per_class']} reference "
+               f"samples per class; fine-tuning {st['ft_steps']} Adam steps, lr {st['ft_lr']}, for every row; "
+               f"entwined: {st['entwined_steps']} rounds sharing those steps; lrp (tuned): {st['trials']} random-search "
+               "trials of `xprune.tune` on validation data, seed 0. ISP scoring time = training its three stages.")
+    return "\n".join(out + ["", _source_line(*ds, script="faithful.py")])
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
     "speedup": speedup, "scale": scale, "lrp_speed": lrp_speed, "guarantee": guarantee, "pxp_tune": pxp_tune,
     "pxp_tune_units": pxp_tune_units, "transfer": transfer, "entwined": entwined, "headline": headline,
     "steered": steered, "minilm": minilm, "vit_pxp": vit_pxp, "llm": llm,
-    "llm_all": lambda d: llm(d, calib=None),
+    "llm_all": lambda d: llm(d, calib=None), "faithful": faithful,
 }
+
+
+def _script(name: str) -> Callable[..., str]:
+    """The renderer a benchmark script defines itself (``render(d)``), imported when a block needs it."""
+    def render_with(d: dict) -> str:
+        import importlib
+
+        return importlib.import_module(name).render(d)
+
+    return render_with
+
+
+RENDERERS.update(control_lm=_script("control_lm"), control_shortcut=_script("control_shortcut"),
+                 control_minilm=_script("control_minilm"))
 
 
 # ----------------------------------------------------------------------------- blocks and the check

@@ -116,11 +116,12 @@ def randomize_bn(model: nn.Module, seed: int = 0, centred: bool = False) -> nn.M
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             n = m.num_features
+            assert m.running_mean is not None and m.running_var is not None  # BatchNorm with running statistics
             with torch.no_grad():
-                m.running_mean.copy_(0 if centred else torch.randn(n, generator=g) * 0.3)
+                m.running_mean.copy_(torch.zeros(n) if centred else torch.randn(n, generator=g) * 0.3)
                 m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(0 if centred else torch.randn(n, generator=g) * 0.2)
+                m.bias.copy_(torch.zeros(n) if centred else torch.randn(n, generator=g) * 0.2)
     return model
 
 

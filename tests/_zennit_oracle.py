@@ -22,7 +22,6 @@ from torch import nn
 
 from xprune.models.layers import Add
 
-
 _STUB = ("torchvision", "torchvision.models", "torchvision.models.resnet")
 
 
@@ -39,8 +38,8 @@ def _install_torchvision_stub() -> bool:
     class Bottleneck(nn.Module):
         pass
 
-    resnet.BasicBlock, resnet.Bottleneck = BasicBlock, Bottleneck
-    tv.models, models.resnet = models, resnet
+    resnet.BasicBlock, resnet.Bottleneck = BasicBlock, Bottleneck  # type: ignore[attr-defined]  # stub modules
+    tv.models, models.resnet = models, resnet  # type: ignore[attr-defined]  # stub modules
     tv.__path__ = []  # mark as package
     models.__path__ = []
     sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet})
@@ -50,11 +49,9 @@ def _install_torchvision_stub() -> bool:
 _stubbed = _install_torchvision_stub()
 try:
     zennit = pytest.importorskip("zennit")
-    from zennit import canonizers as zc  # noqa: E402
-    from zennit import composites as zcomp  # noqa: E402
-    from zennit import rules as zr  # noqa: E402
-    from zennit.layer import Sum  # noqa: E402
-    from zennit.types import Convolution, Linear as ZLinear  # noqa: E402
+    from zennit import canonizers as zc, composites as zcomp, rules as zr
+    from zennit.layer import Sum
+    from zennit.types import Convolution, Linear as ZLinear
 finally:
     # zennit holds its references now; other libraries (transformers) probe for torchvision
     # with importlib.util.find_spec, which a stub without a spec would break
@@ -95,7 +92,7 @@ class ExactMergeBatchNorm(zc.SequentialMergeBatchNorm):
 def zennit_model(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with every :class:`Add` replaced by :class:`StackSum`."""
     twin = copy.deepcopy(model)
-    for name, module in list(twin.named_modules()):
+    for _name, module in list(twin.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, Add):
                 setattr(module, child_name, StackSum())
@@ -126,6 +123,7 @@ def zennit_relevance_twin(twin, x, target, composite, layers=(), canonize=True):
     store = {}
     handles = []
     for n in layers:
+
         def hook(m, a, o, n=n):
             o.retain_grad()
             store[n] = o
@@ -155,7 +153,7 @@ def layer_map_base(stabilizer=1e-6):
 
 def rule_composite(conv_rule, linear_rule, first_rule=None, first_types=ZLinear):
     """zennit composite: conv -> conv_rule, linear -> linear_rule (+ base map, optional first-layer rule)."""
-    layer_map = layer_map_base() + [(Convolution, conv_rule), (nn.Linear, linear_rule)]
+    layer_map = [*layer_map_base(), (Convolution, conv_rule), (nn.Linear, linear_rule)]
     if first_rule is None:
         return zcomp.LayerMapComposite(layer_map=layer_map)
     return zcomp.SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=[(first_types, first_rule)])
@@ -172,4 +170,15 @@ def preset(name: str, **kwargs):
     }[name](**kwargs)
 
 
-__all__ = ["zennit", "zr", "zcomp", "zc", "StackSum", "zennit_model", "zennit_relevance", "zennit_relevance_twin", "rule_composite", "preset"]
+__all__ = [
+    "zennit",
+    "zr",
+    "zcomp",
+    "zc",
+    "StackSum",
+    "zennit_model",
+    "zennit_relevance",
+    "zennit_relevance_twin",
+    "rule_composite",
+    "preset",
+]

@@ -9,10 +9,10 @@ import torch
 import torch_pruning as tp
 
 import xprune
+from tiny_models import ConvBN, Residual, randomize_bn
 from xprune import bench
 from xprune.cli import main
 from xprune.integrations.torch_pruning import XpruneImportance
-from tiny_models import ConvBN, Residual, randomize_bn
 
 
 def _data(n=24, seed=0):
@@ -75,8 +75,9 @@ def test_xprune_importance_in_metapruner():
     head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     imp = XpruneImportance("lrp", data, composite="zplus")
     before = xprune.evaluate.count(model, data[0][:1])["params"]
-    pruner = tp.pruner.MetaPruner(model, data[0][:1], importance=imp, pruning_ratio=0.5, global_pruning=True,
-                                  ignored_layers=[head])
+    pruner = tp.pruner.MetaPruner(
+        model, data[0][:1], importance=imp, pruning_ratio=0.5, global_pruning=True, ignored_layers=[head]
+    )
     pruner.step()
     after = xprune.evaluate.count(model, data[0][:1])["params"]
     assert after < before

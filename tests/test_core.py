@@ -8,10 +8,9 @@ import torch
 from torch import nn
 
 import xprune
+from tiny_models import MLP, Branches, ConvBN, Residual, randomize_bn
 from xprune import DataError, NothingToPrune, Plan, Scores, XpruneError
 from xprune.criteria import HookedCriterion, register
-
-from tiny_models import MLP, Branches, ConvBN, Residual, randomize_bn
 
 BASELINES = ["weight", "l2", "gradient", "taylor", "activation", "random"]
 
@@ -88,10 +87,14 @@ def test_remove_equals_mask(cls, criterion, scope):
 
 
 def test_parameter_count_drops_exactly():
-    m, X, y = make(ConvBN)
+    m, _X, _y = make(ConvBN)
     # conv1 (3->8, 3x3) -> bn1 -> conv2 (8->6, 3x3) -> bn2 -> fc1 (96->12) -> fc2 (12->5)
-    plan = Plan("channels", {"conv1": [0, 3, 5], "conv2": [1], "fc1": [2, 4]},
-                {"conv1": 8, "conv2": 6, "fc1": 12}, example={"shape": [1, 3, 8, 8], "dtype": "float32"})
+    plan = Plan(
+        "channels",
+        {"conv1": [0, 3, 5], "conv2": [1], "fc1": [2, 4]},
+        {"conv1": 8, "conv2": 6, "fc1": 12},
+        example={"shape": [1, 3, 8, 8], "dtype": "float32"},
+    )
     pruned = xprune.apply(m, plan)
     conv1 = 3 * (3 * 9 + 1 + 2)  # filters + bias + BN weight/bias
     conv2_in = 3 * 6 * 9
@@ -133,14 +136,20 @@ def test_user_model_untouched_unless_inplace():
     assert m.training and all(mod.training for mod in m.modules())
     assert all(p.grad is None for p in m.parameters())
     pruned = xprune.apply(m, plan, inplace=True)
-    assert pruned is m and n_params(m) < sum(v.numel() for k, v in before.items() if "running" not in k and "num_batches" not in k)
+    assert pruned is m and n_params(m) < sum(
+        v.numel() for k, v in before.items() if "running" not in k and "num_batches" not in k
+    )
 
 
 def test_inplace_failure_leaves_model_whole():
-    m, X, y = make(ConvBN)
+    m, _X, _y = make(ConvBN)
     before = copy.deepcopy(m.state_dict())
-    bad = Plan("channels", {"conv1": [0], "fc1": [0]}, {"conv1": 8, "fc1": 99},
-               example={"shape": [1, 3, 8, 8], "dtype": "float32"})
+    bad = Plan(
+        "channels",
+        {"conv1": [0], "fc1": [0]},
+        {"conv1": 8, "fc1": 99},
+        example={"shape": [1, 3, 8, 8], "dtype": "float32"},
+    )
     with pytest.raises(XpruneError, match="fc1"):
         xprune.apply(m, bad, inplace=True)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
@@ -193,7 +202,7 @@ def test_baselines_match_hand_computation():
     s = xprune.score(m, (X, y), "l2", **opts)
     assert torch.allclose(s["fc2"], m.fc2.weight.norm(dim=1).double())
     s = xprune.score(m, (X, y), "gradient", **opts)
-    for k, (a, g) in hand.items():
+    for k, (_a, g) in hand.items():
         assert torch.allclose(s[k], g.mean(0).abs().double(), atol=1e-6)
     s = xprune.score(m, (X, y), "taylor-mean", **opts)  # |mean over samples|: signs of samples cancel
     for k, (a, g) in hand.items():
@@ -216,11 +225,11 @@ def test_baselines_match_hand_computation():
     for k, t in (("fc1", (z1 * g1).abs().mean(0).double()), ("fc2", (z2 * g2).abs().mean(0).double())):
         assert torch.allclose(s[k], t / t.norm(), atol=1e-6)
     s = xprune.score(m, (X, y), "activation", **opts)
-    for k, (a, g) in hand.items():
+    for k, (a, _g) in hand.items():
         assert torch.allclose(s[k], a.abs().mean(0).double(), atol=1e-6)
     # the default for the other baselines: every layer's mean score 1
     s = xprune.score(m, (X, y), "activation")
-    for k, (a, g) in hand.items():
+    for k, (a, _g) in hand.items():
         t = a.abs().mean(0).double()
         assert torch.allclose(s[k], t / t.mean(), atol=1e-6)
 
@@ -396,7 +405,7 @@ def test_clear_errors():
     with pytest.raises(DataError, match="integer class indices"):
         xprune.data.Split(X, torch.full((len(X),), 0.25))
     assert torch.equal(xprune.score(m, (X, y.float()), "taylor")["conv1"], xprune.score(m, (X, y), "taylor")["conv1"])
-    with pytest.raises(XpruneError, match="known criteria: .*taylor"):
+    with pytest.raises(XpruneError, match=r"known criteria: .*taylor"):
         xprune.score(m, (X, y), "no-such-criterion")
     with pytest.raises(NothingToPrune, match="no prunable channels"):
         xprune.score(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), (torch.randn(2, 4), torch.tensor([0, 1])), "weight")
@@ -423,6 +432,5 @@ def test_nan_inputs_and_scores_are_refused():
     broken = copy.deepcopy(m)
     with torch.no_grad():
         broken.conv2.weight[0, 0, 0, 0] = float("inf")
-    with pytest.raises(DataError, match="NaN/Inf scores for .*conv2"):
+    with pytest.raises(DataError, match=r"NaN/Inf scores for .*conv2"):
         xprune.score(broken, (X, y), "weight")
-

@@ -7,12 +7,11 @@ import pytest
 import torch
 
 import xprune
+from tiny_models import MLP, Branches, ConvBN, Residual, randomize_bn
 from xprune import XpruneError
 from xprune.costs import CostModel
 from xprune.evaluate import count
 from xprune.models import build
-
-from tiny_models import MLP, Branches, ConvBN, Residual, randomize_bn
 
 TINY = (ConvBN, Residual, Branches)
 
@@ -30,7 +29,7 @@ def _reference(name):
     return m, torch.randn(16, 1, 28, 28), torch.arange(16) % 10
 
 
-@pytest.mark.parametrize("cls", TINY + (MLP,))
+@pytest.mark.parametrize("cls", (*TINY, MLP))
 def test_cost_model_is_exact_for_any_plan(cls):
     m, X, y = _tiny(cls)
     scores = xprune.score(m, (X, y), "weight")
@@ -41,8 +40,14 @@ def test_cost_model_is_exact_for_any_plan(cls):
     rng = random.Random(0)
     for _ in range(4):
         remove = {n: sorted(rng.sample(range(v.numel()), rng.randint(0, v.numel() - 1))) for n, v in scores.items()}
-        plan = xprune.Plan("channels", remove, {n: v.numel() for n, v in scores.items()}, dict(scores.members),
-                           dict(scores.roots), scores.example)
+        plan = xprune.Plan(
+            "channels",
+            remove,
+            {n: v.numel() for n, v in scores.items()},
+            dict(scores.members),
+            dict(scores.roots),
+            scores.example,
+        )
         measured = count(xprune.apply(m, plan), X[:1])
         assert cm.of_plan(plan, "macs") == measured["macs"]
         assert cm.of_plan(plan, "params") == measured["params"]
@@ -168,8 +173,14 @@ def test_cost_model_on_grouped_convs(family):
     rng = random.Random(1)
     for _ in range(3):
         remove = {n: sorted(rng.sample(range(v.numel()), rng.randint(0, v.numel() - 1))) for n, v in scores.items()}
-        plan = xprune.Plan("channels", remove, {n: v.numel() for n, v in scores.items()}, dict(scores.members),
-                           dict(scores.roots), scores.example)
+        plan = xprune.Plan(
+            "channels",
+            remove,
+            {n: v.numel() for n, v in scores.items()},
+            dict(scores.members),
+            dict(scores.roots),
+            scores.example,
+        )
         measured = count(xprune.apply(m, plan), X[:1])
         assert cm.of_plan(plan, "macs") == pytest.approx(measured["macs"], rel=1e-9)
         assert cm.of_plan(plan, "params") == pytest.approx(measured["params"], rel=1e-9)

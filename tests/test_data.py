@@ -130,7 +130,7 @@ def test_toy_sets(name, k):
 
 
 def test_unknown_name_lists_known():
-    with pytest.raises(ValueError, match="digits.*fashion-mnist"):
+    with pytest.raises(ValueError, match=r"digits.*fashion-mnist"):
         data.load("cifar-1000")
     assert {"digits", "mnist", "fashion-mnist", "folder", "circles", "moons", "blobs"} <= set(data.available())
     assert set(data.available()) == set(data.DATASETS)
@@ -209,7 +209,7 @@ def test_folder_errors(tmp_path):
         data.load_folder(tmp_path / "r")
     assert data.load_folder(tmp_path / "r", image_size=(3, 5)).X.shape == (2, 3, 3, 5)
     (tmp_path / "r" / "b" / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="broken.png"):
+    with pytest.raises(ValueError, match=r"broken\.png"):
         data.load_folder(tmp_path / "r", image_size=3)
 
 
@@ -320,7 +320,7 @@ def _rows(ds: Dataset) -> list[tuple]:
     """Every sample of the three splits as a (label, values...) tuple, sorted: what was loaded, in any order."""
     y = torch.cat([ds.train.y, ds.val.y, ds.test.y])
     X = torch.cat([ds.train.X, ds.val.X, ds.test.X]).reshape(len(y), -1)
-    return sorted((int(c),) + tuple(r) for c, r in zip(y.tolist(), X.double().numpy().tolist()))
+    return sorted((int(c), *r) for c, r in zip(y.tolist(), X.double().numpy().tolist(), strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -354,7 +354,7 @@ def test_files_are_fed_as_stored_by_default(digits16):
     # file was standardised without a word; now the file's values reach the model unchanged
     path, X, y, model = digits16
     ds = data.load(path)
-    assert _rows(ds) == sorted((int(c),) + tuple(r) for c, r in zip(y, X.reshape(len(X), -1).astype(np.float64)))
+    assert _rows(ds) == sorted((int(c), *r) for c, r in zip(y, X.reshape(len(X), -1).astype(np.float64), strict=True))
     assert ds.mean is None and ds.std is None
     assert ds.normalization == {"method": "none", "requested": "auto"}
     assert _accuracy(model, ds.test) > 0.9
@@ -431,8 +431,11 @@ def test_bad_normalisation_gives_one_line_errors(digits16, tmp_path):
     cases = [
         ("zscore", XpruneError, r"normalize must be 'auto', 'mean-std', 'none', .*; got 'zscore'"),
         (5, XpruneError, r"normalize must be .*; got int 5"),
-        ({"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}, DataError,
-         r"has 3 mean value\(s\) but the data has 1 channel; give one value per channel, or a single number"),
+        (
+            {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]},
+            DataError,
+            r"has 3 mean value\(s\) but the data has 1 channel; give one value per channel, or a single number",
+        ),
         ({"mean": 0.1, "std": 0}, XpruneError, r"has std \[0\]; every std must be > 0"),
         ({"mean": 0.1, "std": [-1.0]}, XpruneError, r"every std must be > 0"),
         ({"mean": 0.1}, XpruneError, r"needs keys 'mean' and 'std'.*lacks 'std'"),
@@ -440,14 +443,18 @@ def test_bad_normalisation_gives_one_line_errors(digits16, tmp_path):
         ({"mean": float("nan"), "std": 1}, XpruneError, r"every value must be finite"),
         (tmp_path / "broken.json", XpruneError, r"broken\.json is not a readable normalisation file"),
         (tmp_path / "list.json", XpruneError, r"list\.json must be a JSON object .*; got a list"),
-        (str(tmp_path / "missing.json"), XpruneError, r"missing\.json does not exist; write one with "
-                                                      r"xprune\.data\.save_normalization"),
+        (
+            str(tmp_path / "missing.json"),
+            XpruneError,
+            r"missing\.json does not exist; write one with "
+            r"xprune\.data\.save_normalization",
+        ),
     ]
     for spec, cls, match in cases:
         with pytest.raises(cls, match=match) as info:
             data.load(path, normalize=spec)
         assert "\n" not in str(info.value), spec
-    with pytest.raises(XpruneError, match="a Dataset from xprune.data.load"):
+    with pytest.raises(XpruneError, match=r"a Dataset from xprune\.data\.load"):
         data.save_normalization([0.1], tmp_path / "x.json")
     with pytest.raises(XpruneError, match="every std must be > 0"):
         data.save_normalization({"mean": [0.0], "std": [0.0]}, tmp_path / "x.json")
@@ -460,7 +467,7 @@ def test_uint8_files_and_folders_record_their_scaling(tmp_path):
     ds = data.load(tmp_path / "u8.npz")
     assert ds.normalization["input_scaling"] == "uint8 values divided by 255 (to [0, 1])"
     assert "uint8 values divided by 255" in ds.describe_normalization()
-    assert _rows(ds) == sorted((c % 2,) + tuple(np.float32(v) / np.float32(255) for v in r) for c, r in enumerate(X))
+    assert _rows(ds) == sorted((c % 2, *(np.float32(v) / np.float32(255) for v in r)) for c, r in enumerate(X))
     for cls, v in (("cat", 10), ("dog", 200)):
         for i in range(4):
             _png(tmp_path / "imgs" / cls / f"{i}.png", value=v + i)
@@ -468,7 +475,7 @@ def test_uint8_files_and_folders_record_their_scaling(tmp_path):
     assert folder.normalization["method"] == "none" and "255" in folder.normalization["input_scaling"]
     whole = data.load_folder(tmp_path / "imgs")  # pixels as read, not standardised
     flat = whole.X.reshape(8, -1).double().tolist()
-    assert _rows(folder) == sorted((int(c),) + tuple(r) for c, r in zip(whole.y, flat))
+    assert _rows(folder) == sorted((int(c), *r) for c, r in zip(whole.y, flat, strict=True))
 
 
 def test_folder_options_grayscale_and_image_size(tmp_path):
@@ -488,8 +495,12 @@ def test_folder_options_grayscale_and_image_size(tmp_path):
     gray = data.load_folder(tmp_path, image_size=6, grayscale=True)
     v = 10
     assert abs(gray.X[0, 0, 0, 0].item() - round((299 * v + 587 * (255 - v)) / 1000) / 255) < 1.5 / 255
-    for bad, match in ((0, "image_size must be a positive int"), ("big", "image_size must be"),
-                       ((3, 4, 5), "image_size must be"), (True, "image_size must be")):
+    for bad, match in (
+        (0, "image_size must be a positive int"),
+        ("big", "image_size must be"),
+        ((3, 4, 5), "image_size must be"),
+        (True, "image_size must be"),
+    ):
         with pytest.raises(ValueError, match=match):
             data.load("folder", root=tmp_path, image_size=bad)
     with pytest.raises(TypeError, match="grayscale must be True or False; got str 'no'"):

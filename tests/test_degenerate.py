@@ -42,8 +42,11 @@ def _mlp(hidden=64, mid=16, seed=0):
 def test_local_ratio_rounding_to_zero_is_said():
     # two layers of 2 units each (e.g. 2 KV groups per layer): 25% of 2 rounds down to 0 in every layer
     s = _scores({"layer0": [0.3, 0.1], "layer1": [0.2, 0.4]})
-    with pytest.warns(DegenerateResult, match=r"removes nothing: 0\.25 of each group's units rounds down to 0.*"
-                                              r"scope='global', or a ratio >= 0\.5") as rec:
+    with pytest.warns(
+        DegenerateResult,
+        match=r"removes nothing: 0\.25 of each group's units rounds down to 0.*"
+        r"scope='global', or a ratio >= 0\.5",
+    ) as rec:
         plan = xprune.select(s, 0.25, scope="local")
     assert rec[0].filename == __file__  # points at the user's call, not into xprune
     assert plan.n_removed == 0
@@ -57,8 +60,11 @@ def test_local_ratio_rounding_to_zero_is_said():
 
 def test_global_ratio_below_one_unit_is_said():
     s = _scores({"a": [0.1, 0.2, 0.3], "b": [0.4, 0.5, 0.6, 0.7]})
-    with pytest.warns(DegenerateResult, match=r"select\(ratio=0\.1\) removes nothing: 0\.1 of the 7 units is less "
-                                              r"than one unit; use a ratio >= 0\.143"):
+    with pytest.warns(
+        DegenerateResult,
+        match=r"select\(ratio=0\.1\) removes nothing: 0\.1 of the 7 units is less "
+        r"than one unit; use a ratio >= 0\.143",
+    ):
         assert xprune.select(s, 0.1).n_removed == 0
     assert _quiet(lambda: xprune.select(s, 0.0))[1] == []  # ratio 0 asks for nothing: no warning
 
@@ -87,8 +93,11 @@ def test_mac_budget_below_one_unit_is_said():
     cm = CostModel(m, s)
     ri, ro = cm.empty()
     least = min(cm.marginal(n, i, ri, ro, "macs") for n in s for i in range(s[n].numel())) / cm.base["macs"]
-    with pytest.warns(DegenerateResult, match=rf"by='macs'\) removes nothing: removing any single unit saves at "
-                                              rf"least {100 * least:.3g}% of the model's macs"):
+    with pytest.warns(
+        DegenerateResult,
+        match=rf"by='macs'\) removes nothing: removing any single unit saves at "
+        rf"least {100 * least:.3g}% of the model's macs",
+    ):
         assert xprune.select(s, least / 2, by="macs", costs=cm).n_removed == 0
 
 
@@ -112,22 +121,29 @@ def test_by_macs_never_goes_below_min_keep(scope):
     s = s._replace({"0": torch.linspace(0, 0.01, 64), "2": torch.linspace(1, 2, 16)})
     for ratio in (0.5, 0.8, 0.95, 0.99):
         for min_keep in (1, 3, 0.25):
-            plan, said = _quiet(lambda: xprune.select(s, ratio, by="macs", model=m, scope=scope, min_keep=min_keep))
+            plan, said = _quiet(
+                lambda ratio=ratio, min_keep=min_keep: xprune.select(
+                    s, ratio, by="macs", model=m, scope=scope, min_keep=min_keep
+                )
+            )
             for name, size in plan.sizes.items():
                 kept = size - len(plan.remove[name])
                 floor = math.ceil(min_keep * size) if isinstance(min_keep, float) else min_keep
                 assert kept >= min(size, floor), (ratio, min_keep, name, kept)
                 if size >= 8 and kept <= 2:  # a bottleneck the budget allowed is said
-                    assert any(f"'{name}' with {kept} of its {size}" in msg or f"{name} ({kept} of {size})" in msg
-                               for msg in said), said
+                    assert any(
+                        f"'{name}' with {kept} of its {size}" in msg or f"{name} ({kept} of {size})" in msg
+                        for msg in said
+                    ), said
     with pytest.warns(DegenerateResult, match=r"group '0' with 1 of its 64 units, a bottleneck"):
         xprune.select(s, 0.95, by="macs", model=m)
 
 
 def test_a_plan_below_min_keep_is_named():
     # plans are not only made by select (hand-built, edited, by other methods): Plan.warnings() checks them
-    plan = Plan("channels", {"a": [0, 1, 2, 3], "b": list(range(7)), "c": []}, {"a": 4, "b": 10, "c": 3},
-                meta={"min_keep": 0.5})
+    plan = Plan(
+        "channels", {"a": [0, 1, 2, 3], "b": list(range(7)), "c": []}, {"a": 4, "b": 10, "c": 3}, meta={"min_keep": 0.5}
+    )
     msgs = plan.warnings()
     assert len(msgs) == 1 and "2 groups with fewer units than min_keep=0.5" in msgs[0]
     assert "a (0 of 4, at least 2)" in msgs[0] and "b (3 of 10, at least 5)" in msgs[0]
@@ -138,9 +154,15 @@ def test_a_plan_below_min_keep_is_named():
 
 def test_a_normal_plan_says_nothing():
     m, s = _mlp()
-    for kwargs in ({}, {"scope": "local"}, {"by": "macs", "model": m}, {"by": "params", "model": m},
-                   {"round_to": 4}, {"min_keep": 0.25}):
-        plan, said = _quiet(lambda: xprune.select(s, 0.3, **kwargs))
+    for kwargs in (
+        {},
+        {"scope": "local"},
+        {"by": "macs", "model": m},
+        {"by": "params", "model": m},
+        {"round_to": 4},
+        {"min_keep": 0.25},
+    ):
+        plan, said = _quiet(lambda kwargs=kwargs: xprune.select(s, 0.3, **kwargs))
         assert plan.n_removed > 0 and said == [] and plan.warnings() == [], kwargs
     with warnings.catch_warnings():
         warnings.simplefilter("error", DegenerateResult)
@@ -161,8 +183,11 @@ def test_chance_level_is_the_majority_rate():
 
 
 def test_accuracy_at_chance_is_said():
-    with pytest.warns(DegenerateResult, match=r"the pruned model has accuracy 0\.1000, down from 0\.9500, which is "
-                                              r"at chance level \(0\.1000, 1/10 classes\).*prune less") as rec:
+    with pytest.warns(
+        DegenerateResult,
+        match=r"the pruned model has accuracy 0\.1000, down from 0\.9500, which is "
+        r"at chance level \(0\.1000, 1/10 classes\).*prune less",
+    ) as rec:
         msg = warn_if_chance(0.1, 10, before=0.95)
     assert rec[0].filename == __file__ and msg == str(rec[0].message)
     # the threshold: chance + a tenth of the gap to perfect (0.19 for 10 balanced classes)
@@ -172,20 +197,28 @@ def test_accuracy_at_chance_is_said():
     # a model at chance before pruning: not the pruning's doing, so no warning about the pruned one
     assert _quiet(lambda: warn_if_chance(0.1, 10, before=0.12)) == (None, [])
     # without `before` (the model as loaded), the advice is to check the data against the model
-    with pytest.warns(DegenerateResult, match=r"the model before pruning has accuracy 0\.1200.*check that the data "
-                                              r"matches the model \(the same input normalisation"):
+    with pytest.warns(
+        DegenerateResult,
+        match=r"the model before pruning has accuracy 0\.1200.*check that the data "
+        r"matches the model \(the same input normalisation",
+    ):
         warn_if_chance(0.12, 10, what="the model before pruning")
     # the majority-class rate raises chance: 90% of one class makes 0.9 accuracy no better than guessing
-    with pytest.warns(DegenerateResult, match=r"0\.9000, down from 0\.9990, which is at chance level "
-                                              r"\(0\.9000, the majority-class rate\)"):
+    with pytest.warns(
+        DegenerateResult,
+        match=r"0\.9000, down from 0\.9990, which is at chance level "
+        r"\(0\.9000, the majority-class rate\)",
+    ):
         warn_if_chance(0.9, 2, chance=0.9, before=0.999)
     assert _quiet(lambda: warn_if_chance(0.9, 2, before=0.999)) == (None, [])
 
 
 def test_chance_check_refuses_bad_input():
-    for args, kwargs, match in (((1.5, 10), {}, r"accuracy must be a number in \[0, 1\]"),
-                                ((0.5, 0), {}, "n_classes must be a positive int"),
-                                ((0.5, 10), {"before": -1}, "before must be a number in"),
-                                ((0.5, 10), {"chance": 2}, "chance must be a rate")):
+    for args, kwargs, match in (
+        ((1.5, 10), {}, r"accuracy must be a number in \[0, 1\]"),
+        ((0.5, 0), {}, "n_classes must be a positive int"),
+        ((0.5, 10), {"before": -1}, "before must be a number in"),
+        ((0.5, 10), {"chance": 2}, "chance must be a rate"),
+    ):
         with pytest.raises(XpruneError, match=match):
             warn_if_chance(*args, **kwargs)

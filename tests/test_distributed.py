@@ -53,7 +53,7 @@ def _all_scores(model, X, y):
     out = {}
     for name in SHARDED:
         out[name] = xprune.score(model, (X, y), name, batch_size=BATCH)
-    batches = [(X[i:i + 5], y[i:i + 5]) for i in range(0, len(X), 5)]  # a plain iterable: split sample by sample
+    batches = [(X[i : i + 5], y[i : i + 5]) for i in range(0, len(X), 5)]  # a plain iterable: split sample by sample
     out["taylor-iterable"] = xprune.score(model, batches, "taylor", batch_size=BATCH)
     out["weight"] = xprune.score(model, (X, y), "weight")  # replicated
     out["own-weights"] = xprune.score(model, (X, y), _own_weights_taylor(), "weights", batch_size=BATCH)  # fallback
@@ -67,8 +67,9 @@ def _new_scores(model, X, y):
     d = (X, y)
     return {
         "singe": xprune.score(model, d, "singe", n_steps=3, batch_size=BATCH),
-        "singe-network-loss": xprune.score(model, d, "singe", n_steps=2, scope="network", objective="loss",
-                                           batch_size=BATCH),
+        "singe-network-loss": xprune.score(
+            model, d, "singe", n_steps=2, scope="network", objective="loss", batch_size=BATCH
+        ),
         "ig-sum": xprune.score(model, d, "integrated-gradients", n_steps=3, batch_size=BATCH),
         "ig-abs": xprune.score(model, d, "integrated-gradients", n_steps=3, aggregate="abs", batch_size=BATCH),
         "taylor-weights": xprune.score(model, d, "taylor", "weights", batch_size=BATCH),
@@ -84,9 +85,18 @@ def _tiny_llama(vocab: int, heads: int, kv_heads: int, intermediate: int, positi
     import transformers as T
 
     torch.manual_seed(0)
-    cfg = T.LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=heads,
-                        num_key_value_heads=kv_heads, intermediate_size=intermediate,
-                        max_position_embeddings=positions, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    cfg = T.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=positions,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     return T.LlamaForCausalLM(cfg).eval()
 
 
@@ -97,16 +107,21 @@ def _llama():
     mask = torch.ones(11, 7, dtype=torch.long)
     mask[1::3, 5:] = 0  # padded samples: the token counts of "activation" differ per sample
     # a plain iterable of batches of unequal size: split sample by sample
-    data = [({"input_ids": ids[i:j, :-1], "attention_mask": mask[i:j]}, ids[i:j, -1]) for i, j in ((0, 4), (4, 9), (9, 11))]
+    data = [
+        ({"input_ids": ids[i:j, :-1], "attention_mask": mask[i:j]}, ids[i:j, -1]) for i, j in ((0, 4), (4, 9), (9, 11))
+    ]
     return model, data
 
 
 def _transformer_scores(model, data):
     import xprune
-    import xprune.transformers  # noqa: F401  (unit kinds heads and neurons)
+    import xprune.transformers  # registers the unit kinds heads and neurons
 
-    return {f"{name}-{kind}": xprune.score(model, data, name, kind)
-            for kind in ("heads", "neurons") for name in ("lrp", "taylor", "gradient", "activation")}
+    return {
+        f"{name}-{kind}": xprune.score(model, data, name, kind)
+        for kind in ("heads", "neurons")
+        for name in ("lrp", "taylor", "gradient", "activation")
+    }
 
 
 def _worker(mode: str, rank: int, world: int, init_file: str, out_dir: str) -> int:
@@ -116,8 +131,9 @@ def _worker(mode: str, rank: int, world: int, init_file: str, out_dir: str) -> i
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(HERE))
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=20))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=20)
+    )
     import xprune
     from xprune import distributed, evaluate
 
@@ -133,8 +149,10 @@ def _worker(mode: str, rank: int, world: int, init_file: str, out_dir: str) -> i
                 warnings.simplefilter("ignore")
                 got = _new_scores(model, X, y) if mode == "new" else _transformer_scores(*_llama())
             if distributed.is_main():
-                torch.save({"scores": {k: dict(v) for k, v in got.items()},
-                            "meta": {k: v.meta for k, v in got.items()}}, Path(out_dir) / "result.pt")
+                torch.save(
+                    {"scores": {k: dict(v) for k, v in got.items()}, "meta": {k: v.meta for k, v in got.items()}},
+                    Path(out_dir) / "result.pt",
+                )
             return 0
         if mode in ("tune", "tune-kill"):
             return _tune_worker(mode, rank, out_dir)
@@ -150,9 +168,16 @@ def _worker(mode: str, rank: int, world: int, init_file: str, out_dir: str) -> i
         (seen,) = distributed.sum_counts(mine)
         acc = evaluate.accuracy(model, (X, y), batch_size=BATCH)
         if distributed.is_main():
-            torch.save({"scores": {k: dict(v) for k, v in scores.items()},
-                        "meta": {k: v.meta for k, v in scores.items()},
-                        "mine": mine, "seen": seen, "accuracy": acc}, Path(out_dir) / "result.pt")
+            torch.save(
+                {
+                    "scores": {k: dict(v) for k, v in scores.items()},
+                    "meta": {k: v.meta for k, v in scores.items()},
+                    "mine": mine,
+                    "seen": seen,
+                    "accuracy": acc,
+                },
+                Path(out_dir) / "result.pt",
+            )
         return 0
     except xprune.XpruneError as e:
         print(f"rank {rank}: {e}", file=sys.stderr)
@@ -180,8 +205,18 @@ def _tune(out):
 
     model, ref, val = _tune_task()
     # the bound pruner with no start-up and no margin stops some trials early: every rank must follow
-    return xprune.tune(model, ref, val, trials=5, sampler="random", seed=0, out=out, rates=[0.0, 0.3, 0.5, 0.7],
-                       progress=False, pruner=BoundPruner(margin=0.0, n_startup_trials=1))
+    return xprune.tune(
+        model,
+        ref,
+        val,
+        trials=5,
+        sampler="random",
+        seed=0,
+        out=out,
+        rates=[0.0, 0.3, 0.5, 0.7],
+        progress=False,
+        pruner=BoundPruner(margin=0.0, n_startup_trials=1),
+    )
 
 
 def _tune_worker(mode: str, rank: int, out_dir: str) -> int:
@@ -198,11 +233,22 @@ def _tune_worker(mode: str, rank: int, out_dir: str) -> int:
                 os._exit(3)
             return real(self, *a, **k)
 
-        _Evaluator.score = dies_at_the_second_trial
+        _Evaluator.score = dies_at_the_second_trial  # type: ignore[method-assign]  # the crash under test
     res = _tune(Path(out_dir) / "tune")
     trials = None if res.study is None else [(t.number, t.state.name, t.params, t.value) for t in res.study.trials]
-    print("RESULT " + json.dumps({"rank": rank, "best_value": res.best_value, "best_params": res.best_params,
-                                  "counts": res.counts, "trials": trials, "study": res.study is not None}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "rank": rank,
+                "best_value": res.best_value,
+                "best_params": res.best_params,
+                "counts": res.counts,
+                "trials": trials,
+                "study": res.study is not None,
+            }
+        )
+    )
     return 0
 
 
@@ -210,10 +256,19 @@ def _spawn(mode: str, tmp_path: Path, world: int = 2, timeout: float = 90):
     init = tmp_path / "init"
     out = tmp_path / "out"
     out.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-    procs = [subprocess.Popen([sys.executable, __file__, mode, str(r), str(world), str(init), str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for r in range(world)]
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, mode, str(r), str(world), str(init), str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for r in range(world)
+    ]
     results, start = [], time.monotonic()
     try:
         for p in procs:
@@ -239,7 +294,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
     reference = _all_scores(model, X, y)
     base_acc = xprune.evaluate.accuracy(model, (X, y), batch_size=BATCH)
     results, out, _ = _spawn("score", tmp_path)
-    for rc, o, e in results:
+    for rc, _o, e in results:
         assert rc == 0, e[-3000:]
     assert [p.name for p in out.iterdir()] == ["result.pt"]  # only rank 0 wrote
     got = torch.load(out / "result.pt", weights_only=False)
@@ -249,7 +304,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
         assert set(got["scores"][label]) == set(ref)
         for group in ref:
             assert _close(got["scores"][label][group], ref[group]), (label, group)
-    for name in SHARDED + ("taylor-iterable",):
+    for name in (*SHARDED, "taylor-iterable"):
         assert got["meta"][name]["distributed"] == "shard" and got["meta"][name]["world_size"] == 2
     assert got["meta"]["weight"]["distributed"] == "replicate"
     assert got["meta"]["own-weights"]["distributed"] == "fallback"
@@ -257,7 +312,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
 
 def _compare_spawned(mode: str, reference: dict, tmp_path: Path) -> None:
     results, out, _ = _spawn(mode, tmp_path)
-    for rc, o, e in results:
+    for rc, _o, e in results:
         assert rc == 0, e[-3000:]
     assert [p.name for p in out.iterdir()] == ["result.pt"]  # only rank 0 wrote
     got = torch.load(out / "result.pt", weights_only=False)
@@ -297,7 +352,7 @@ def test_tune_across_two_processes_equals_one(tmp_path):
     pytest.importorskip("optuna")
     single = _tune(tmp_path / "single")
     results, out, _ = _spawn("tune", tmp_path)
-    for rc, o, e in results:
+    for rc, _o, e in results:
         assert rc == 0, e[-3000:]
     got = {r["rank"]: r for r in _results(o for _, o, _ in results)}
     assert set(got) == {0, 1} and got[0]["study"] and not got[1]["study"]
@@ -307,8 +362,10 @@ def test_tune_across_two_processes_equals_one(tmp_path):
         assert r["counts"] == single.counts
     ref = [(t.number, t.state.name, t.params, t.value) for t in single.study.trials]
     assert [tuple(t[:3]) for t in got[0]["trials"]] == [tuple(t[:3]) for t in ref]
-    assert all((a[3] is None) == (b[3] is None) and (a[3] is None or abs(a[3] - b[3]) <= 1e-9)
-               for a, b in zip(got[0]["trials"], ref))
+    assert all(
+        (a[3] is None) == (b[3] is None) and (a[3] is None or abs(a[3] - b[3]) <= 1e-9)
+        for a, b in zip(got[0]["trials"], ref, strict=True)
+    )
     assert single.counts.get("pruned", 0) >= 1  # the early stopping was exercised
     assert sorted(p.name for p in out.iterdir()) == ["tune"]  # one study, written by rank 0 only
     assert (out / "tune" / "study.db").exists() and (out / "tune" / "best_composite.json").exists()
@@ -327,7 +384,7 @@ def test_killed_rank_during_tuning_fails_clearly(tmp_path):
 
 
 def test_killed_rank_fails_clearly(tmp_path):
-    results, out, elapsed = _spawn("kill", tmp_path, timeout=90)
+    results, _out, elapsed = _spawn("kill", tmp_path, timeout=90)
     (rc0, _, err0), (rc1, _, _) = results
     assert rc1 == 3
     assert rc0 == 2, err0[-3000:]
@@ -349,12 +406,40 @@ def test_torchrun_cli_prunes_and_only_rank0_writes(tmp_path):
     np.savez(data, X=g.standard_normal((120, 3, 8, 8)).astype("float32"), y=np.arange(120) % 5)
     out = tmp_path / "run"
     out.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1", XPRUNE_DIST_TIMEOUT="60",
-               PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "xprune", "prune", "--model", "tiny_models:ConvBN",
-           "--data", str(data), "--n-per-class", "4", "--criterion", "taylor", "--ratio", "0.3",
-           "--device", "cpu", "--out", str(out / "pruned.pt")]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        XPRUNE_DIST_TIMEOUT="60",
+        PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "xprune",
+        "prune",
+        "--model",
+        "tiny_models:ConvBN",
+        "--data",
+        str(data),
+        "--n-per-class",
+        "4",
+        "--criterion",
+        "taylor",
+        "--ratio",
+        "0.3",
+        "--device",
+        "cpu",
+        "--out",
+        str(out / "pruned.pt"),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-4000:]
     assert sorted(p.name for p in out.iterdir()) == ["pruned.plan.json", "pruned.pt"]
@@ -368,15 +453,47 @@ def test_torchrun_cli_tune_only_rank0_writes(tmp_path):
     g = np.random.default_rng(0)
     data = tmp_path / "data.npz"
     np.savez(data, X=g.standard_normal((100, 3, 8, 8)).astype("float32"), y=np.arange(100) % 5)
-    env = dict(os.environ, OMP_NUM_THREADS="1", XPRUNE_DIST_TIMEOUT="60",
-               PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "xprune", "tune", "--model", "tiny_models:ConvBN",
-           "--data", str(data), "--n-per-class", "3", "--trials", "2", "--sampler", "random", "--out", "run"]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        XPRUNE_DIST_TIMEOUT="60",
+        PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "xprune",
+        "tune",
+        "--model",
+        "tiny_models:ConvBN",
+        "--data",
+        str(data),
+        "--n-per-class",
+        "3",
+        "--trials",
+        "2",
+        "--sampler",
+        "random",
+        "--out",
+        "run",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-4000:]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "best_composite.json", "history.png", "importances.png", "study.db", "summary.json"]
+        "best_composite.json",
+        "history.png",
+        "importances.png",
+        "study.db",
+        "summary.json",
+    ]
     assert res.stdout.count("TuneResult:") == 1 and res.stdout.count("[tune] trial") == 2  # rank 1 printed nothing
 
 
@@ -439,9 +556,8 @@ def test_declared_but_unreduced_sums_are_refused():
         def compute(self, model, units, data, *, target="label"):
             return {}
 
-    with pytest.raises(XpruneError, match="never called"):
-        with distributed.sharded_session(Forgetful()):
-            pass
+    with pytest.raises(XpruneError, match="never called"), distributed.sharded_session(Forgetful()):
+        pass
 
 
 # ----------------------------------------------------------------------------- large language models
@@ -457,13 +573,13 @@ def _perplexity(model, ids: torch.Tensor) -> float:
 def test_tiny_llama_gqa_prune_quarter_heads_and_neurons(capsys):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     pytest.importorskip("transformers")
-    xt = pytest.importorskip("xprune.transformers")
+    pytest.importorskip("xprune.transformers")  # registers the unit kinds heads and neurons
     import xprune
 
     model = _tiny_llama(64, 8, 4, 48, 32)
     g = torch.Generator().manual_seed(0)
     calib = torch.randint(1, 64, (8, 12), generator=g)  # calibration: explain the true next token
-    data = [({"input_ids": calib[i:i + 4, :-1]}, calib[i:i + 4, -1]) for i in (0, 4)]
+    data = [({"input_ids": calib[i : i + 4, :-1]}, calib[i : i + 4, -1]) for i in (0, 4)]
     held_out = torch.randint(1, 64, (4, 12), generator=g)
     pruned = {}
     for mode in ("remove", "mask"):
@@ -479,15 +595,18 @@ def test_tiny_llama_gqa_prune_quarter_heads_and_neurons(capsys):
     removed, masked = pruned["remove"], pruned["mask"]
     assert sum(p.numel() for p in removed.parameters()) < sum(p.numel() for p in model.parameters())
     with torch.no_grad():
-        torch.testing.assert_close(removed(input_ids=held_out).logits, masked(input_ids=held_out).logits,
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            removed(input_ids=held_out).logits, masked(input_ids=held_out).logits, atol=1e-5, rtol=0
+        )
         gen = removed.generate(held_out[:1, :4], max_new_tokens=5, do_sample=False)
     assert gen.shape == (1, 9)
     before, after = _perplexity(model, held_out), _perplexity(removed, held_out)
     assert torch.isfinite(torch.tensor([before, after])).all()
     with capsys.disabled():
-        print(f"\n[tiny llama GQA, random init] perplexity {before:.2f} -> {after:.2f} "
-              f"after removing 25% of heads and 25% of neurons")
+        print(
+            f"\n[tiny llama GQA, random init] perplexity {before:.2f} -> {after:.2f} "
+            f"after removing 25% of heads and 25% of neurons"
+        )
 
 
 if __name__ == "__main__":

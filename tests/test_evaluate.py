@@ -7,11 +7,10 @@ import pytest
 import torch
 
 import xprune
+from tiny_models import ConvBN, randomize_bn
 from xprune import evaluate, report
 from xprune.cli import main
 from xprune.models import build
-
-from tiny_models import ConvBN, randomize_bn
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +98,11 @@ def test_latency_is_the_median_of_the_timed_passes_after_warmup(monkeypatch):
 
 
 def test_report_outputs(tmp_path):
-    curves = [evaluate.Curve("a", [0.0, 0.5], [0.9, 0.5]), evaluate.Curve("a", [0.0, 0.5], [0.9, 0.7]),
-              evaluate.Curve("b", [0.0, 0.5], [0.9, 0.1])]
+    curves = [
+        evaluate.Curve("a", [0.0, 0.5], [0.9, 0.5]),
+        evaluate.Curve("a", [0.0, 0.5], [0.9, 0.7]),
+        evaluate.Curve("b", [0.0, 0.5], [0.9, 0.1]),
+    ]
     md = report.curves_markdown(curves, at=(0.5,))
     assert md.splitlines()[2].startswith("| a | 0.750 ± 0.071 | 0.600 ± 0.141 | 2 |")
     assert md.splitlines()[3].startswith("| b | 0.500 |")
@@ -117,8 +119,23 @@ def test_cli_prune_a_saved_model(tmp_path, capsys):
     X = np.random.RandomState(0).rand(60, 1, 8, 8).astype("float32")
     y = np.repeat(np.arange(3), 20)
     np.savez(tmp_path / "data.npz", X=X, y=y)
-    rc = main(["prune", "--model", str(tmp_path / "model.pt"), "--data", str(tmp_path / "data.npz"),
-               "--criterion", "taylor", "--ratio", "0.5", "--n-per-class", "4", "--out", str(tmp_path / "small.pt")])
+    rc = main(
+        [
+            "prune",
+            "--model",
+            str(tmp_path / "model.pt"),
+            "--data",
+            str(tmp_path / "data.npz"),
+            "--criterion",
+            "taylor",
+            "--ratio",
+            "0.5",
+            "--n-per-class",
+            "4",
+            "--out",
+            str(tmp_path / "small.pt"),
+        ]
+    )
     assert rc == 0
     small = torch.load(tmp_path / "small.pt", weights_only=False)
     plan = xprune.Plan.load(tmp_path / "small.plan.json")
@@ -134,9 +151,22 @@ def test_cli_prune_by_macs(tmp_path, capsys):
     torch.save(model, tmp_path / "model.pt")
     X = np.random.RandomState(0).rand(60, 1, 8, 8).astype("float32")
     np.savez(tmp_path / "data.npz", X=X, y=np.repeat(np.arange(3), 20))
-    args = ["prune", "--model", str(tmp_path / "model.pt"), "--data", str(tmp_path / "data.npz"),
-            "--criterion", "weight", "--ratio", "0.5", "--n-per-class", "4", "--by", "macs"]
-    assert main(args + ["--out", str(tmp_path / "small.pt")]) == 0
+    args = [
+        "prune",
+        "--model",
+        str(tmp_path / "model.pt"),
+        "--data",
+        str(tmp_path / "data.npz"),
+        "--criterion",
+        "weight",
+        "--ratio",
+        "0.5",
+        "--n-per-class",
+        "4",
+        "--by",
+        "macs",
+    ]
+    assert main([*args, "--out", str(tmp_path / "small.pt")]) == 0
     small = torch.load(tmp_path / "small.pt", weights_only=False)
     example = torch.from_numpy(X[:1])
     removed = 1 - evaluate.count(small, example)["macs"] / evaluate.count(model, example)["macs"]
@@ -144,13 +174,21 @@ def test_cli_prune_by_macs(tmp_path, capsys):
     assert 0.43 <= removed <= 0.5 + 1e-9
     assert xprune.Plan.load(tmp_path / "small.plan.json").meta["macs_reduction"] == pytest.approx(removed, abs=1e-6)
     capsys.readouterr()
-    guaranteed = [a for a in args if a not in ("--ratio", "0.5")] + ["--max-drop", "0.1", "--out", str(tmp_path / "g.pt")]
+    guaranteed = [a for a in args if a not in ("--ratio", "0.5")] + [
+        "--max-drop",
+        "0.1",
+        "--out",
+        str(tmp_path / "g.pt"),
+    ]
     assert main(guaranteed) == 2
     assert "cannot be combined with --by macs" in capsys.readouterr().err
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
-    assert main(["prune", "--model", "nope.pt", "--data", "digits", "--ratio", "0.5", "--out", str(tmp_path / "x.pt")]) == 2
+    assert (
+        main(["prune", "--model", "nope.pt", "--data", "digits", "--ratio", "0.5", "--out", str(tmp_path / "x.pt")])
+        == 2
+    )
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["prune", "--model", "x", "--data", "digits", "--ratio", "1.5", "--out", "y"])
@@ -162,8 +200,15 @@ def test_demo_end_to_end(tmp_path, monkeypatch):
     from xprune import demo
 
     monkeypatch.setenv("XPRUNE_CACHE", str(tmp_path / "cache"))
-    res = demo.run(arch="mlp", dataset="digits", n_per_class=5, criteria=["taylor", "random"], ratio=0.5,
-                   rates=[0.0, 0.25, 0.5, 0.75], out=tmp_path / "out")
+    res = demo.run(
+        arch="mlp",
+        dataset="digits",
+        n_per_class=5,
+        criteria=["taylor", "random"],
+        ratio=0.5,
+        rates=[0.0, 0.25, 0.5, 0.75],
+        out=tmp_path / "out",
+    )
     for f in ("curves.png", "results.json", "pruned.pt", "plan.json"):
         assert (tmp_path / "out" / f).exists()
     assert res["base_accuracy"] > 0.9

@@ -14,8 +14,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import _meta  # noqa: E402
-import render  # noqa: E402
+import _meta  # noqa: E402 - benchmarks/ is put on sys.path above
+import render  # noqa: E402 - as above
 
 # Decimal figures the README's Results section may state outside a figure block: settings, not measurements.
 SETTINGS = {"0.8": "the speed-up / MAC-reduction target of benchmarks/speedup.py"}
@@ -24,7 +24,7 @@ SETTINGS = {"0.8": "the speed-up / MAC-reduction target of benchmarks/speedup.py
 def _results_section(text: str) -> str:
     start = text.index("\n## Results\n")
     end = text.find("\n## ", start + 5)
-    return text[start:end if end > 0 else None]
+    return text[start : end if end > 0 else None]
 
 
 def test_every_block_is_fresh_and_traced():
@@ -46,12 +46,14 @@ def test_readme_results_quote_no_figure_outside_blocks():
 
 def test_results_page_tables_come_from_stored_output():
     """Outside its figure blocks, every table row of docs/results.md is copied from a stored ``.md`` output."""
+
     def links(text):  # the page rewrites the paths of images relative to itself
         return re.sub(r"\]\([^)]*\)", "]()", text)
 
     page = links(render.BLOCK.sub("", (ROOT / "docs" / "results.md").read_text()))
-    stored = links("\n".join(p.read_text() for d in ("docs/bench", "benchmarks/results")
-                             for p in (ROOT / d).glob("*.md")))
+    stored = links(
+        "\n".join(p.read_text() for d in ("docs/bench", "benchmarks/results") for p in (ROOT / d).glob("*.md"))
+    )
     rows = [ln for ln in page.splitlines() if ln.startswith("| ") and re.search(r"\d\.\d", ln)]
     rows = [ln for ln in rows if "`" not in ln]  # the provenance table ("How these numbers were made")
     assert rows, "no table rows found"
@@ -98,8 +100,13 @@ def test_speedup_table_quotes_the_stored_ratios():
 
 
 def test_identical_rows_are_merged_with_their_reason():
-    auc = {"lrp (epsilon-plus)": [0.3, 0.4], "lrp (epsilon-plus-flat)": [0.3, 0.4], "taylor": [0.3, 0.41],
-           "a": [0.5], "b": [0.5]}
+    auc = {
+        "lrp (epsilon-plus)": [0.3, 0.4],
+        "lrp (epsilon-plus-flat)": [0.3, 0.4],
+        "taylor": [0.3, 0.41],
+        "a": [0.5],
+        "b": [0.5],
+    }
     rows, notes = render._merge_identical(auc)
     assert [k for k, _ in rows] == ["lrp (epsilon-plus) = lrp (epsilon-plus-flat)", "taylor", "a = b"]
     assert "first layer" in notes[0] and "no reason known" in notes[1]
@@ -108,7 +115,6 @@ def test_identical_rows_are_merged_with_their_reason():
 def test_the_stated_reasons_for_identical_rows_hold():
     """-flat presets change only the input relevance; epsilon reads activation x gradient; z+ does not."""
     from tiny_models import ConvBN, randomize_bn
-
     from xprune import lrp
 
     torch.manual_seed(0)
@@ -117,8 +123,10 @@ def test_the_stated_reasons_for_identical_rows_hold():
     model.eval()
     x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 5, (6,))
     layers = ["conv1", "conv2", "fc1", "fc2"]
-    rel = {c: lrp.relevance(model, x, y, lrp.composite(c), layers)
-           for c in ("epsilon-plus", "epsilon-plus-flat", "epsilon", "gradient", "zplus")}
+    rel = {
+        c: lrp.relevance(model, x, y, lrp.composite(c), layers)
+        for c in ("epsilon-plus", "epsilon-plus-flat", "epsilon", "gradient", "zplus")
+    }
     for k in layers:
         assert torch.equal(rel["epsilon-plus"][1][k], rel["epsilon-plus-flat"][1][k])
         a, b = rel["epsilon"][1][k], rel["gradient"][1][k]  # equal up to the stabiliser (near-zero z)

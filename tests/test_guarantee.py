@@ -1,7 +1,5 @@
 """Pruning with a guarantee: the binomial math, the procedures, their edge cases and a validity simulation."""
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -18,8 +16,18 @@ RATES = [round(0.025 * i, 3) for i in range(21)]  # 0 .. 0.5, fixed in advance
 
 def test_binomial_cdf_and_p_value_match_scipy():
     stats = pytest.importorskip("scipy.stats")
-    cases = [(0, 10, 0.1), (3, 500, 0.01), (5, 500, 0.01), (100, 60000, 0.001), (9, 10, 0.5),
-             (40, 1000, 0.05), (250, 300, 0.9), (0, 1, 0.3), (7, 7, 0.2), (-1, 5, 0.5)]
+    cases = [
+        (0, 10, 0.1),
+        (3, 500, 0.01),
+        (5, 500, 0.01),
+        (100, 60000, 0.001),
+        (9, 10, 0.5),
+        (40, 1000, 0.05),
+        (250, 300, 0.9),
+        (0, 1, 0.3),
+        (7, 7, 0.2),
+        (-1, 5, 0.5),
+    ]
     for k, n, p in cases:
         assert g.binomial_cdf(k, n, p) == pytest.approx(stats.binom.cdf(k, n, p), rel=1e-9, abs=1e-300)
     assert g.binomial_cdf(3, 10, 0.0) == 1.0 and g.binomial_cdf(3, 10, 1.0) == 0.0
@@ -33,8 +41,14 @@ def test_binomial_cdf_and_p_value_match_scipy():
 
 def test_clopper_pearson_matches_beta_quantile_and_the_test():
     stats = pytest.importorskip("scipy.stats")
-    for k, n, conf in [(0, 300, 0.95), (1, 500, 0.95), (7, 180, 0.9), (50, 60000, 0.99), (499, 500, 0.95),
-                       (3, 20, 0.6)]:
+    for k, n, conf in [
+        (0, 300, 0.95),
+        (1, 500, 0.95),
+        (7, 180, 0.9),
+        (50, 60000, 0.99),
+        (499, 500, 0.95),
+        (3, 20, 0.6),
+    ]:
         u = g.clopper_pearson_upper(k, n, conf)
         assert u == pytest.approx(stats.beta.ppf(conf, k + 1, n - k), rel=1e-8)
         # duality: the test rejects R > alpha at level delta exactly when the bound is <= alpha
@@ -104,7 +118,7 @@ def test_nothing_certified_keeps_the_model_and_says_how_much_data_is_needed():
     base, pruned = _outcomes([0, 0, 0], 100)
     c = g.choose_from_outcomes(base, pruned, [0.0, 0.1, 0.2], max_drop=0.01, confidence=0.95)
     assert c.rate == 0.0 and not c.certified
-    assert c.p_values[1] == pytest.approx(0.99 ** 100)
+    assert c.p_values[1] == pytest.approx(0.99**100)
     text = c.explain()
     assert "No rate" in text and "299" in text
     assert c.needed_calibration() == 299
@@ -126,11 +140,18 @@ def test_crc_uses_the_monotone_envelope():
     assert "conformal risk control" in c.explain()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"max_drop": 0.0}, "max_drop"), ({"max_drop": 1.0}, "max_drop"), ({"max_drop": -0.1}, "max_drop"),
-    ({"max_drop": True}, "max_drop"), ({"confidence": 1.0}, "confidence"), ({"confidence": 0}, "confidence"),
-    ({"method": "bonferroni"}, "method"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"max_drop": 0.0}, "max_drop"),
+        ({"max_drop": 1.0}, "max_drop"),
+        ({"max_drop": -0.1}, "max_drop"),
+        ({"max_drop": True}, "max_drop"),
+        ({"confidence": 1.0}, "confidence"),
+        ({"confidence": 0}, "confidence"),
+        ({"method": "bonferroni"}, "method"),
+    ],
+)
 def test_settings_out_of_range_are_refused(kwargs, match):
     base, pruned = _outcomes([0, 0], 10)
     with pytest.raises(xprune.XpruneError, match=match):
@@ -145,7 +166,7 @@ def test_malformed_outcomes_are_refused():
         g.choose_from_outcomes(base, pruned, [0.1, 0.0])
     with pytest.raises(xprune.XpruneError, match="shape"):
         g.choose_from_outcomes(base, pruned[:1], [0.0, 0.1])
-    with pytest.raises(xprune.XpruneError, match="0.0"):
+    with pytest.raises(xprune.XpruneError, match=r"0\.0"):
         g.choose_from_outcomes(base, np.zeros((1, 10), bool), [0.1])
 
 
@@ -181,8 +202,7 @@ def setting():
             for r in RATES:
                 plan = xprune.select(scores, r)
                 removed.append(plan.n_removed)
-                rows.append(g.correctness(xprune.apply(model, plan, "mask"), pool).numpy() if plan.n_removed
-                            else base)
+                rows.append(g.correctness(xprune.apply(model, plan, "mask"), pool).numpy() if plan.n_removed else base)
             out[criterion] = {"scores": scores, "pruned": np.stack(rows), "removed": removed}
     finally:
         torch.set_num_threads(threads)
@@ -194,18 +214,21 @@ def test_choose_rate_end_to_end_matches_the_outcomes(setting):
     X, y = s["pool"]
     idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))[:300]
     cal = (X[idx], y[idx])
-    c = xprune.guarantee.choose_rate(s["model"], s["ref"], cal, "activation", max_drop=0.05, confidence=0.9,
-                                     rates=RATES)
+    c = xprune.guarantee.choose_rate(
+        s["model"], s["ref"], cal, "activation", max_drop=0.05, confidence=0.9, rates=RATES
+    )
     a = s["activation"]
-    ref_c = g.choose_from_outcomes(s["base"][idx], a["pruned"][:, idx], RATES, max_drop=0.05, confidence=0.9,
-                                   removed=a["removed"])
+    ref_c = g.choose_from_outcomes(
+        s["base"][idx], a["pruned"][:, idx], RATES, max_drop=0.05, confidence=0.9, removed=a["removed"]
+    )
     assert c.rates == RATES and c.rate == ref_c.rate and c.flips == ref_c.flips and c.p_values == ref_c.p_values
     assert c.criterion == "activation" and c.units == "channels" and c.n_calibration == 300
     assert c.base_accuracy == pytest.approx(xprune.evaluate.accuracy(s["model"], cal))
     assert 0 < c.rate < 0.5 and c.certified and c.bound > 0
     # precomputed scores give the same choice; an unsorted grid without 0 is sorted and completed
-    c2 = xprune.guarantee.choose_rate(s["model"], None, cal, scores=s["activation"]["scores"], max_drop=0.05, confidence=0.9,
-                                      rates=RATES[:0:-1])
+    c2 = xprune.guarantee.choose_rate(
+        s["model"], None, cal, scores=s["activation"]["scores"], max_drop=0.05, confidence=0.9, rates=RATES[:0:-1]
+    )
     assert c2.rates == RATES and c2.rate == c.rate
     text = c.explain()
     for phrase in ("Learn-then-Test", "does not mean", "same distribution", "300 calibration samples"):
@@ -267,26 +290,25 @@ def test_simulation_ltt_keeps_its_promise_where_the_naive_rule_does_not(setting,
     flip_risk, envelope_risk = broken.mean(axis=1), np.maximum.accumulate(broken, axis=0).mean(axis=1)
     pool_drop = base.mean() - pruned.mean(axis=1)
     rng = np.random.default_rng(0)
-    count = {k: 0 for k in ("split_ltt", "split_naive", "pop_ltt", "pop_ltt_risk", "pop_naive", "certified")}
+    count = dict.fromkeys(("split_ltt", "split_naive", "pop_ltt", "pop_ltt_risk", "pop_naive", "certified"), 0)
     crc_risks = []
     for _ in range(runs):
         perm = rng.permutation(N)
         cal, test = perm[:n], perm[n:]
         test_drop = base[test].mean() - pruned[:, test].mean(axis=1)
-        c = g.choose_from_outcomes(base[cal], pruned[:, cal], RATES, max_drop=alpha, confidence=conf,
-                                   removed=removed)
+        c = g.choose_from_outcomes(base[cal], pruned[:, cal], RATES, max_drop=alpha, confidence=conf, removed=removed)
         count["split_ltt"] += test_drop[c.index] > alpha
         count["split_naive"] += test_drop[_naive(base[cal], pruned[:, cal], alpha)] > alpha
         count["certified"] += c.certified
 
         cal = rng.integers(0, N, n)
-        c = g.choose_from_outcomes(base[cal], pruned[:, cal], RATES, max_drop=alpha, confidence=conf,
-                                   removed=removed)
+        c = g.choose_from_outcomes(base[cal], pruned[:, cal], RATES, max_drop=alpha, confidence=conf, removed=removed)
         count["pop_ltt"] += pool_drop[c.index] > alpha
         count["pop_ltt_risk"] += flip_risk[c.index] > alpha  # the quantity LTT controls
         count["pop_naive"] += pool_drop[_naive(base[cal], pruned[:, cal], alpha)] > alpha
-        crc = g.choose_from_outcomes(base[cal], pruned[:, cal], RATES, max_drop=alpha, confidence=conf,
-                                     removed=removed, method="crc")
+        crc = g.choose_from_outcomes(
+            base[cal], pruned[:, cal], RATES, max_drop=alpha, confidence=conf, removed=removed, method="crc"
+        )
         crc_risks.append(envelope_risk[crc.index])
     rate = {k: v / runs for k, v in count.items()}
     print(criterion, rate, "allowed", allowed, "CRC mean risk", np.mean(crc_risks))
@@ -307,18 +329,49 @@ def test_simulation_ltt_keeps_its_promise_where_the_naive_rule_does_not(setting,
 
 def test_cli_prune_with_max_drop(setting, tmp_path, capsys):
     torch.save(setting["model"], tmp_path / "mlp.pt")
-    rc = main(["prune", "--model", str(tmp_path / "mlp.pt"), "--data", "digits", "--criterion", "activation",
-               "--max-drop", "0.05", "--confidence", "0.9", "--out", str(tmp_path / "small.pt")])
+    rc = main(
+        [
+            "prune",
+            "--model",
+            str(tmp_path / "mlp.pt"),
+            "--data",
+            "digits",
+            "--criterion",
+            "activation",
+            "--max-drop",
+            "0.05",
+            "--confidence",
+            "0.9",
+            "--out",
+            str(tmp_path / "small.pt"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "Chosen pruning rate" in out and "calibration samples" in out
     plan = xprune.Plan.load(tmp_path / "small.plan.json")
     assert plan.meta["guarantee"]["max_drop"] == 0.05 and plan.meta["guarantee"]["n_calibration"] == 180
     assert torch.load(tmp_path / "small.pt", weights_only=False) is not None
-    for argv, message in [(["--ratio", "0.5", "--max-drop", "0.01"], "either"), ([], "--ratio, or --max-drop"),
-                          (["--ratio", "0.5", "--confidence", "0.9"], "--confidence goes with")]:
-        assert main(["prune", "--model", str(tmp_path / "mlp.pt"), "--data", "digits",
-                     "--out", str(tmp_path / "x.pt"), *argv]) == 2
+    for argv, message in [
+        (["--ratio", "0.5", "--max-drop", "0.01"], "either"),
+        ([], "--ratio, or --max-drop"),
+        (["--ratio", "0.5", "--confidence", "0.9"], "--confidence goes with"),
+    ]:
+        assert (
+            main(
+                [
+                    "prune",
+                    "--model",
+                    str(tmp_path / "mlp.pt"),
+                    "--data",
+                    "digits",
+                    "--out",
+                    str(tmp_path / "x.pt"),
+                    *argv,
+                ]
+            )
+            == 2
+        )
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["prune", "--model", "x", "--data", "digits", "--max-drop", "1.5", "--out", "y"])

@@ -11,8 +11,14 @@ import xprune
 from xprune.units import Signals
 from zoo import N_CLASSES, InplaceVGG, batches
 
-CRITERIA = [("activation", {}), ("gradient", {}), ("taylor", {}), ("lrp", {}),
-            ("integrated-gradients", {"n_steps": 3}), ("singe", {"n_steps": 3})]
+CRITERIA = [
+    ("activation", {}),
+    ("gradient", {}),
+    ("taylor", {}),
+    ("lrp", {}),
+    ("integrated-gradients", {"n_steps": 3}),
+    ("singe", {"n_steps": 3}),
+]
 
 
 def _pair():

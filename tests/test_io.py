@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import xprune
-
 from tiny_models import Branches, ConvBN, Residual, randomize_bn
 
 
@@ -42,9 +41,9 @@ def test_masked_model_round_trips(tmp_path):
 
 
 def test_load_rejects_wrong_architecture_and_corrupt_files(tmp_path):
-    _, pruned, X = _pruned(ConvBN, steps=1)
+    _, pruned, _X = _pruned(ConvBN, steps=1)
     path = xprune.save(pruned, tmp_path / "m.safetensors")
-    with pytest.raises(xprune.XpruneError, match="does not have|plan does not fit|do not fit"):
+    with pytest.raises(xprune.XpruneError, match=r"does not have|plan does not fit|do not fit"):
         xprune.load(path, Residual().eval())
     data = path.read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
@@ -52,7 +51,7 @@ def test_load_rejects_wrong_architecture_and_corrupt_files(tmp_path):
         xprune.load(tmp_path / "cut.safetensors", ConvBN().eval())
     with pytest.raises(xprune.XpruneError, match="exists"):
         xprune.save(pruned, path, overwrite=False)
-    with pytest.raises(xprune.XpruneError, match=".safetensors"):
+    with pytest.raises(xprune.XpruneError, match=r"\.safetensors"):
         xprune.save(pruned, tmp_path / "m.pt")
 
 

@@ -24,15 +24,35 @@ HERE = Path(__file__).resolve().parent
 def tiny(kind, dtype=torch.float64):
     """Random-init causal LMs with a byte-level vocabulary (256) and 32 positions."""
     torch.manual_seed(0)
-    common = dict(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=40, max_position_embeddings=32, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    common = dict(
+        vocab_size=256,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=40,
+        max_position_embeddings=32,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     if kind == "llama":  # grouped-query attention: 2 KV groups of 2 query heads
         model = T.LlamaForCausalLM(T.LlamaConfig(**common))
     elif kind == "qwen2":  # Llama layout with q/k/v biases
         model = T.Qwen2ForCausalLM(T.Qwen2Config(**common))
     elif kind == "gpt2":  # fused c_attn, Conv1D weights [in, out]
-        model = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=256, n_embd=32, n_layer=2, n_head=4, n_inner=40,
-                                               n_positions=32, bos_token_id=0, eos_token_id=0))
+        model = T.GPT2LMHeadModel(
+            T.GPT2Config(
+                vocab_size=256,
+                n_embd=32,
+                n_layer=2,
+                n_head=4,
+                n_inner=40,
+                n_positions=32,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        )
     else:
         raise ValueError(kind)
     return model.to(dtype).eval()
@@ -81,7 +101,7 @@ def test_wanda_equals_hand_computation(kind, unit):
         per_weight = W.abs() * X.norm(dim=0)[None, :]  # Wanda: |W_ij| * ||X_j||_2
         if unit == "heads":
             width = spec.group_size * spec.head_dim  # a KV group's columns of the output projection
-            want = torch.stack([per_weight[:, u * width:(u + 1) * width].sum() for u in range(spec.units)])
+            want = torch.stack([per_weight[:, u * width : (u + 1) * width].sum() for u in range(spec.units)])
         else:
             want = per_weight.sum(0)
         torch.testing.assert_close(s[spec.name], want.double(), rtol=1e-10, atol=0)
@@ -143,7 +163,7 @@ def test_llm_pruner_equals_autograd_hand_computation(kind, unit):
     logits = model(input_ids=ids).logits[:, :-1]  # the mean next-token loss over all predicted tokens, in float64
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
     params = list(model.parameters())
-    grads = dict(zip(map(id, params), torch.autograd.grad(loss, params, allow_unused=True)))
+    grads = dict(zip(map(id, params), torch.autograd.grad(loss, params, allow_unused=True), strict=True))
     for aggregate in ("element", "vector"):
         s = xprune.score(model, data, "llm-pruner", unit, aggregate=aggregate)
         for spec in _specs(model, unit):
@@ -182,7 +202,7 @@ def test_perplexity_equals_exp_of_hf_loss():
     model, data = tiny("llama", torch.float32), calib(3, 16)
     for i in range(3):
         with torch.no_grad():
-            ref = model(input_ids=data.tokens[i:i + 1], labels=data.tokens[i:i + 1]).loss.exp()
+            ref = model(input_ids=data.tokens[i : i + 1], labels=data.tokens[i : i + 1]).loss.exp()
         assert llm.perplexity(model, data.tokens[i]) == pytest.approx(float(ref), rel=1e-5)
     with torch.no_grad():  # blocks of equal length: exp of the mean over all predicted tokens of all blocks
         ref = model(input_ids=data.tokens, labels=data.tokens).loss.exp()
@@ -201,7 +221,9 @@ def test_calibration_sizes_seeds_and_next_tokens():
     assert torch.equal(a8.tokens, llm.calibration(8, 16, text=text, seed=1).tokens)  # deterministic
     assert not torch.equal(a8.tokens, llm.calibration(8, 16, text=text, seed=2).tokens)
     assert llm.ByteTokenizer().decode(ids) == text
-    for block, nxt in zip(a32.tokens, a32.next):  # each block is a window of the text, its label the next token
+    for block, nxt in zip(
+        a32.tokens, a32.next, strict=True
+    ):  # each block is a window of the text, its label the next token
         s = llm.ByteTokenizer().decode(block)
         at = text.find(s)
         assert at >= 0 and ids[at + 16] == nxt
@@ -246,8 +268,9 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         llm.calibration(2, 64, text=TEXT, model=model)
     with pytest.raises(xprune.DataError, match="positions"):
         llm.perplexity(model, llm.calibration(2, 64, text=TEXT))
-    small_vocab = T.LlamaForCausalLM(T.LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
-                                                   num_attention_heads=2, intermediate_size=8))
+    small_vocab = T.LlamaForCausalLM(
+        T.LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    )
     with pytest.raises(xprune.DataError, match="vocabulary"):
         llm.perplexity(small_vocab, calib())
     with pytest.raises(xprune.XpruneError, match="split"):
@@ -289,15 +312,15 @@ def test_prune_quarter_heads_and_neurons_keeps_generate(criterion, kind):
         m = model
         for unit in ("heads", "neurons"):
             plan = xprune.select(xprune.score(m, data, criterion, unit), 0.25)
-            assert plan.n_removed == (1 if (unit == "heads" and kind != "gpt2") else
-                                      2 if unit == "heads" else 20)
+            assert plan.n_removed == (1 if (unit == "heads" and kind != "gpt2") else 2 if unit == "heads" else 20)
             m = xprune.apply(m, plan, mode)
         pruned[mode] = m
     removed, masked = pruned["remove"], pruned["mask"]
     assert sum(p.numel() for p in removed.parameters()) < sum(p.numel() for p in model.parameters())
     with torch.no_grad():
-        torch.testing.assert_close(removed(input_ids=held_out.tokens).logits,
-                                   masked(input_ids=held_out.tokens).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            removed(input_ids=held_out.tokens).logits, masked(input_ids=held_out.tokens).logits, atol=1e-5, rtol=0
+        )
         gen = removed.generate(held_out.tokens[:1, :4], max_new_tokens=5, do_sample=False)
     assert gen.shape == (1, 9)
     assert llm.perplexity(removed, held_out) == pytest.approx(llm.perplexity(masked, held_out), rel=1e-4)
@@ -312,12 +335,16 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> int:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=30))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30)
+    )
     try:
         model, data = tiny("llama"), calib(5)
-        got = {f"{c}/{u}": dict(xprune.score(model, data, c, u, batch_size=2))
-               for c in ("wanda", "llm-pruner") for u in ("heads", "neurons")}
+        got = {
+            f"{c}/{u}": dict(xprune.score(model, data, c, u, batch_size=2))
+            for c in ("wanda", "llm-pruner")
+            for u in ("heads", "neurons")
+        }
         meta = xprune.score(model, data, "wanda", "heads").meta
         if rank == 0:
             torch.save({"scores": got, "meta": meta}, out_file)
@@ -329,10 +356,20 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> int:
 def test_two_gloo_processes_equal_one(tmp_path):
     import subprocess
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    )
     out = tmp_path / "r.pt"
-    procs = [subprocess.Popen([sys.executable, __file__, str(r), "2", str(tmp_path / "init"), str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, str(r), "2", str(tmp_path / "init"), str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for r in range(2)
+    ]
     try:
         for p in procs:
             _, err = p.communicate(timeout=120)

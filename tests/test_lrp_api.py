@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from _lrp_models import TinyResNet, TinyVGG, dense_layers, inputs, make, single_thread
-
 from xprune import lrp
 from xprune.errors import XpruneError
 
@@ -36,7 +35,7 @@ def test_make_rule_spellings(spec, cls, params):
 
 
 def test_errors_name_the_known_choices():
-    with pytest.raises(XpruneError, match="known rules: .*epsilon.*gamma"):
+    with pytest.raises(XpruneError, match=r"known rules: .*epsilon.*gamma"):
         lrp.make_rule("epsilonn")
     with pytest.raises(XpruneError, match="signature"):
         lrp.make_rule(("gamma", {"gama": 1}))
@@ -44,7 +43,7 @@ def test_errors_name_the_known_choices():
         lrp.make_rule(("alpha-beta", {"alpha": 2, "beta": 2}))
     with pytest.raises(XpruneError, match="known composites: epsilon-plus"):
         lrp.composite("epsilon-pluss")
-    with pytest.raises(XpruneError, match="low=.*high="):
+    with pytest.raises(XpruneError, match=r"low=.*high="):
         lrp.composite("epsilon-gamma-box")
     with pytest.raises(XpruneError, match="unknown layer groups"):
         lrp.composite({"lowish": "zplus"})
@@ -59,7 +58,9 @@ def test_errors_name_the_known_choices():
 
 def test_composite_precedence():
     model = make(TinyVGG)
-    comp = lrp.Composite({"conv": "zplus", "linear": "epsilon"}, name_map={"conv3": "gamma"}, first_map={"conv": "flat"})
+    comp = lrp.Composite(
+        {"conv": "zplus", "linear": "epsilon"}, name_map={"conv3": "gamma"}, first_map={"conv": "flat"}
+    )
     rules = comp.assign(model)
     assert type(rules["conv1"]) is lrp.Flat
     assert type(rules["conv2"]) is lrp.ZPlus
@@ -78,7 +79,12 @@ def test_group_composite_default_groups_and_overrides():
         "high": ["layer2.conv2", "layer2.short.0"],
         "fc": ["fc"],
     }
-    spec = {"low": ("gamma", {"gamma": 0.25}), "mid": "alpha2-beta1", "high": "zplus", "fc": ("epsilon", {"epsilon": 1e-6})}
+    spec = {
+        "low": ("gamma", {"gamma": 0.25}),
+        "mid": "alpha2-beta1",
+        "high": "zplus",
+        "fc": ("epsilon", {"epsilon": 1e-6}),
+    }
     rules = lrp.composite(spec).assign(model)
     assert [type(rules[n]).__name__ for n in ["stem", "layer1.conv2", "layer2.short.0", "fc"]] == [
         "Gamma", "AlphaBeta", "ZPlus", "Epsilon",

@@ -11,9 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from _lrp_models import single_thread
-
 import xprune
+from _lrp_models import single_thread
 from xprune import lrp
 
 T = pytest.importorskip("transformers")
@@ -34,25 +33,48 @@ class Logits(nn.Module):
 def build(name):
     torch.manual_seed(0)
     if name == "efficientnet":  # B0 layout at a tenth of the width and depth
-        cfg = T.EfficientNetConfig(image_size=32, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128,
-                                   num_labels=3)
+        cfg = T.EfficientNetConfig(
+            image_size=32, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128, num_labels=3
+        )
         return T.EfficientNetForImageClassification(cfg)
     if name in ("regnet-y", "regnet-x"):  # grouped 3x3 convs (group width 8), squeeze-excitation in "y"
-        cfg = T.RegNetConfig(embedding_size=8, hidden_sizes=[16, 24, 32, 48], depths=[1, 1, 2, 1], groups_width=8,
-                             layer_type=name[-1], num_labels=3)
+        cfg = T.RegNetConfig(
+            embedding_size=8,
+            hidden_sizes=[16, 24, 32, 48],
+            depths=[1, 1, 2, 1],
+            groups_width=8,
+            layer_type=name[-1],
+            num_labels=3,
+        )
         return T.RegNetForImageClassification(cfg)
     if name == "convnext":
-        return T.ConvNextForImageClassification(T.ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
-                                                                 layer_scale_init_value=0.5, num_labels=3))
+        return T.ConvNextForImageClassification(
+            T.ConvNextConfig(
+                hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], layer_scale_init_value=0.5, num_labels=3
+            )
+        )
     if name == "convnextv2":
-        return T.ConvNextV2ForImageClassification(T.ConvNextV2Config(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
-                                                                     num_labels=3))
+        return T.ConvNextV2ForImageClassification(
+            T.ConvNextV2Config(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_labels=3)
+        )
     if name == "swin":
-        return T.SwinForImageClassification(T.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
-                                                         num_heads=[2, 4], window_size=4, num_labels=3))
+        return T.SwinForImageClassification(
+            T.SwinConfig(
+                image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4, num_labels=3
+            )
+        )
     if name == "deit":
-        return T.DeiTForImageClassification(T.DeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                                                         num_attention_heads=4, intermediate_size=37, num_labels=3))
+        return T.DeiTForImageClassification(
+            T.DeiTConfig(
+                image_size=32,
+                patch_size=8,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=37,
+                num_labels=3,
+            )
+        )
     raise ValueError(name)
 
 
@@ -127,14 +149,24 @@ def dense_twin(model: nn.Module) -> nn.Module:
         for child_name, conv in list(parent.named_children()):
             if not (isinstance(conv, nn.Conv2d) and conv.groups > 1):
                 continue
-            dense = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                              conv.dilation, 1, conv.bias is not None).to(conv.weight)
+            dense = nn.Conv2d(
+                conv.in_channels,
+                conv.out_channels,
+                conv.kernel_size,  # type: ignore[arg-type]  # Conv2d sizes are 2-tuples
+                conv.stride,  # type: ignore[arg-type]  # 2-tuples
+                conv.padding,  # type: ignore[arg-type]  # 2-tuples (or a padding mode string)
+                conv.dilation,  # type: ignore[arg-type]  # 2-tuples
+                1,
+                conv.bias is not None,
+            ).to(conv.weight)
             cin, cout = conv.in_channels // conv.groups, conv.out_channels // conv.groups
             with torch.no_grad():
                 dense.weight.zero_()
                 for g in range(conv.groups):
-                    dense.weight[g * cout:(g + 1) * cout, g * cin:(g + 1) * cin] = conv.weight[g * cout:(g + 1) * cout]
-                if conv.bias is not None:
+                    dense.weight[g * cout : (g + 1) * cout, g * cin : (g + 1) * cin] = conv.weight[
+                        g * cout : (g + 1) * cout
+                    ]
+                if conv.bias is not None and dense.bias is not None:
                     dense.bias.copy_(conv.bias)
             setattr(parent, child_name, dense)
     return twin

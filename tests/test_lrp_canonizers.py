@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from _lrp_models import TinyMLP, TinyResNet, TinyVGG, dense_layers, inputs, make, single_thread
-
 from xprune import lrp
 from xprune.errors import XpruneError
 
@@ -19,7 +18,7 @@ _one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
 def snapshot(model):
     return (
         {k: v.clone() for k, v in model.state_dict(keep_vars=True).items()},
-        {n: p for n, p in model.named_parameters()},
+        dict(model.named_parameters()),
         {n: (p.requires_grad, p.grad) for n, p in model.named_parameters()},
         {n: (m.training, getattr(m, "eps", None)) for n, m in model.named_modules()},
     )
@@ -54,11 +53,10 @@ def test_model_unchanged_after_relevance(cls, name):
 def test_model_unchanged_after_exception_inside_context():
     model = make(TinyResNet)
     snap = snapshot(model)
-    with pytest.raises(RuntimeError, match="boom"):
-        with lrp.attribution(model):
-            x = inputs(TinyResNet).requires_grad_()
-            torch.autograd.grad(model(x).sum(), x)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), lrp.attribution(model):
+        x = inputs(TinyResNet).requires_grad_()
+        torch.autograd.grad(model(x).sum(), x)
+        raise RuntimeError("boom")
     assert_unchanged(model, snap)
 
 

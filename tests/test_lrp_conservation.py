@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from _lrp_models import TinyResNet, TinyVGG, dense_layers, inputs, make, single_thread
-
 from xprune import lrp
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
@@ -40,7 +39,7 @@ def check(model, x, spec, layers, start, extra=()):
     r_in, r_layers = lrp.relevance(model, x, target, comp, [*layers, *extra], start=start)
     torch.testing.assert_close(totals(r_in), expected, rtol=1e-4, atol=0)
     for n in layers:
-        torch.testing.assert_close(totals(r_layers[n]), expected, rtol=1e-4, atol=0, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(totals(r_layers[n]), expected, rtol=1e-4, atol=0, msg=lambda m, n=n: f"{n}: {m}")
     return r_layers
 
 
@@ -48,7 +47,7 @@ def check(model, x, spec, layers, start, extra=()):
 @pytest.mark.parametrize("start", ["logit", "onehot"])
 def test_conservation_vgg(spec, start):
     model = make(TinyVGG, bias=False, centred=True)
-    check(model, inputs(TinyVGG), spec, dense_layers(model) + ["pool1", "pool2", "relu5"], start)
+    check(model, inputs(TinyVGG), spec, [*dense_layers(model), "pool1", "pool2", "relu5"], start)
 
 
 @pytest.mark.parametrize("spec", COMPOSITES, ids=lambda s: s[0] if isinstance(s[0], str) else "groups")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _lrp_models import TinyResNet, TinyVGG, inputs, make, single_thread
-
 import xprune
+from _lrp_models import TinyResNet, TinyVGG, inputs, make, single_thread
 from xprune import lrp
 from xprune.errors import XpruneError
 
@@ -20,7 +19,7 @@ def data(cls, n=6):
 
 
 def manual(model, x, y, composite, layers, aggregate):
-    out = {n: 0 for n in layers}
+    out = dict.fromkeys(layers, 0)
     for i in range(0, len(x), 4):  # the criterion streams batches; relevance is per sample anyway
         _, r = lrp.relevance(model, x[i : i + 4], y[i : i + 4], composite, layers)
         for n in layers:

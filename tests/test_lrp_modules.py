@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _lrp_models import single_thread
-
 import xprune
+from _lrp_models import single_thread
 from xprune import lrp
 from xprune.errors import XpruneError
 
@@ -54,7 +53,7 @@ class SameConv2d(nn.Conv2d):
 
     def forward(self, x):
         pads = []
-        for size, k, s in zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1]):
+        for size, k, s in zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1], strict=True):
             total = max((-(-size // s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
         return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
@@ -142,7 +141,7 @@ def _plain_like(module: nn.Module, weight: torch.Tensor) -> nn.Module:
     plain = plain.double()
     with torch.no_grad():
         plain.weight.copy_(weight)
-        plain.bias.copy_(module.bias)
+        plain.bias.copy_(module.bias)  # type: ignore[union-attr, arg-type]  # both layers have a bias here
     return plain
 
 
@@ -173,7 +172,9 @@ def test_effective_weight_is_what_rules_modify(make, composite):
     ref = _conv_net(_plain_like(model[0], eff_conv), _plain_like(model[5], eff_fc))
     ref[2].load_state_dict(model[2].state_dict())
     x = _inputs(2, 3, 4, 4)
-    comp = lrp.Composite({"conv": "zplus", "linear": "alpha2-beta1"}) if composite == "epsilon-alpha2-beta1" else composite
+    comp = (
+        lrp.Composite({"conv": "zplus", "linear": "alpha2-beta1"}) if composite == "epsilon-alpha2-beta1" else composite
+    )
     r, layers = _rel(model, x, comp, ["0", "5"], target=torch.tensor([0, 2]))
     r_ref, layers_ref = _rel(ref, x, comp, ["0", "5"], target=torch.tensor([0, 2]))
     _close(r, r_ref, "input relevance")
@@ -260,7 +261,9 @@ def test_modules_that_cannot_be_handled_are_named():
     with pytest.raises(XpruneError, match=r"module '0' \(NoConv\) has its own forward.*no rule"):
         _rel(model, x, "epsilon-plus")
     # a merged BatchNorm needs the layer's output to be its conv's output
-    model = _randomize(nn.Sequential(ConvThenScale(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 3)))
+    model = _randomize(
+        nn.Sequential(ConvThenScale(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 3))
+    )
     with pytest.raises(XpruneError, match=r"'0' has its own forward.*BatchNorm '1' cannot be merged.*canonizers=\[\]"):
         _rel(model, x, "epsilon-plus")
     r, _ = _rel(model, x, "epsilon-plus", canonizers=[])  # the suggested fix works
@@ -271,7 +274,7 @@ def test_modules_that_cannot_be_handled_are_named():
         _rel(shared, x, "epsilon-plus")
     # a first-layer carrier rule on a layer that pads inside its forward
     custom, _ = _pad_pair()
-    with pytest.raises(XpruneError, match="conv1.*changes its input in its own forward.*zplus"):
+    with pytest.raises(XpruneError, match=r"conv1.*changes its input in its own forward.*zplus"):
         _rel(custom, _inputs(2, 3, 8, 8), ("epsilon-gamma-box", {"low": -1.0, "high": 1.0}))
 
 
@@ -340,7 +343,9 @@ def test_gating_product_rule_and_conservation(how, share):
     r_in, r = lrp.relevance(model, x, target, comp, ["act", "se", "se.gate", "se.reduce"], start="logit")
     product, gate, signal = _totals(r["se"]), _totals(r["se.gate"]), _totals(r["act"])
     # the stated rule at the product: the gate gets half (uniform) or nothing (signal takes all) ...
-    torch.testing.assert_close(gate, product / 2 if share == "uniform" else torch.zeros_like(gate), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        gate, product / 2 if share == "uniform" else torch.zeros_like(gate), rtol=1e-9, atol=1e-12
+    )
     if share == "signal":
         assert r["se.reduce"].abs().max() == 0  # no relevance enters the gate's branch
     # ... and nothing is lost: what the gate got flows back to the signal through the squeeze branch
@@ -414,10 +419,12 @@ def test_layernorm_over_channels_gets_the_identity_rule_on_its_statistic(cls):
     with torch.no_grad():
         norm.weight.copy_(torch.rand(6) + 0.5)
         norm.bias.zero_()
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), norm, nn.Flatten(), nn.Linear(6 * 16, 3, bias=False))
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1, bias=False), norm, nn.Flatten(), nn.Linear(6 * 16, 3, bias=False)
+    )
     model = model.double().eval()
     x = _inputs(2, 3, 4, 4)
-    r_in, r = lrp.relevance(model, x, 1, lrp.composite("epsilon", **TIGHT), ["0", "1"], start="logit")
+    _r_in, r = lrp.relevance(model, x, 1, lrp.composite("epsilon", **TIGHT), ["0", "1"], start="logit")
     with torch.no_grad():
         h = model[0](x)
     ref = _reference_ln_relevance(h, norm.weight.detach(), 1e-6, r["1"])
@@ -427,19 +434,28 @@ def test_layernorm_over_channels_gets_the_identity_rule_on_its_statistic(cls):
 
 def test_group_norm_conserves_and_centres():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.GroupNorm(2, 8), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(8 * 16, 3, bias=False)).double().eval()
+    model = (
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False),
+            nn.GroupNorm(2, 8),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(8 * 16, 3, bias=False),
+        )
+        .double()
+        .eval()
+    )
     nn.init.uniform_(model[1].weight, 0.5, 1.5)
     nn.init.zeros_(model[1].bias)
     x = _inputs(2, 3, 4, 4)
-    r_in, r = lrp.relevance(model, x, 1, lrp.composite("epsilon", **TIGHT), ["0", "1"], start="logit")
+    _r_in, r = lrp.relevance(model, x, 1, lrp.composite("epsilon", **TIGHT), ["0", "1"], start="logit")
     torch.testing.assert_close(_totals(r["0"]), _totals(r["1"]), rtol=1e-9, atol=0)
     # the statistic is a constant: within a group, relevance is the centred input times the output gradient
     g = r["1"] / model[1](model[0](x)).detach()
     h = model[0](x).detach()
     w = model[1].weight.detach()[None, :, None, None]
     sigma = torch.sqrt(h.reshape(2, 2, -1).var(-1, unbiased=False) + model[1].eps)[:, :, None].expand(2, 2, 4 * 16)
-    gw = (g * w / sigma.reshape(2, 8, 4, 4))
+    gw = g * w / sigma.reshape(2, 8, 4, 4)
     mean_gw = gw.reshape(2, 2, -1).mean(-1, keepdim=True).expand(2, 2, 64).reshape(2, 8, 4, 4)
     _close(r["0"], h * (gw - mean_gw), "GroupNorm input relevance")
 
@@ -516,9 +532,11 @@ class InPlaceAfter(nn.Module):
 
 
 @pytest.mark.parametrize("cls", ["grouped", "inplace", "pad"])
-@pytest.mark.parametrize("composite", ["epsilon-plus", "epsilon-alpha2-beta1",
-                                       lrp.Composite({"conv": ("gamma", {"gamma": 0.5}), "linear": "epsilon"})],
-                         ids=["eps-plus", "eps-ab", "gamma"])
+@pytest.mark.parametrize(
+    "composite",
+    ["epsilon-plus", "epsilon-alpha2-beta1", lrp.Composite({"conv": ("gamma", {"gamma": 0.5}), "linear": "epsilon"})],
+    ids=["eps-plus", "eps-ab", "gamma"],
+)
 def test_terms_in_the_backward_pass_equal_terms_in_the_forward_pass(cls, composite):
     """``defer=True`` (default, less memory) gives exactly what computing the terms in the forward pass gives,
     also where the layer's output is changed in place afterwards (its value is then recomputed)."""
@@ -538,8 +556,8 @@ def test_terms_in_the_backward_pass_equal_terms_in_the_forward_pass(cls, composi
             logits = model(xi)
             tensors = [xi] + [taps[n][0] for n in layers]
             grads = torch.autograd.grad(logits, tensors, lrp.start_seed(logits, 1))
-            out[defer] = [t.detach() * g for t, g in zip(tensors, grads)]
-    for n, a, b in zip(["input", *layers], out[True], out[False]):
+            out[defer] = [t.detach() * g for t, g in zip(tensors, grads, strict=True)]
+    for n, a, b in zip(["input", *layers], out[True], out[False], strict=True):
         _close(a, b, n)
 
 
@@ -559,8 +577,13 @@ def test_uniform_product_coefficient_formed_in_backward_equals_stored(epsilon):
     # reference: R_a = sum_k a_ij b_jk / (2 stab(z_ik)) R_ik with R = z * seed
     zd = z.detach()
     stab = zd + epsilon * torch.where(zd >= 0, 1.0, -1.0)
-    share = a.detach()[..., :, :, None] * b.detach()[..., None, :, :] / (2 * stab[..., :, None, :]) * (zd * seed)[..., :, None, :]
-    for (ga, gb) in (stored, later):
+    share = (
+        a.detach()[..., :, :, None]
+        * b.detach()[..., None, :, :]
+        / (2 * stab[..., :, None, :])
+        * (zd * seed)[..., :, None, :]
+    )
+    for ga, gb in (stored, later):
         _close(a.detach() * ga, share.sum(-1), "R_a")
         _close(b.detach() * gb, share.sum(-3), "R_b")
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from _lrp_models import TinyConv1d, TinyMLP, TinyResNet, TinyVGG, add_layers, dense_layers, inputs, make, single_thread
 from _zennit_oracle import preset, rule_composite, zennit_relevance, zr
-
 from xprune import lrp
 
 MODELS = [TinyVGG, TinyResNet]
@@ -56,7 +54,7 @@ RULES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("cls", MODELS + [TinyConv1d])
+@pytest.mark.parametrize("cls", [*MODELS, TinyConv1d])
 @pytest.mark.parametrize("rule", list(RULES))
 def test_rule_matches_zennit(cls, rule):
     ours_conv, ours_lin, z_conv, z_lin = RULES[rule]
@@ -72,7 +70,7 @@ FIRST = {
 }
 
 
-@pytest.mark.parametrize("cls", MODELS + [TinyMLP])
+@pytest.mark.parametrize("cls", [*MODELS, TinyMLP])
 @pytest.mark.parametrize("rule", list(FIRST))
 def test_first_layer_rule_matches_zennit(cls, rule):
     ours_rule, z_rule = FIRST[rule]
@@ -93,7 +91,8 @@ PRESET_KWARGS = {"epsilon-gamma-box": {"low": -1.0, "high": 1.0}}
 
 @pytest.mark.parametrize("cls", MODELS)
 @pytest.mark.parametrize(
-    "name", ["epsilon-plus", "epsilon-plus-flat", "epsilon-alpha2-beta1", "epsilon-alpha2-beta1-flat", "epsilon-gamma-box"]
+    "name",
+    ["epsilon-plus", "epsilon-plus-flat", "epsilon-alpha2-beta1", "epsilon-alpha2-beta1-flat", "epsilon-gamma-box"],
 )
 def test_preset_matches_zennit(cls, name):
     kwargs = PRESET_KWARGS.get(name, {})

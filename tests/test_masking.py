@@ -86,7 +86,10 @@ def test_grouped_conv_units_are_one_channel_of_every_conv_group():
         removed(torch.randn(2, 3, 8, 8))  # runs on new inputs too
     # what masking zeroed is exactly what removal dropped
     zeroed = sum(int((p == 0).sum()) for p in xprune.apply(model, plan, "mask").parameters())
-    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+
+    def n(m):
+        return sum(p.numel() for p in m.parameters())
+
     assert n(removed) == n(model) - zeroed
 
 
@@ -97,8 +100,14 @@ def test_per_channel_plan_for_a_grouped_conv_fits_only_when_even():
     base = xprune.select(xprune.score(model, None, "random", units=units), 0.0)
 
     def per_channel(idxs, size=8):  # a plan in channel indices (size 8), as a hand-made or older plan would be
-        return xprune.Plan("channels", {**base.remove, "reduce.0": idxs}, {**base.sizes, "reduce.0": size},
-                           base.members, base.roots, base.example)
+        return xprune.Plan(
+            "channels",
+            {**base.remove, "reduce.0": idxs},
+            {**base.sizes, "reduce.0": size},
+            base.members,
+            base.roots,
+            base.example,
+        )
 
     for mode in ("remove", "mask"):
         with pytest.raises(XpruneError, match=r"reduce\.0.*blocks.*j \+ k\*4"):
@@ -109,8 +118,15 @@ def test_per_channel_plan_for_a_grouped_conv_fits_only_when_even():
 
 
 def tiny_regnet():
-    cfg = transformers.RegNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1],
-                                    groups_width=8, layer_type="y", num_labels=5)
+    cfg = transformers.RegNetConfig(
+        num_channels=3,
+        embedding_size=8,
+        hidden_sizes=[16, 32],
+        depths=[1, 1],
+        groups_width=8,
+        layer_type="y",
+        num_labels=5,
+    )
     torch.manual_seed(0)
     return _randomise_bn(transformers.RegNetForImageClassification(cfg))
 
@@ -171,7 +187,7 @@ def test_convnext_masking_is_refused_and_curve_measures_removal():
     assert touches[-1] and by_mask.meta["modes"] == [None] + ["remove" if t else "mask" for t in touches]
     assert by_mask.meta["mode"] == ("remove" if all(touches) else "mask+remove")
     assert "convnext.embeddings.layernorm" in by_mask.meta["inexact_mask"]
-    for r, acc in zip(rates, by_mask.accuracies):
+    for r, acc in zip(rates, by_mask.accuracies, strict=True):
         expected = accuracy(xprune.apply(model, xprune.select(scores, r), "remove"), test)
         assert acc == expected
 

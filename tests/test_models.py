@@ -97,7 +97,9 @@ def test_hooks_see_attention_and_residuals():
         if isinstance(m, (nn.Softmax, MatMul, Add)):
             m.register_forward_hook(lambda mod, i, o, name=name: seen.append(name))
     vit(torch.randn(2, 1, 8, 8))
-    assert {"blocks.0.attn.softmax", "blocks.0.attn.qk", "blocks.0.attn.av", "blocks.0.add1", "blocks.0.add2"} <= set(seen)
+    assert {"blocks.0.attn.softmax", "blocks.0.attn.qk", "blocks.0.attn.av", "blocks.0.add1", "blocks.0.add2"} <= set(
+        seen
+    )
 
 
 def test_torch_pruning_dependency_graph():
@@ -343,8 +345,16 @@ def test_transfer_on_digits(tmp_path, monkeypatch):
     # pretraining is cached; adaptation is deterministic
     monkeypatch.setattr(cache_module, "train", _fail)
     res2 = models.transfer(
-        "mlp", source="digits", n_per_class=5, max_per_class=None, pretrain_epochs=15, head_steps=100,
-        full_steps=20, cache_dir=tmp_path, progress=False, hidden=(64,),
+        "mlp",
+        source="digits",
+        n_per_class=5,
+        max_per_class=None,
+        pretrain_epochs=15,
+        head_steps=100,
+        full_steps=20,
+        cache_dir=tmp_path,
+        progress=False,
+        hidden=(64,),
     )
     assert torch.equal(res2.model(ds.test.X), model(ds.test.X))
     assert torch.equal(res2.reference.X, ref.X)

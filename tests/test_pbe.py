@@ -1,4 +1,4 @@
-"""Pruning by Explaining as published (Yeom et al. 2021): the "pbe" criterion and composite, YEOM schedule, toy study."""
+"""Pruning by Explaining as published (Yeom et al. 2021): "pbe" criterion and composite, YEOM schedule, toy study."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def test_yeom_sum_is_signed_and_abs_is_not():
     m = tiny(1)
     x = torch.rand(6, 2, 5, 5)
     y = torch.arange(6) % 3
-    r0, r1 = by_hand(m, x, y)
+    _r0, r1 = by_hand(m, x, y)
     assert (r1 < 0).any()  # epsilon on dense layers: some relevance is negative, so the two aggregates differ
     eps = ("pbe", {"linear": "epsilon"})
     signed = xprune.score(m, (x, y), "lrp", composite=eps, aggregate="yeom", normalize=None)
@@ -134,7 +134,7 @@ def test_logit_start_weighs_samples_by_their_logit():
     y = torch.tensor([0, 1, 2, 0])
     with torch.no_grad():
         logit = m(x)[torch.arange(4), y]
-    per_sample = [xprune.score(m, (x[i:i + 1], y[i:i + 1]), "pbe", normalize=None)["fc1"] for i in range(4)]
+    per_sample = [xprune.score(m, (x[i : i + 1], y[i : i + 1]), "pbe", normalize=None)["fc1"] for i in range(4)]
     both = xprune.score(m, (x, y), "pbe", start="logit", normalize=None)["fc1"]
     # relevance is linear in the start: the logit start = sum of per-sample one-hot relevances times the logit
     ref = sum(float(logit[i]) * per_sample[i] for i in range(4))
@@ -178,8 +178,10 @@ def test_toy_protocol_small_pbe_beats_random_on_circles():
         pruned, per_layer, removed = toy.prune_third(model, ref, toy.criteria()["pbe"], seed)
         assert removed == 16 and sum(per_layer.values()) == 16  # a third of the 48 hidden neurons, one ranking
         pbe.append(toy.accuracy(pruned, x_te, y_te))
-        rand += [toy.accuracy(toy.prune_third(model, ref, {"criterion": "random", "normalize": None}, s)[0],
-                              x_te, y_te) for s in range(5)]
+        rand += [
+            toy.accuracy(toy.prune_third(model, ref, {"criterion": "random", "normalize": None}, s)[0], x_te, y_te)
+            for s in range(5)
+        ]
     # measured when written: pbe 94.3% vs random 75.6% (means); random removal of a third hurts these narrow nets
     assert sum(pbe) / len(pbe) > sum(rand) / len(rand) + 5, (pbe, rand)
 

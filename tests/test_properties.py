@@ -1,15 +1,15 @@
 """Property-based tests: random small architectures and random plans."""
 
+from typing import Any
+
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
 import xprune
+from tiny_models import randomize_bn
 from xprune.models.layers import Add, Concat
 from xprune.select import Plan
-
-from tiny_models import randomize_bn
 
 
 class RandomNet(nn.Module):
@@ -25,14 +25,33 @@ class RandomNet(nn.Module):
                 self.body.append(nn.Sequential(nn.Conv2d(c, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()))
                 c = w
             elif kind == "residual":
-                self.body.append(nn.ModuleDict({
-                    "f": nn.Sequential(nn.Conv2d(c, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
-                                       nn.Conv2d(w, c, 3, padding=1), nn.BatchNorm2d(c)),
-                    "add": Add(), "act": nn.ReLU()}))
+                self.body.append(
+                    nn.ModuleDict(
+                        {
+                            "f": nn.Sequential(
+                                nn.Conv2d(c, w, 3, padding=1),
+                                nn.BatchNorm2d(w),
+                                nn.ReLU(),
+                                nn.Conv2d(w, c, 3, padding=1),
+                                nn.BatchNorm2d(c),
+                            ),
+                            "add": Add(),
+                            "act": nn.ReLU(),
+                        }
+                    )
+                )
             elif kind == "concat":
-                self.body.append(nn.ModuleDict({
-                    "a": nn.Conv2d(c, w, 3, padding=1), "b": nn.Conv2d(c, w + 1, 1),
-                    "cat": Concat(1), "bn": nn.BatchNorm2d(2 * w + 1), "act": nn.ReLU()}))
+                self.body.append(
+                    nn.ModuleDict(
+                        {
+                            "a": nn.Conv2d(c, w, 3, padding=1),
+                            "b": nn.Conv2d(c, w + 1, 1),
+                            "cat": Concat(1),
+                            "bn": nn.BatchNorm2d(2 * w + 1),
+                            "act": nn.ReLU(),
+                        }
+                    )
+                )
                 c = 2 * w + 1
             else:  # depthwise
                 self.body.append(nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c), nn.BatchNorm2d(c), nn.ReLU()))
@@ -43,7 +62,7 @@ class RandomNet(nn.Module):
         self.out = nn.Linear(hidden, n_classes)
 
     def forward(self, x):
-        for kind, block in zip(self.kinds, self.body):
+        for kind, block in zip(self.kinds, self.body, strict=True):
             if kind == "residual":
                 x = block["act"](block["add"](block["f"](x), x))
             elif kind == "concat":
@@ -53,9 +72,10 @@ class RandomNet(nn.Module):
         return self.out(self.act(self.fc(self.flat(self.pool(x)))))
 
 
-blocks = st.lists(st.tuples(st.sampled_from(["conv", "residual", "concat", "depthwise"]), st.integers(2, 6)),
-                  min_size=1, max_size=4)
-SETTINGS = dict(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+blocks = st.lists(
+    st.tuples(st.sampled_from(["conv", "residual", "concat", "depthwise"]), st.integers(2, 6)), min_size=1, max_size=4
+)
+SETTINGS: dict[str, Any] = dict(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def _net(spec, seed):
@@ -70,7 +90,6 @@ def test_random_plans_remove_equals_mask(spec, seed, ratio, data):
     X = torch.randn(4, 2, 6, 6)
     units = xprune.discover(model, X[:1])
     # a random plan: random scores, so any units, any layer, any ratio within the floors
-    g = torch.Generator().manual_seed(seed)
     scores = xprune.score(model, None, "random", units=units, seed=seed)
     plan = xprune.select(scores, ratio, scope=data.draw(st.sampled_from(["global", "local"])))
     removed = xprune.apply(model, plan, "remove")
@@ -78,8 +97,13 @@ def test_random_plans_remove_equals_mask(spec, seed, ratio, data):
     with torch.no_grad():
         assert (removed(X) - masked(X)).abs().max() <= 1e-5
     # parameters that masking zeroed are exactly the ones removal dropped (random weights are never 0)
-    zeroed = sum(int((p == 0).sum()) for p in masked.parameters()) - sum(int((p == 0).sum()) for p in model.parameters())
-    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    zeroed = sum(int((p == 0).sum()) for p in masked.parameters()) - sum(
+        int((p == 0).sum()) for p in model.parameters()
+    )
+
+    def n(m):
+        return sum(p.numel() for p in m.parameters())
+
     assert n(removed) == n(model) - zeroed
     for name, size in plan.sizes.items():
         root = dict(removed.named_modules())[plan.roots[name]]
@@ -88,7 +112,11 @@ def test_random_plans_remove_equals_mask(spec, seed, ratio, data):
 
 
 @settings(**SETTINGS)
-@given(spec=blocks, seed=st.integers(0, 1000), criterion=st.sampled_from(["weight", "l2", "gradient", "taylor", "activation"]))
+@given(
+    spec=blocks,
+    seed=st.integers(0, 1000),
+    criterion=st.sampled_from(["weight", "l2", "gradient", "taylor", "activation"]),
+)
 def test_scores_are_finite_and_save_load_round_trips(spec, seed, criterion, tmp_path_factory):
     model = _net(spec, seed)
     X, y = torch.randn(6, 2, 6, 6), torch.randint(0, 3, (6,))

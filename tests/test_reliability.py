@@ -17,10 +17,9 @@ import torch
 from torch import nn
 
 import xprune
-from xprune import DataError, Plan, Scores, XpruneError, evaluate, pipeline, schedules
-from xprune.cli import main
-
 from tiny_models import MLP, ConvBN, randomize_bn
+from xprune import Plan, Scores, XpruneError, evaluate, pipeline, schedules
+from xprune.cli import main
 
 TESTS = Path(__file__).parent
 
@@ -115,8 +114,12 @@ def test_killed_schedule_resumes_to_the_same_model(tmp_path):
     script.write_text(KILL_SCRIPT.format(tests=str(TESTS)))
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(script), str(run), "0.4", "fresh"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(run), "0.4", "fresh"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 60
     while not (run / "iterative.json").exists():
         assert proc.poll() is None, proc.stderr.read().decode()
@@ -136,14 +139,21 @@ def test_killed_schedule_resumes_to_the_same_model(tmp_path):
         if n.endswith(".pt"):
             torch.load(run / n, weights_only=False)
     for name, args in (("killed", ["0", "resume"]), ("whole", ["0", "fresh"])):
-        done = subprocess.run([sys.executable, str(script), str(tmp_path / name), *args], env=env,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / name), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
     a = torch.load(tmp_path / "killed" / "final.pt")
     b = torch.load(tmp_path / "whole" / "final.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads((tmp_path / "killed" / "iterative.json").read_text())["plans"] == \
-        json.loads((tmp_path / "whole" / "iterative.json").read_text())["plans"]
+    assert (
+        json.loads((tmp_path / "killed" / "iterative.json").read_text())["plans"]
+        == json.loads((tmp_path / "whole" / "iterative.json").read_text())["plans"]
+    )
 
 
 # --------------------------------------------------------------------------- resumable curve
@@ -236,8 +246,17 @@ def test_cli_refuses_to_overwrite(cli_files, capsys):
 
 def test_cli_curve_resume_matches_uninterrupted(cli_files, capsys, monkeypatch):
     d = cli_files
-    base = ["curve", "--model", str(d / "model.pt"), "--data", str(d / "data.npz"), "--n-per-class", "3",
-            "--criteria", "weight,taylor"]
+    base = [
+        "curve",
+        "--model",
+        str(d / "model.pt"),
+        "--data",
+        str(d / "data.npz"),
+        "--n-per-class",
+        "3",
+        "--criteria",
+        "weight,taylor",
+    ]
     assert main([*base, "--out", str(d / "full")]) == 0
     real = evaluate.accuracy
     calls = []
@@ -314,8 +333,14 @@ def bad_inputs(tmp_path):
         broken.conv1.weight[0, 0, 0, 0] = float("nan")
     plan = xprune.select(s, 0.5)
     plan.save(tmp_path / "plan.json")
-    all_but_one = Plan(plan.kind, {k: list(range(v)) for k, v in plan.sizes.items()}, plan.sizes, plan.members,
-                       plan.roots, plan.example)
+    all_but_one = Plan(
+        plan.kind,
+        {k: list(range(v)) for k, v in plan.sizes.items()},
+        plan.sizes,
+        plan.members,
+        plan.roots,
+        plan.example,
+    )
     mlp = make(MLP)[0]
     ref_missing = (X[y < 3], y[y < 3])
     return [
@@ -325,17 +350,27 @@ def bad_inputs(tmp_path):
         ("inputs of the wrong shape", lambda: xprune.score(m, (X[:, :, :4], y), "taylor")),
         ("inputs of the wrong dtype (int64)", lambda: xprune.score(m, (X.long(), y), "taylor")),
         ("inputs of the wrong dtype (float64)", lambda: xprune.score(m, (X.double(), y), "taylor")),
-        ("inputs on an unavailable device", lambda: xprune.score(m, (X, y), "taylor", device="cuda:7")
-         if not torch.cuda.is_available() else (_ for _ in ()).throw(XpruneError("skip"))),
+        (
+            "inputs on an unavailable device",
+            lambda: (
+                xprune.score(m, (X, y), "taylor", device="cuda:7")
+                if not torch.cuda.is_available()
+                else (_ for _ in ()).throw(XpruneError("skip"))
+            ),
+        ),
         ("labels out of range", lambda: xprune.score(m, (X, y + 3), "taylor")),
         ("negative labels", lambda: xprune.score(m, (X, y - 1), "taylor")),
-        ("domain restriction naming classes missing from the reference",
-         lambda: evaluate.curve(m, ref_missing, (X, y), "taylor", rates=[0.0, 0.5], classes=[1, 4])),
+        (
+            "domain restriction naming classes missing from the reference",
+            lambda: evaluate.curve(m, ref_missing, (X, y), "taylor", rates=[0.0, 0.5], classes=[1, 4]),
+        ),
         ("Inf in the inputs", lambda: xprune.score(m, (Xn, y), "taylor")),
         ("NaN in activations (NaN weight)", lambda: xprune.score(broken, (X, y), "taylor")),
         ("NaN in scores handed to select", lambda: xprune.select(nan_scores, 0.5)),
-        ("unsupported layer type", lambda: xprune.score(CustomNet(), (torch.randn(8, 6), torch.arange(8) % 4),
-                                                       "taylor")),
+        (
+            "unsupported layer type",
+            lambda: xprune.score(CustomNet(), (torch.randn(8, 6), torch.arange(8) % 4), "taylor"),
+        ),
         ("plan applied to another architecture", lambda: xprune.apply(mlp, Plan.load(tmp_path / "plan.json"))),
         ("saved model loaded on another architecture", lambda: xprune.load(tmp_path / "m.safetensors", mlp)),
         ("truncated saved model", lambda: xprune.load(tmp_path / "m-cut.safetensors", m)),
@@ -374,8 +409,7 @@ def test_unsupported_layers_are_named_and_can_be_excluded():
 def test_user_files_untouched_by_refused_commands(cli_files):
     model = cli_files / "model.pt"
     before = model.read_bytes()
-    main(["prune", "--model", str(model), "--data", str(cli_files / "data.npz"), "--ratio", "0.5",
-          "--out", str(model)])
+    main(["prune", "--model", str(model), "--data", str(cli_files / "data.npz"), "--ratio", "0.5", "--out", str(model)])
     assert model.read_bytes() == before
 
 
@@ -409,8 +443,7 @@ def test_iterative_is_deterministic_with_a_seed():
 
 def test_cli_fuzz_never_ends_in_a_traceback(cli_files, capsys, monkeypatch):
     pytest.importorskip("hypothesis")
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
+    from hypothesis import HealthCheck, given, settings, strategies as st
 
     from xprune.cli import build_parser
 
@@ -419,21 +452,61 @@ def test_cli_fuzz_never_ends_in_a_traceback(cli_files, capsys, monkeypatch):
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0])))
     # the cheap subcommands only (demo and bench train models and write into the working tree)
-    commands = {name: p for name, p in sub.choices.items() 
-                if name in ("prune", "curve", "export", "tune", "criteria")}
-    options = {name: [(o, a.nargs != 0) for a in p._actions for o in a.option_strings if o not in ("-h", "--help")]
-               for name, p in commands.items()}
-    junk = st.sampled_from(["", "0", "-1", "0.5", "1.5", "nan", "inf", "abc", "1,1,8,8", "1,1", "0,0", "3,x",
-                            "lrp", "weight", "taylor,random", "local", "cuda:9", "meta", "fp32", "bf16",
-                            "remove", "mask", "weights", "channels", "builtin:nope", "nope.pt", "a:b",
-                            str(d / "model.pt"), str(d / "data.npz"), str(d), str(d / "out.pt"),
-                            str(d / "curves"), "--", "\x00", "\u00e9"])
-    valid = {"prune": ["--ratio", "0.5", "--out", "p.pt"], "curve": ["--criteria", "weight", "--out", "c"],
-             "export": ["--input-shape", "1,1,8,8", "--out", "m.onnx"], "tune": ["--out", "t"], "criteria": []}
+    commands = {name: p for name, p in sub.choices.items() if name in ("prune", "curve", "export", "tune", "criteria")}
+    options = {
+        name: [(o, a.nargs != 0) for a in p._actions for o in a.option_strings if o not in ("-h", "--help")]
+        for name, p in commands.items()
+    }
+    junk = st.sampled_from(
+        [
+            "",
+            "0",
+            "-1",
+            "0.5",
+            "1.5",
+            "nan",
+            "inf",
+            "abc",
+            "1,1,8,8",
+            "1,1",
+            "0,0",
+            "3,x",
+            "lrp",
+            "weight",
+            "taylor,random",
+            "local",
+            "cuda:9",
+            "meta",
+            "fp32",
+            "bf16",
+            "remove",
+            "mask",
+            "weights",
+            "channels",
+            "builtin:nope",
+            "nope.pt",
+            "a:b",
+            str(d / "model.pt"),
+            str(d / "data.npz"),
+            str(d),
+            str(d / "out.pt"),
+            str(d / "curves"),
+            "--",
+            "\x00",
+            "\u00e9",
+        ]
+    )
+    valid = {
+        "prune": ["--ratio", "0.5", "--out", "p.pt"],
+        "curve": ["--criteria", "weight", "--out", "c"],
+        "export": ["--input-shape", "1,1,8,8", "--out", "m.onnx"],
+        "tune": ["--out", "t"],
+        "criteria": [],
+    }
 
     @st.composite
     def argv(draw):
-        cmd = draw(st.sampled_from(sorted(commands) + ["nope"]))
+        cmd = draw(st.sampled_from([*sorted(commands), "nope"]))
         args = [cmd]
         if cmd in commands and cmd != "criteria" and draw(st.booleans()):  # well-formed, then spoiled
             args += ["--model", str(d / "model.pt")]
@@ -458,8 +531,7 @@ def test_cli_fuzz_never_ends_in_a_traceback(cli_files, capsys, monkeypatch):
     tune_mod.tune = no_tune
     outcomes, timings = [], []
 
-    @settings(max_examples=40, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
     @given(argv())
     def run(args):
         t0 = time.perf_counter()

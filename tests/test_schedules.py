@@ -4,9 +4,8 @@ import pytest
 import torch
 
 import xprune
-from xprune import schedules
-
 from tiny_models import MLP, Residual, randomize_bn
+from xprune import schedules
 
 
 def _data(cls):
@@ -20,13 +19,16 @@ def _data(cls):
 def test_iterative_reaches_ratio_and_replays():
     m, X, y = _data(Residual)
     calls = []
-    res = schedules.iterative(m, (X, y), "taylor", 0.5, step=0.1,
-                              fine_tune=lambda model: calls.append(1), evaluate=lambda model: 0.0)
+    res = schedules.iterative(
+        m, (X, y), "taylor", 0.5, step=0.1, fine_tune=lambda model: calls.append(1), evaluate=lambda model: 0.0
+    )
     total = res.history[0]["total"]
     assert res.removed == total // 2
     assert len(res.plans) == len(calls) == len(res.history) > 3
     # later steps rescore on the pruned model: sizes shrink step by step
-    assert [sum(p.sizes.values()) for p in res.plans] == sorted((sum(p.sizes.values()) for p in res.plans), reverse=True)
+    assert [sum(p.sizes.values()) for p in res.plans] == sorted(
+        (sum(p.sizes.values()) for p in res.plans), reverse=True
+    )
     replay = m
     for plan in res.plans:
         replay = xprune.apply(replay, plan)

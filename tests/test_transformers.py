@@ -7,14 +7,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest
 import torch
-from torch import nn
 
 import xprune
 from xprune.models.vit import Attention, Block
 
 xt = pytest.importorskip("xprune.transformers")
-from xprune.lrp.attention import AttentionComposite  # noqa: E402
-from xprune.transformers import attnlrp  # noqa: E402
+from xprune.lrp.attention import AttentionComposite  # noqa: E402 - after the importorskip above
+from xprune.transformers import attnlrp  # noqa: E402 - as above
 
 T = pytest.importorskip("transformers")
 
@@ -24,29 +23,54 @@ T = pytest.importorskip("transformers")
 
 def tiny_vit():
     torch.manual_seed(0)
-    return xprune.models.build("vit", input_shape=(1, 8, 8), num_classes=4, dim=16, depth=2, heads=4,
-                               mlp_dim=24).eval()
+    return xprune.models.build("vit", input_shape=(1, 8, 8), num_classes=4, dim=16, depth=2, heads=4, mlp_dim=24).eval()
 
 
 def tiny_hf(kind):
     torch.manual_seed(0)
     if kind == "bert":
-        cfg = T.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=37, max_position_embeddings=16)
-        return T.BertModel(cfg).eval(), {"input_ids": torch.randint(0, 50, (2, 7)),
-                                         "attention_mask": torch.tensor([[1] * 7, [1] * 5 + [0] * 2])}
+        cfg = T.BertConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            max_position_embeddings=16,
+        )
+        return T.BertModel(cfg).eval(), {
+            "input_ids": torch.randint(0, 50, (2, 7)),
+            "attention_mask": torch.tensor([[1] * 7, [1] * 5 + [0] * 2]),
+        }
     if kind == "gpt2":
-        cfg = T.GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=16, bos_token_id=0,
-                           eos_token_id=0)
+        cfg = T.GPT2Config(
+            vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=16, bos_token_id=0, eos_token_id=0
+        )
         return T.GPT2LMHeadModel(cfg).eval(), {"input_ids": torch.randint(0, 50, (2, 7))}
     if kind == "llama":
-        cfg = T.LlamaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            num_key_value_heads=2, intermediate_size=40, max_position_embeddings=16,
-                            bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        cfg = T.LlamaConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=40,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
         return T.LlamaForCausalLM(cfg).eval(), {"input_ids": torch.randint(0, 50, (2, 7))}
     if kind == "vit":
-        cfg = T.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
-                          num_attention_heads=4, intermediate_size=37, num_labels=3)
+        cfg = T.ViTConfig(
+            image_size=8,
+            patch_size=4,
+            num_channels=1,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            num_labels=3,
+        )
         return T.ViTForImageClassification(cfg).eval(), {"pixel_values": torch.randn(2, 1, 8, 8)}
     raise ValueError(kind)
 
@@ -79,13 +103,13 @@ def test_softmax_and_bilinear_rules_match_hand_computation():
     with attnlrp(att, comp) as attr:
         taps = attr.tap(["qk", "softmax", "av"])
         att(x.requires_grad_(True))
-        S, A, O = taps["qk"][0], taps["softmax"][0], taps["av"][0]
+        S, A, O = taps["qk"][0], taps["softmax"][0], taps["av"][0]  # noqa: E741 - O = A v, the notation of AttnLRP
         qs, kt = grabbed["qk_in"]
-        A_in, v = grabbed["av_in"]
+        _A_in, v = grabbed["av_in"]
         R_O = torch.randn_like(O)  # relevance placed at the attention output
         g = torch.autograd.grad(O, [A, v, S, qs, kt], R_O / O.detach())
-    R_A, R_v, R_S, R_q, R_k = (t.detach() * gi for t, gi in zip([A, v, S, qs, kt], g))
-    A, v, S, qs, kt, O = (t.detach() for t in (A, v, S, qs, kt, O))
+    R_A, R_v, R_S, R_q, R_k = (t.detach() * gi for t, gi in zip([A, v, S, qs, kt], g, strict=True))
+    A, v, S, qs, kt, O = (t.detach() for t in (A, v, S, qs, kt, O))  # noqa: E741 - as above
     # uniform rule on O = A v: every term A_tk v_ki gets half of R_O[t,i] in proportion to its share
     share = A[..., :, :, None] * v[..., None, :, :] / O[..., :, None, :] * R_O[..., :, None, :]  # [B,H,t,k,i]
     torch.testing.assert_close(R_A, 0.5 * share.sum(-1))
@@ -109,10 +133,12 @@ def test_cp_lrp_sends_nothing_through_softmax(variant):
     with attnlrp(att, AttentionComposite(variant, epsilon=0.0)) as attr:
         taps = attr.tap(["q", "k", "v", "av"])
         att(x)
-        (q,), (k,), (v,), (O,) = taps["q"], taps["k"], taps["v"], taps["av"]
+        (q,), (k,), (v,), (O,) = taps["q"], taps["k"], taps["v"], taps["av"]  # noqa: E741 - O = A v, as in AttnLRP
         R_O = torch.randn_like(O)
         grads = torch.autograd.grad(O, [q, k, v], R_O / O.detach(), allow_unused=True)
-    R = {n: torch.zeros_like(t) if g is None else t.detach() * g for n, t, g in zip("qkv", (q, k, v), grads)}
+    R = {
+        n: torch.zeros_like(t) if g is None else t.detach() * g for n, t, g in zip("qkv", (q, k, v), grads, strict=True)
+    }
     if variant == "cp":
         assert torch.equal(R["q"], torch.zeros_like(q)) and torch.equal(R["k"], torch.zeros_like(k))
     else:
@@ -176,8 +202,10 @@ def test_head_relevance_is_twice_pxp_on_attention_probabilities():
     model, x = tiny_hf("bert")
     model = model.double()
     units = xprune.discover(model, x, "heads")
-    with attnlrp(model, "attnlrp", epsilon=0.0, capture_attention=True) as attr, \
-            xt.gates(model, units, capture=True) as gt:
+    with (
+        attnlrp(model, "attnlrp", epsilon=0.0, capture_attention=True) as attr,
+        xt.gates(model, units, capture=True) as gt,
+    ):
         out = out_of(model(**x))
         seed = torch.zeros_like(out)
         seed[:, 0, :4] = 1.0
@@ -267,8 +295,9 @@ def test_attnlrp_context_keeps_outputs_and_restores_the_model(kind):
 # ----------------------------------------------------------------------------- criteria
 
 
-@pytest.mark.parametrize("criterion", ["lrp", "taylor", "taylor-mean", "gradient", "activation", "weight", "l2",
-                                       "random"])
+@pytest.mark.parametrize(
+    "criterion", ["lrp", "taylor", "taylor-mean", "gradient", "activation", "weight", "l2", "random"]
+)
 def test_criteria_on_heads_and_neurons(criterion):
     model = tiny_vit()
     X, y = torch.randn(6, 1, 8, 8), torch.randint(0, 4, (6,))
@@ -289,7 +318,7 @@ def test_taylor_mean_is_the_gate_gradient():
         out = model(X)
         grads = torch.autograd.grad(out[torch.arange(5), y].sum(), list(g.values.values()))
     tokens = model.num_patches + 1
-    for (name, v), gr in zip(s.items(), grads):
+    for (_name, v), gr in zip(s.items(), grads, strict=True):
         torch.testing.assert_close(v, (gr.double() / (5 * tokens)).abs(), rtol=1e-5, atol=1e-9)
 
 
@@ -322,8 +351,10 @@ def test_lrp_on_hf_llama_heads_and_gqa(comp):
     # reference: the relevance at the attention output (o_proj's input, tensor x modified gradient), from a
     # backward pass of our own with relevance 1 at the label's logit of the last token
     inputs = {}
-    hooks = [model.model.layers[i].self_attn.o_proj.register_forward_pre_hook(
-        lambda m, a, i=i: inputs.__setitem__(i, a[0])) for i in range(2)]
+    hooks = [
+        model.model.layers[i].self_attn.o_proj.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
+        for i in range(2)
+    ]
     try:
         with attnlrp(model, comp):
             logits = model(input_ids=ids).logits

@@ -7,14 +7,14 @@ import torch
 
 pytest.importorskip("optuna")
 
-import optuna  # noqa: E402
+import optuna
 
-import xprune  # noqa: E402
-from tiny_models import ConvBN  # noqa: E402
-from xprune.errors import DataError, XpruneError  # noqa: E402
-from xprune.evaluate import curve  # noqa: E402
-from xprune.lrp import GroupComposite, composite, save_composite  # noqa: E402
-from xprune.tune import Space, _Evaluator  # noqa: E402
+import xprune
+from tiny_models import ConvBN
+from xprune.errors import DataError, XpruneError
+from xprune.evaluate import curve
+from xprune.lrp import GroupComposite, composite, save_composite
+from xprune.tune import Space, _Evaluator
 
 RATES = [0.0, 0.2, 0.4, 0.6, 0.8]
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -87,17 +87,24 @@ def test_interrupted_trial_is_retried_with_its_parameters(task, tmp_path, monkey
 
 def test_fast_evaluation_matches_curve_and_space_is_honoured(task, tmp_path):
     model, ref, val = task
-    space = {"rules": {"low": ["gamma"], "mid": ["zplus", "alpha-beta"], "fc": ["epsilon"]},
-             "aggregate": ["yeom"], "normalize": ["l1"]}
-    res = xprune.tune(model, ref, val, space=space, trials=2, sampler="random", out=tmp_path, rates=RATES,
-                      progress=False, pruner=None)
+    space = {
+        "rules": {"low": ["gamma"], "mid": ["zplus", "alpha-beta"], "fc": ["epsilon"]},
+        "aggregate": ["yeom"],
+        "normalize": ["l1"],
+    }
+    res = xprune.tune(
+        model, ref, val, space=space, trials=2, sampler="random", out=tmp_path, rates=RATES, progress=False, pruner=None
+    )
     groups = json.loads(res.study.user_attrs["setup"])["design"]["groups"]
     assert groups == {"low": ["conv1"], "mid": ["conv2"], "fc": ["fc1", "fc2"]}  # thirds of 2 convs: 'high' empty
     for t in res.study.trials:
         assert set(t.params) == {"low.gamma", "mid.rule", "mid.alpha", "fc.epsilon"}
         spec = t.user_attrs["composite"]
-        assert spec["low"][0] == "gamma" and spec["fc"][0] == "epsilon" and t.user_attrs["options"] == {
-            "aggregate": "yeom", "normalize": "l1"}
+        assert (
+            spec["low"][0] == "gamma"
+            and spec["fc"][0] == "epsilon"
+            and t.user_attrs["options"] == {"aggregate": "yeom", "normalize": "l1"}
+        )
         path = save_composite(tmp_path / f"t{t.number}.json", spec, kwargs={"groups": groups})
         c = curve(model, ref, val, "lrp", rates=RATES, composite=str(path), aggregate="yeom", normalize="l1")
         assert c.accuracies == t.user_attrs["accuracies"]
@@ -136,8 +143,18 @@ def test_transformer_heads_search_softmax_rule(tmp_path):
     with torch.no_grad():
         y = model(X).argmax(1)
     ref, val = (X[:20], y[:20]), (X[20:], y[20:])
-    res = xprune.tune(model, ref, val, units="heads", trials=2, sampler="random", out=tmp_path, rates=RATES,
-                      progress=False, pruner=None)
+    res = xprune.tune(
+        model,
+        ref,
+        val,
+        units="heads",
+        trials=2,
+        sampler="random",
+        out=tmp_path,
+        rates=RATES,
+        progress=False,
+        pruner=None,
+    )
     assert all("softmax" in t.params for t in res.study.trials)
     assert json.loads(res.composite.read_text())["spec"][0] in ("attnlrp", "cp-lrp")
     c = curve(model, ref, val, "lrp", units="heads", rates=RATES, **res.options)
@@ -187,8 +204,17 @@ def test_gp_sampler_learns_from_stopped_trials_and_proposes_new_points(balanced,
 
     model, ref, val = balanced
     trials = N_STARTUP + 5
-    res = xprune.tune(model, ref, val, trials=trials, sampler="gp", out=tmp_path, rates=RATES, progress=False,
-                      pruner=BoundPruner(margin=0.0))
+    res = xprune.tune(
+        model,
+        ref,
+        val,
+        trials=trials,
+        sampler="gp",
+        out=tmp_path,
+        rates=RATES,
+        progress=False,
+        pruner=BoundPruner(margin=0.0),
+    )
     ts = res.study.trials
     assert len(ts) == trials and all(t.state == optuna.trial.TrialState.COMPLETE for t in ts)  # GP sees them all
     start, model_made = ts[:N_STARTUP], ts[N_STARTUP:]
@@ -210,4 +236,3 @@ def test_gp_sampler_learns_from_stopped_trials_and_proposes_new_points(balanced,
     assert res.counts == {"complete": len(full), "pruned": len(stopped)}
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert sum(t["state"] == "PRUNED" for t in summary["trials"]) == len(stopped)
-

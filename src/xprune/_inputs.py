@@ -11,8 +11,8 @@ the model output at position ``t`` predicts ``labels[:, t + 1]``), or
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,8 +25,7 @@ IGNORE = -100
 #: Keys of a batch dict that hold the labels rather than model inputs.
 LABEL_KEYS = ("labels", "label")
 
-_FORMS = ("pass `(X, y)`, a DataLoader yielding (inputs, labels) or dicts with 'labels', "
-          "or an xprune.data.Split")
+_FORMS = "pass `(X, y)`, a DataLoader yielding (inputs, labels) or dicts with 'labels', or an xprune.data.Split"
 
 
 def _split_dict(item: Mapping) -> tuple[dict, Any]:
@@ -53,8 +52,10 @@ def _pair(item: Any) -> tuple[Any, Any]:
         return _as_inputs(item[0]), None
     if isinstance(item, (tuple, list)) and len(item) >= 2:
         return _as_inputs(item[0]), item[1]
-    raise DataError(f"each batch must be (inputs, labels), a dict of model inputs (with 'labels') or the inputs "
-                    f"alone; got {type(item).__name__}")
+    raise DataError(
+        f"each batch must be (inputs, labels), a dict of model inputs (with 'labels') or the inputs "
+        f"alone; got {type(item).__name__}"
+    )
 
 
 def _n_rows(x: Any) -> int | None:
@@ -63,8 +64,12 @@ def _n_rows(x: Any) -> int | None:
 
 def _is_token_labels(X: torch.Tensor, y: torch.Tensor) -> bool:
     """``y`` holds one integer label per token of ``X`` (``y.shape == X.shape[:y.dim()]``, 2-D or more)."""
-    return (y.dim() >= 2 and not y.is_floating_point() and X.dim() >= y.dim()
-            and tuple(X.shape[: y.dim()]) == tuple(y.shape))
+    return (
+        y.dim() >= 2
+        and not y.is_floating_point()
+        and X.dim() >= y.dim()
+        and tuple(X.shape[: y.dim()]) == tuple(y.shape)
+    )
 
 
 def _dataset_pair(data: Any) -> tuple[Any, Any] | None:
@@ -77,17 +82,28 @@ def _dataset_pair(data: Any) -> tuple[Any, Any] | None:
     labels under ``'labels'`` (or none).
     """
     if isinstance(data, Mapping):
-        if data and all(isinstance(v, torch.Tensor) and v.dim() >= 1 for v in data.values()) \
-                and len({int(v.shape[0]) for v in data.values()}) == 1:
+        if (
+            data
+            and all(isinstance(v, torch.Tensor) and v.dim() >= 1 for v in data.values())
+            and len({int(v.shape[0]) for v in data.values()}) == 1
+        ):
             return _split_dict(data)
-        raise DataError("data given as a dict must hold input tensors with the same number of rows (e.g. a "
-                        "tokenizer's output with return_tensors='pt'); got keys "
-                        f"{sorted(map(str, data))[:6]}. For batches, pass a list or DataLoader of dicts")
+        raise DataError(
+            "data given as a dict must hold input tensors with the same number of rows (e.g. a "
+            "tokenizer's output with return_tensors='pt'); got keys "
+            f"{sorted(map(str, data))[:6]}. For batches, pass a list or DataLoader of dicts"
+        )
     if not (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], torch.Tensor)):
         return None
     X, y = data
-    if isinstance(X, torch.Tensor) and X.dim() >= 1 and y.dim() >= 1 and len(X) == len(y) and y.numel() == len(y) \
-            and (y.dim() == 1 or isinstance(data, tuple)):
+    if (
+        isinstance(X, torch.Tensor)
+        and X.dim() >= 1
+        and y.dim() >= 1
+        and len(X) == len(y)
+        and y.numel() == len(y)
+        and (y.dim() == 1 or isinstance(data, tuple))
+    ):
         return X, y  # one label per sample: [N] (or, as a tuple, [N, 1])
     if isinstance(data, tuple) and isinstance(X, torch.Tensor) and _is_token_labels(X, y):
         return X, y
@@ -96,15 +112,18 @@ def _dataset_pair(data: Any) -> tuple[Any, Any] | None:
         if rows == {len(y)}:
             return dict(X), y
     if isinstance(data, tuple) and isinstance(X, torch.Tensor):
-        raise DataError(f"the pair (X, y) has X of shape {tuple(X.shape)} and y of shape {tuple(y.shape)}: y must "
-                        "hold one label per sample [N] or, for token inputs, one integer label per token "
-                        f"{list(X.shape[:2])}")
+        raise DataError(
+            f"the pair (X, y) has X of shape {tuple(X.shape)} and y of shape {tuple(y.shape)}: y must "
+            "hold one label per sample [N] or, for token inputs, one integer label per token "
+            f"{list(X.shape[:2])}"
+        )
     return None
 
 
 def _cut(X: Any, y: Any, batch_size: int) -> Iterator[tuple[Any, Any]]:
     """Batches of ``batch_size`` rows of a whole data set ``X`` (a tensor or a dict of tensors) and ``y``."""
     n = _n_rows(y) if y is not None else _n_rows(X if isinstance(X, torch.Tensor) else next(iter(X.values())))
+    assert n is not None  # _dataset_pair only passes tensors with a batch dimension
     for s in range(0, n, batch_size):
         x = {k: v[s : s + batch_size] for k, v in X.items()} if isinstance(X, dict) else X[s : s + batch_size]
         yield x, (None if y is None else y[s : s + batch_size])
@@ -145,10 +164,15 @@ def batches(data: Any, batch_size: int = 128, *, need_labels: bool = True) -> It
     for item in source:
         x, y = _pair(item)
         if y is None and need_labels:
-            what = (f"a dict with keys {sorted(map(str, x))[:6]} and no 'labels'" if isinstance(x, dict)
-                    else f"{type(x).__name__} inputs without labels")
-            raise DataError(f"each batch needs labels here; got {what}. Add the labels (key 'labels' of a batch "
-                            "dict, or (inputs, labels) pairs)")
+            what = (
+                f"a dict with keys {sorted(map(str, x))[:6]} and no 'labels'"
+                if isinstance(x, dict)
+                else f"{type(x).__name__} inputs without labels"
+            )
+            raise DataError(
+                f"each batch needs labels here; got {what}. Add the labels (key 'labels' of a batch "
+                "dict, or (inputs, labels) pairs)"
+            )
         yield x, y
 
 
@@ -171,8 +195,10 @@ def to_device(x: Any, device: torch.device | str | None) -> Any:
         return x
     if isinstance(x, torch.Tensor):
         if x.is_meta and torch.device(device).type != "meta":
-            raise DataError("the inputs are on the 'meta' device (shapes without values), which cannot be scored "
-                            "or evaluated; pass real tensors (e.g. load the data with values)")
+            raise DataError(
+                "the inputs are on the 'meta' device (shapes without values), which cannot be scored "
+                "or evaluated; pass real tensors (e.g. load the data with values)"
+            )
         return x.to(device)
     if isinstance(x, Mapping):
         return {k: to_device(v, device) for k, v in x.items()}
@@ -200,12 +226,17 @@ def logits(output: Any) -> torch.Tensor:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     if getattr(output, "last_hidden_state", None) is not None or (
-            isinstance(output, Mapping) and "sentence_embedding" in output):
-        raise DataError(f"the model output ({type(output).__name__}) has no class scores (.logits): the model is "
-                        "an encoder without a task head; pass target='embedding' to explain its sentence "
-                        "embedding, or use a model with a head (e.g. AutoModelForSequenceClassification)")
-    raise DataError(f"cannot find class scores in a model output of type {type(output).__name__}; return a "
-                    "tensor or an object with .logits, or pass target='embedding' for an embedding model")
+        isinstance(output, Mapping) and "sentence_embedding" in output
+    ):
+        raise DataError(
+            f"the model output ({type(output).__name__}) has no class scores (.logits): the model is "
+            "an encoder without a task head; pass target='embedding' to explain its sentence "
+            "embedding, or use a model with a head (e.g. AutoModelForSequenceClassification)"
+        )
+    raise DataError(
+        f"cannot find class scores in a model output of type {type(output).__name__}; return a "
+        "tensor or an object with .logits, or pass target='embedding' for an embedding model"
+    )
 
 
 def token_mask(inputs: Any) -> torch.Tensor | None:
@@ -249,14 +280,18 @@ def embedding(output: Any, inputs: Any = None) -> torch.Tensor:
         if t is None and isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
             t = output[0]
     if t is None:
-        raise DataError(f"target='embedding' found no embedding in a model output of type {type(output).__name__} "
-                        "(expected a tensor, .last_hidden_state, .logits or 'sentence_embedding')")
+        raise DataError(
+            f"target='embedding' found no embedding in a model output of type {type(output).__name__} "
+            "(expected a tensor, .last_hidden_state, .logits or 'sentence_embedding')"
+        )
     if t.dim() == 2:
         return t
     if t.dim() == 3:
         return mean_pool(t, token_mask(inputs))
-    raise DataError(f"target='embedding' needs one vector per sample [N, D] or per token [N, T, D]; the model "
-                    f"output has shape {tuple(t.shape)}")
+    raise DataError(
+        f"target='embedding' needs one vector per sample [N, D] or per token [N, T, D]; the model "
+        f"output has shape {tuple(t.shape)}"
+    )
 
 
 def _unwrapped(model: Any) -> Any:
@@ -292,7 +327,7 @@ def is_causal_lm(model: Any) -> bool:
         try:
             from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as names
         except ImportError:  # pragma: no cover - another transformers layout
-            names = {}
+            names = {}  # type: ignore[assignment]  # the mapping's type differs by transformers version
         for v in names.values():
             if name == v or (isinstance(v, (tuple, list)) and name in v):
                 return True
@@ -319,9 +354,11 @@ def integral_labels(y: torch.Tensor) -> torch.Tensor:
     if y.is_floating_point():
         bad = y[y != y.round()]
         if bad.numel():
-            raise DataError(f"labels must be integer class indices; got non-integer values such as "
-                            f"{bad.flatten()[0].item()!r}. Pass class indices (e.g. y.argmax(-1) for one-hot "
-                            "or probability targets)")
+            raise DataError(
+                f"labels must be integer class indices; got non-integer values such as "
+                f"{bad.flatten()[0].item()!r}. Pass class indices (e.g. y.argmax(-1) for one-hot "
+                "or probability targets)"
+            )
     return y.long()
 
 
@@ -382,8 +419,8 @@ def label_shape_error(labels: tuple, output: tuple) -> DataError:
     """The error for labels of shape ``labels`` that do not fit model outputs of shape ``output``."""
     return DataError(
         f"labels of shape {labels} do not fit the model output of shape {output}: pass one class per sample "
-        f"[{output[0]}]" + (f" or one label per token {list(output[:2])} (-100 = not counted)"
-                            if len(output) == 3 else "")
+        f"[{output[0]}]"
+        + (f" or one label per token {list(output[:2])} (-100 = not counted)" if len(output) == 3 else "")
     )
 
 

@@ -22,10 +22,12 @@ plus :func:`track` over an iterable.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from typing import Any, Iterable, Iterator, TextIO
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
 
 __all__ = ["Progress", "track", "format_seconds"]
 
@@ -35,7 +37,7 @@ _LIVE: list[Any] = []
 
 def format_seconds(seconds: float) -> str:
     """``"12 s"``, ``"3 min 05 s"``, ``"1 h 02 min"``."""
-    s = max(0, int(round(seconds)))
+    s = max(0, round(seconds))
     if s < 60:
         return f"{s} s"
     if s < 3600:
@@ -71,7 +73,7 @@ def _interval(interval: float | None) -> float:
 
 
 class _Task:
-    __slots__ = ("description", "total", "completed", "fields", "unit", "started", "last_line", "printed")
+    __slots__ = ("completed", "description", "fields", "last_line", "printed", "started", "total", "unit")
 
     def __init__(self, description: str, total: float | None, completed: float, unit: str, fields: dict):
         self.description, self.total, self.completed, self.unit = description, total, completed, unit
@@ -119,12 +121,18 @@ class Progress:
     ...         bar.advance(task)
     """
 
-    def __init__(self, *, enabled: bool = True, transient: bool = True, interval: float | None = None,
-                 stream: TextIO | None = None):
+    def __init__(
+        self,
+        *,
+        enabled: bool = True,
+        transient: bool = True,
+        interval: float | None = None,
+        stream: TextIO | None = None,
+    ):
         self.enabled, self.transient, self.interval = enabled, transient, _interval(interval)
         self._stream = stream
         self._mode: str | None = None
-        self._rich = None  # the rich Progress drawing the bars (this one's, or an enclosing one's)
+        self._rich: Any = None  # the rich Progress drawing the bars (this one's, or an enclosing one's)
         self._owns_rich = False
         self._tasks: dict[int, Any] = {}  # our id -> _Task (plain) or rich task id (bar)
 
@@ -134,7 +142,7 @@ class Progress:
     def stream(self) -> TextIO:
         return self._stream if self._stream is not None else sys.stderr
 
-    def start(self) -> "Progress":
+    def start(self) -> Progress:
         if self._mode is not None:
             return self
         self._mode = _mode(self.stream, self.enabled)
@@ -143,13 +151,25 @@ class Progress:
                 self._rich = _LIVE[-1]
             else:
                 from rich.console import Console
-                from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
-                                           TimeElapsedColumn, TimeRemainingColumn)
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    Progress as RichProgress,
+                    TextColumn,
+                    TimeElapsedColumn,
+                    TimeRemainingColumn,
+                )
 
-                self._rich = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                          TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                                          TimeRemainingColumn(), console=Console(file=self.stream),
-                                          transient=self.transient)
+                self._rich = RichProgress(
+                    TextColumn("[bold]{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.fields[status]}"),
+                    TimeElapsedColumn(),
+                    TimeRemainingColumn(),
+                    console=Console(file=self.stream),
+                    transient=self.transient,
+                )
                 self._rich.start()
                 self._owns_rich = True
                 _LIVE.append(self._rich)
@@ -172,7 +192,7 @@ class Progress:
         self._tasks.clear()
         self._mode = None
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -180,8 +200,9 @@ class Progress:
 
     # ------------------------------------------------------------------ tasks
 
-    def add_task(self, description: str, total: float | None = None, completed: float = 0, *,
-                 unit: str = "steps", **fields: Any) -> int:
+    def add_task(
+        self, description: str, total: float | None = None, completed: float = 0, *, unit: str = "steps", **fields: Any
+    ) -> int:
         """Start a task; returns its id for :meth:`update` and :meth:`advance`."""
         self.start()
         fields.setdefault("status", "")
@@ -194,14 +215,30 @@ class Progress:
             self._tasks[key] = _Task(description, total, completed, unit, fields)
         return key
 
-    def update(self, task: int, *, advance: float | None = None, completed: float | None = None,
-               total: float | None = None, description: str | None = None, **fields: Any) -> None:
+    def update(
+        self,
+        task: int,
+        *,
+        advance: float | None = None,
+        completed: float | None = None,
+        total: float | None = None,
+        description: str | None = None,
+        **fields: Any,
+    ) -> None:
         """Move a task on (``advance``) or to ``completed``, and/or change its total, description or fields."""
         if task not in self._tasks:
             return
         if self._mode == "bar":
-            kwargs = {k: v for k, v in (("advance", advance), ("completed", completed), ("total", total),
-                                        ("description", description)) if v is not None}
+            kwargs = {
+                k: v
+                for k, v in (
+                    ("advance", advance),
+                    ("completed", completed),
+                    ("total", total),
+                    ("description", description),
+                )
+                if v is not None
+            }
             self._rich.update(self._tasks[task], **kwargs, **fields)
             return
         t = self._tasks[task]
@@ -248,21 +285,27 @@ class Progress:
             self._print(t.line(final=True))
 
     def _print(self, text: str) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe must not stop the work
             print(text, file=self.stream, flush=True)
-        except (OSError, ValueError):  # a closed pipe must not stop the work
-            pass
 
 
-def track(iterable: Iterable, description: str, *, total: float | None = None, enabled: bool = True,
-          transient: bool = True, unit: str = "steps", interval: float | None = None) -> Iterator:
+def track(
+    iterable: Iterable,
+    description: str,
+    *,
+    total: float | None = None,
+    enabled: bool = True,
+    transient: bool = True,
+    unit: str = "steps",
+    interval: float | None = None,
+) -> Iterator:
     """Iterate ``iterable``, showing its progress (see :class:`Progress`).
 
     ``total`` defaults to ``len(iterable)`` when it has one.
     """
     if total is None:
         try:
-            total = len(iterable)  # type: ignore[arg-type]
+            total = len(iterable)  # type: ignore[arg-type]  # unsized iterables raise TypeError, caught below
         except TypeError:
             total = None
     if not enabled:

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,9 @@ def chance_level(labels: Any) -> float:
         raise XpruneError("chance_level needs at least one label; got none")
     if not np.issubdtype(y.dtype, np.integer):
         if not (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y))):
-            raise XpruneError(f"chance_level expects integer class indices; got {y.dtype} values such as {y.tolist()[0]!r}")
+            raise XpruneError(
+                f"chance_level expects integer class indices; got {y.dtype} values such as {y.tolist()[0]!r}"
+            )
         y = y.astype(np.int64)
     _, counts = np.unique(y, return_counts=True)
     return float(counts.max() / y.size)
@@ -96,8 +99,11 @@ def _chance(n_classes: int, chance: float | None) -> tuple[float, float]:
 
 
 def _rate(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
-            or not 0 <= float(value) <= 1:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.floating, np.integer))
+        or not 0 <= float(value) <= 1
+    ):
         raise XpruneError(f"{name} must be a number in [0, 1] (the fraction of correct predictions); got {value!r}")
     return float(value)
 
@@ -151,14 +157,18 @@ def warn_if_chance(
         return None
     basis = f"1/{int(n_classes)} classes" if level == 1.0 / int(n_classes) else "the majority-class rate"
     if before is None:
-        advice = ("check that the data matches the model (the same input normalisation as in training, "
-                  "e.g. --normalize / normalize=, and the same label order)")
+        advice = (
+            "check that the data matches the model (the same input normalisation as in training, "
+            "e.g. --normalize / normalize=, and the same label order)"
+        )
         drop = ""
     else:
         advice = "prune less (a lower ratio), fine-tune after pruning, or try another criterion"
         drop = f", down from {before:.4f}"
-    msg = (f"{what} has accuracy {acc:.4f}{drop}, which is at chance level ({level:.4f}, {basis}): it predicts "
-           f"no better than guessing; {advice}.")
+    msg = (
+        f"{what} has accuracy {acc:.4f}{drop}, which is at chance level ({level:.4f}, {basis}): it predicts "
+        f"no better than guessing; {advice}."
+    )
     warnings.warn(msg, DegenerateResult, stacklevel=stacklevel)
     return msg
 
@@ -168,10 +178,7 @@ def warn_if_chance(
 
 def keep_floor(size: int, min_keep: int | float) -> int:
     """Units a group of ``size`` keeps at least under ``min_keep`` (a count, or a fraction in (0, 1)); never below 1."""
-    if isinstance(min_keep, float) and 0 < min_keep < 1:
-        k = math.ceil(min_keep * size)
-    else:
-        k = int(min_keep)
+    k = math.ceil(min_keep * size) if isinstance(min_keep, float) and 0 < min_keep < 1 else int(min_keep)
     return min(size, max(1 if size else 0, k))
 
 
@@ -198,21 +205,26 @@ def _why_nothing(plan: Any) -> str:
     if not any(caps.values()):
         if largest <= 1:
             return "every group has a single unit, which is never removed; prune another unit kind or more layers"
-        return (f"min_keep={min_keep!r} keeps every unit of every group (the largest has {largest}); "
-                "lower min_keep")
+        return f"min_keep={min_keep!r} keeps every unit of every group (the largest has {largest}); lower min_keep"
     if meta.get("by", "units") == "units":
         if meta.get("scope") == "local":
             if all(math.floor(ratio * s + 1e-9) == 0 for n, s in sizes.items() if caps[n]):
-                return (f"{ratio} of each group's units rounds down to 0 in every group (the largest has {largest} "
-                        f"units); use scope='global', or a ratio >= {1 / largest:.3g} (one unit of the largest group)")
+                return (
+                    f"{ratio} of each group's units rounds down to 0 in every group (the largest has {largest} "
+                    f"units); use scope='global', or a ratio >= {1 / largest:.3g} (one unit of the largest group)"
+                )
         elif ratio * sum(sizes.values()) < 1:
             total = sum(sizes.values())
-            return (f"{ratio} of the {total} units is less than one unit; use a ratio >= {1 / total:.3g}")
+            return f"{ratio} of the {total} units is less than one unit; use a ratio >= {1 / total:.3g}"
     if meta.get("round_to"):
-        return (f"round_to={meta['round_to']} rounded every pruned group back to its full size; "
-                "use a larger ratio or a smaller round_to")
-    return ("no unit could be removed within the constraints (min_keep, concatenated branches that keep one unit "
-            "each); use a larger ratio")
+        return (
+            f"round_to={meta['round_to']} rounded every pruned group back to its full size; "
+            "use a larger ratio or a smaller round_to"
+        )
+    return (
+        "no unit could be removed within the constraints (min_keep, concatenated branches that keep one unit "
+        "each); use a larger ratio"
+    )
 
 
 def _achieved(plan: Any) -> tuple[float, str]:
@@ -232,10 +244,14 @@ def _why_short(plan: Any) -> str:
     by = meta.get("by", "units")
     if by == "units" and capacity < ratio:
         return f"min_keep={min_keep!r} lets only {capacity:.3g} of the units go; lower min_keep or accept less"
-    if by == "units" and meta.get("scope") == "local" and \
-            sum(math.floor(ratio * s + 1e-9) for s in sizes.values()) / total < ratio / 2:
-        return ("each group's share rounds down to whole units in these small groups; use scope='global' "
-                "or a larger ratio")
+    if (
+        by == "units"
+        and meta.get("scope") == "local"
+        and sum(math.floor(ratio * s + 1e-9) for s in sizes.values()) / total < ratio / 2
+    ):
+        return (
+            "each group's share rounds down to whole units in these small groups; use scope='global' or a larger ratio"
+        )
     if meta.get("round_to"):
         return f"round_to={meta['round_to']} rounds the kept counts back up; use a smaller round_to"
     if min_keep != 1:
@@ -280,8 +296,10 @@ def plan_warnings(plan: Any, *, cause: str | None = None) -> list[str]:
     elif isinstance(ratio, (int, float)) and ratio > 0:
         achieved, of = _achieved(plan)
         if achieved < ratio / 2:
-            out.append(f"{_call(meta)} removes only {achieved:.3g} of {of}, less than half of the ratio asked: "
-                       f"{_why_short(plan)}.")
+            out.append(
+                f"{_call(meta)} removes only {achieved:.3g} of {of}, less than half of the ratio asked: "
+                f"{_why_short(plan)}."
+            )
     min_keep = meta.get("min_keep", 1)
     if not isinstance(min_keep, (int, float)) or isinstance(min_keep, bool):
         min_keep = 1
@@ -295,21 +313,29 @@ def plan_warnings(plan: Any, *, cause: str | None = None) -> list[str]:
             narrow.append((name, kept, size))
     if len(under) == 1:
         name, kept, size, floor = under[0]
-        out.append(f"the plan leaves group {name!r} with {kept} of its {size} units, fewer than min_keep={min_keep!r} "
-                   f"allows ({floor}); rebuild it with xprune.select(..., min_keep=...) rather than apply it.")
+        out.append(
+            f"the plan leaves group {name!r} with {kept} of its {size} units, fewer than min_keep={min_keep!r} "
+            f"allows ({floor}); rebuild it with xprune.select(..., min_keep=...) rather than apply it."
+        )
     elif under:
-        out.append(f"the plan leaves {len(under)} groups with fewer units than min_keep={min_keep!r} allows: "
-                   f"{_listing([f'{n} ({k} of {s}, at least {f})' for n, k, s, f in under])}; rebuild it with "
-                   "xprune.select(..., min_keep=...) rather than apply it.")
+        out.append(
+            f"the plan leaves {len(under)} groups with fewer units than min_keep={min_keep!r} allows: "
+            f"{_listing([f'{n} ({k} of {s}, at least {f})' for n, k, s, f in under])}; rebuild it with "
+            "xprune.select(..., min_keep=...) rather than apply it."
+        )
     fix = "keep a share of every group (e.g. min_keep=0.1), use scope='local', or lower the ratio"
     if len(narrow) == 1:
         name, kept, size = narrow[0]
-        out.append(f"the plan leaves group {name!r} with {kept} of its {size} units, a bottleneck that usually "
-                   f"ruins accuracy; {fix}.")
+        out.append(
+            f"the plan leaves group {name!r} with {kept} of its {size} units, a bottleneck that usually "
+            f"ruins accuracy; {fix}."
+        )
     elif narrow:
-        out.append(f"the plan leaves {len(narrow)} groups with only 1-{BOTTLENECK_MAX_LEFT} of their "
-                   f"{BOTTLENECK_MIN_SIZE}+ units, bottlenecks that usually ruin accuracy: "
-                   f"{_listing([f'{n} ({k} of {s})' for n, k, s in narrow])}; {fix}.")
+        out.append(
+            f"the plan leaves {len(narrow)} groups with only 1-{BOTTLENECK_MAX_LEFT} of their "
+            f"{BOTTLENECK_MIN_SIZE}+ units, bottlenecks that usually ruin accuracy: "
+            f"{_listing([f'{n} ({k} of {s})' for n, k, s in narrow])}; {fix}."
+        )
     return out
 
 

@@ -32,7 +32,8 @@ a unit reaches them; :attr:`CostModel.exact` is then ``False``.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,10 +48,23 @@ from .units import _is_depthwise, build_graph
 METRICS = ("macs", "params")
 
 _BILINEAR = (nn.modules.conv._ConvNd, nn.Linear)
-_LINEAR_IN_CHANNELS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm,
-                       nn.LayerNorm, nn.ReLU, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.ReLU6, nn.GELU, nn.Upsample,
-                       nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
-                       nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
+_LINEAR_IN_CHANNELS = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.ReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.Upsample,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
 
 
 def check_metric(by: str) -> None:
@@ -106,8 +120,10 @@ class CostModel:
         elif kind == "weights":
             self._weights(model, example_inputs)
         else:
-            raise XpruneError(f"MACs/parameter budgets support channels and single weights, not units of kind "
-                              f"{kind!r}; select by='units' for them")
+            raise XpruneError(
+                f"MACs/parameter budgets support channels and single weights, not units of kind "
+                f"{kind!r}; select by='units' for them"
+            )
         self._finish()
 
     # ------------------------------------------------------------------ building
@@ -131,14 +147,18 @@ class CostModel:
         for name, size in self.sizes.items():
             root_name = roots.get(name, name)
             if root_name not in modules:
-                raise XpruneError(f"the scores name layer {root_name!r}, which this model does not have; "
-                                  "were they computed for another model?")
+                raise XpruneError(
+                    f"the scores name layer {root_name!r}, which this model does not have; "
+                    "were they computed for another model?"
+                )
             root = modules[root_name]
             pruner = graph.get_pruner_of_module(root)
             n_out = pruner.get_out_channels(root) if pruner is not None else None
             if n_out is None or not size or n_out % size:  # mirrored groups: n_out = size x blocks
-                raise XpruneError(f"layer {root_name!r} has {n_out} output channels but the scores expect {size}; "
-                                  "they were computed for another model (score this one again)")
+                raise XpruneError(
+                    f"layer {root_name!r} has {n_out} output channels but the scores expect {size}; "
+                    "they were computed for another model (score this one again)"
+                )
             conv = isinstance(root, nn.modules.conv._ConvNd)
             for item in graph.get_pruning_group(root, pruner.prune_out_channels, list(range(n_out))):
                 key = id(item.dep.target.module)
@@ -154,18 +174,23 @@ class CostModel:
                 ch[0].extend(units)
                 ch[1].extend(chans)
         # per unit: the number of distinct channels of the node it takes; per node: the highest channel index
-        self._owned, self._max_idx = {}, {}
+        self._owned: dict[Any, Any] = {}
+        self._max_idx: dict[Any, int] = {}
         for k, v in owned.items():
             self._owned[k], top = {}, -1
             for name, (units, chans) in v.items():
                 u, j = np.concatenate(units), np.concatenate(chans)
                 pairs = np.unique(u * (int(j.max(initial=0)) + 1) + j)  # distinct (unit, channel) pairs
-                self._owned[k][name] = np.bincount(pairs // (int(j.max(initial=0)) + 1),
-                                                   minlength=self.sizes[name]).astype(np.float64)
+                self._owned[k][name] = np.bincount(
+                    pairs // (int(j.max(initial=0)) + 1), minlength=self.sizes[name]
+                ).astype(np.float64)
                 top = max(top, int(j.max(initial=-1)))
             self._max_idx[k] = top
-        op_of = {id(node.grad_fn): node.module for node in graph.module2node.values()
-                 if getattr(node, "grad_fn", None) is not None}
+        op_of = {
+            id(node.grad_fn): node.module
+            for node in graph.module2node.values()
+            if getattr(node, "grad_fn", None) is not None
+        }
         in_graph = {id(m) for m in graph.module2node}
 
         for module, flops, bias, grad_fn, shape in calls:
@@ -198,8 +223,12 @@ class CostModel:
     def _param(self, module: nn.Module, pname: str, p: torch.Tensor, unwrapped: dict, in_graph: set) -> None:
         n = float(p.numel())
         key = id(module)
-        if key in in_graph and isinstance(module, _BILINEAR) and not _is_depthwise(module) and (
-                (key, "in") in self._owned or (key, "out") in self._owned):
+        if (
+            key in in_graph
+            and isinstance(module, _BILINEAR)
+            and not _is_depthwise(module)
+            and ((key, "in") in self._owned or (key, "out") in self._owned)
+        ):
             i, o = _in_out(module)
             if pname == "weight":
                 self._add((key, "in"), (key, "out"), i, o, "params", n / (i * o), 0.0, 0.0)
@@ -254,16 +283,22 @@ class CostModel:
                     module.__flops__ = saved
                 else:
                     del module.__flops__
-            t = out if isinstance(out, torch.Tensor) else next(
-                (o for o in (out if isinstance(out, (tuple, list)) else ()) if isinstance(o, torch.Tensor)), None)
+            t = (
+                out
+                if isinstance(out, torch.Tensor)
+                else next(
+                    (o for o in (out if isinstance(out, (tuple, list)) else ()) if isinstance(o, torch.Tensor)), None
+                )
+            )
             bias = 0.0
             if getattr(module, "bias", None) is not None and t is not None:
                 if isinstance(module, nn.modules.conv._ConvNd):
                     bias = float(t.numel())
                 elif isinstance(module, nn.Linear):
                     bias = float(t.shape[-1])
-            calls.append((module, flops, bias, t.grad_fn if t is not None else None,
-                          tuple(t.shape) if t is not None else None))
+            calls.append(
+                (module, flops, bias, t.grad_fn if t is not None else None, tuple(t.shape) if t is not None else None)
+            )
 
         return hook
 
@@ -271,8 +306,9 @@ class CostModel:
         keys = list(self._entries)
         self._I = np.array([k[2] for k in keys], dtype=np.float64)
         self._O = np.array([k[3] for k in keys], dtype=np.float64)
-        self._coef = {m: np.array([self._entries[k][m] for k in keys], dtype=np.float64).reshape(-1, 3)
-                      for m in METRICS}
+        self._coef = {
+            m: np.array([self._entries[k][m] for k in keys], dtype=np.float64).reshape(-1, 3) for m in METRICS
+        }
         # per group: (entry, removed inputs per unit or None, removed outputs per unit or None)
         self._terms: dict[str, list[tuple[int, Any, Any]]] = {n: [] for n in self.sizes}
         for e, (s_in, s_out, _, _) in enumerate(keys):
@@ -281,7 +317,9 @@ class CostModel:
                 din = self._owned.get(s_in, {}).get(n)
                 dout = self._owned.get(s_out, {}).get(n)
                 self._terms[n].append((e, din, dout))
-        self._means = {}  # per group: channels the mean unit takes from each entry (inputs, outputs)
+        self._means: dict[
+            str, tuple[Any, Any]
+        ] = {}  # per group: channels the mean unit takes from each entry (inputs, outputs)
         for n, terms in self._terms.items():
             vin, vout = np.zeros(len(keys)), np.zeros(len(keys))
             for e, din, dout in terms:
@@ -295,8 +333,10 @@ class CostModel:
         a, b, c = self._coef[metric].T
         big_i, big_o = self._I, self._O
         like = ri if isinstance(ri, torch.Tensor) else ro if isinstance(ro, torch.Tensor) else None
+        arrays: tuple[Any, ...] = (a, b, c, big_i, big_o)
         if like is not None:
-            a, b, c, big_i, big_o = (torch.from_numpy(x).to(like.device, like.dtype) for x in (a, b, c, big_i, big_o))
+            arrays = tuple(torch.from_numpy(x).to(like.device, like.dtype) for x in arrays)
+        a, b, c, big_i, big_o = arrays
         i, o = big_i - ri, big_o - ro
         total = (a * i * o + b * o + c * i).sum() + self._const[metric]
         return total if like is not None else float(total)
@@ -304,8 +344,10 @@ class CostModel:
     def _check_names(self, removed: Mapping[str, Any]) -> None:
         unknown = [n for n in removed if n not in self.sizes]
         if unknown:
-            raise XpruneError(f"groups {unknown[:5]} are not in this cost model; it was built for other scores "
-                              "(build it again from the scores of this model)")
+            raise XpruneError(
+                f"groups {unknown[:5]} are not in this cost model; it was built for other scores "
+                "(build it again from the scores of this model)"
+            )
 
     def value(self, removed: Mapping[str, Iterable[int]], by: str = "macs") -> float:
         """MACs (or parameters) after removing units ``removed[name]`` of each group (exact)."""
@@ -342,11 +384,12 @@ class CostModel:
         """
         check_metric(by)
         self._check_names(counts)
-        ri = ro = 0.0
+        ri: Any = 0.0
+        ro: Any = 0.0
         for name, r in counts.items():
-            vin, vout = self._means[name]
+            vin, vout = self._means[name]  # numpy arrays; tensors for tensor counts
             if isinstance(r, torch.Tensor):
-                vin, vout = torch.from_numpy(vin).to(r.device, r.dtype), torch.from_numpy(vout).to(r.device, r.dtype)
+                vin, vout = (torch.from_numpy(v).to(r.device, r.dtype) for v in (vin, vout))
             ri = ri + vin * r
             ro = ro + vout * r
         if not counts:
@@ -399,11 +442,16 @@ class CostModel:
         check_metric(by)
         a = self._coef[by][:, 0]
         names = list(self.sizes)
-        means = {n: {e: (din.mean() if din is not None else 0.0, dout.mean() if dout is not None else 0.0)
-                     for e, din, dout in self._terms[n]} for n in names}
+        means = {
+            n: {
+                e: (din.mean() if din is not None else 0.0, dout.mean() if dout is not None else 0.0)
+                for e, din, dout in self._terms[n]
+            }
+            for n in names
+        }
         out = {}
         for x, n in enumerate(names):
-            for m in names[x + 1:]:
+            for m in names[x + 1 :]:
                 shared = set(means[n]) & set(means[m])
                 v = sum(a[e] * (means[n][e][0] * means[m][e][1] + means[m][e][0] * means[n][e][1]) for e in shared)
                 if v:
@@ -414,6 +462,7 @@ class CostModel:
 def _in_out(module: nn.Module) -> tuple[int, int]:
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
+    assert isinstance(module, nn.modules.conv._ConvNd)  # the cost model's producers: linear and conv layers
     return module.in_channels, module.out_channels
 
 
@@ -447,11 +496,14 @@ def budget_check(costs: Any, sizes: Mapping[str, int]) -> None:
         raise XpruneError(
             f"costs must be an xprune.costs.CostModel, got {type(costs).__name__}: per-unit costs (unit_costs) "
             "add up to about twice the model's MACs and over-prune; pass model=the_model to select, or "
-            "costs=xprune.costs.CostModel(model, scores)")
+            "costs=xprune.costs.CostModel(model, scores)"
+        )
     wrong = {n: (costs.sizes.get(n), s) for n, s in sizes.items() if costs.sizes.get(n) != s}
     if wrong:
-        raise XpruneError(f"the cost model does not fit these scores (group: cost model size, scores size) "
-                          f"{dict(list(wrong.items())[:5])}; build it from this model's scores")
+        raise XpruneError(
+            f"the cost model does not fit these scores (group: cost model size, scores size) "
+            f"{dict(list(wrong.items())[:5])}; build it from this model's scores"
+        )
 
 
 def unit_costs(model: nn.Module, scores_or_plan: Any, by: str = "macs", example_inputs: Any = None) -> dict[str, float]:

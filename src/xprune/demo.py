@@ -24,20 +24,18 @@
 
 from __future__ import annotations
 
-import sys
-
 import contextlib
 import copy
 import io
+import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from . import _inputs
-from . import criteria as _criteria
-from . import evaluate, report
+from . import _inputs, criteria as _criteria, evaluate, report
 from ._io import atomic_write
 from .errors import XpruneError
 from .scores import score
@@ -79,11 +77,19 @@ def provenance() -> dict[str, Any]:
 
     dirty = git("status", "--porcelain", "--untracked-files=no")
     cmd = ["xprune", *sys.argv[1:]] if Path(sys.argv[0]).name in ("xprune", "__main__.py") else sys.argv
-    return {"command": " ".join(shlex.quote(a) for a in cmd), "commit": git("rev-parse", "HEAD"),
-            "dirty": None if dirty is None else bool(dirty), "threads": torch.get_num_threads(),
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                        "system": platform.system()},
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    return {
+        "command": " ".join(shlex.quote(a) for a in cmd),
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": None if dirty is None else bool(dirty),
+        "threads": torch.get_num_threads(),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "system": platform.system(),
+        },
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
 
 
 def measure(model: torch.nn.Module, test: Any, example: Any = None, *, accuracy: bool = True) -> dict[str, Any]:
@@ -116,13 +122,15 @@ def refuse_existing(out: Path, names: Sequence[str], overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise XpruneError(f"--out {out} is a file; the demo writes a folder ({', '.join(names)})")
     if existing and not overwrite:
-        raise XpruneError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
-                          "pass --overwrite to replace, or choose another --out")
+        raise XpruneError(
+            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+            "pass --overwrite to replace, or choose another --out"
+        )
 
 
 def auto_ratio(val_curve: evaluate.Curve, base: float, tolerance: float) -> float:
     """The largest rate of ``val_curve`` whose accuracy is within ``tolerance`` of ``base`` (0 if none is)."""
-    within = [r for r, a in zip(val_curve.rates, val_curve.accuracies) if a >= base - tolerance - 1e-12]
+    within = [r for r, a in zip(val_curve.rates, val_curve.accuracies, strict=True) if a >= base - tolerance - 1e-12]
     return max(within, default=0.0)
 
 
@@ -180,11 +188,12 @@ def run(
     """
     from rich.console import Console
 
-    from . import checks
-    from . import data as xdata
+    from . import checks, data as xdata
     from .models import pretrained
 
-    console = console or Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)  # tables unclipped when piped
+    console = console or Console(
+        highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140
+    )  # tables unclipped when piped
     out = Path(out)
     refuse_existing(out, list(FILES), overwrite)
     if ratio != "auto" and not (isinstance(ratio, (int, float)) and 0 <= ratio < 1):
@@ -199,7 +208,7 @@ def run(
     options = {k: dict(v) for k, v in (options or {}).items()}
 
     console.rule(f"[bold]xprune demo[/]: {arch} on {dataset}, {n_per_class} reference samples per class")
-    data_kwargs = {"root": data_root} if data_root else None
+    data_kwargs: dict[str, Any] | None = {"root": data_root} if data_root else None
     model, ds = pretrained(arch, dataset, cache_dir=cache_dir, progress=True, data_kwargs=data_kwargs)
     if normalize != "auto":
         ds = xdata.load(dataset, normalize=normalize, **(data_kwargs or {}))
@@ -209,7 +218,9 @@ def run(
     checks.warn_if_chance(base_acc, len(ds.classes), what="the reference model")
 
     curves, val_curves = [], []  # test split: reported; val split: what the choices are made on
-    scores_by, references, val_by = {}, {}, {}
+    scores_by: dict[str, Any] = {}
+    references: dict[int, Any] = {}
+    val_by: dict[str, evaluate.Curve] = {}
     names = list(dict.fromkeys(criteria + ([criterion] if criterion else [])))
     for seed in seeds:
         reference = references.setdefault(seed, xdata.reference_samples(ds.train, n_per_class, seed=seed))
@@ -226,41 +237,67 @@ def run(
             val_curves.append(val)
             curves.append(evaluate.curve(model, reference, ds.test, name, scores=s, rates=rates, progress=True))
             console.print(f"  seed {seed} {name:<11} AUC val {val_curves[-1].auc:.4f}  test {curves[-1].auc:.4f}")
-    console.print(report.curves_table(
-        curves, chosen_by=val_curves,
-        title=f"Accuracy vs pruning rate, no fine-tuning ({n_per_class} reference samples/class); chosen on "
-              f"the val split ({len(ds.val)} images), reported on the test split ({len(ds.test)} images)"))
+    console.print(
+        report.curves_table(
+            curves,
+            chosen_by=val_curves,
+            title=f"Accuracy vs pruning rate, no fine-tuning ({n_per_class} reference samples/class); chosen on "
+            f"the val split ({len(ds.val)} images), reported on the test split ({len(ds.test)} images)",
+        )
+    )
     used = {name: scores_by[name].meta.get("normalize") for name in criteria}
-    console.print("per-layer normalisation before the global ranking (each criterion's default, see "
-                  "xprune.score): " + ", ".join(f"{n} {h or 'none'}" for n, h in used.items()), markup=False)
-    report.plot_curves(curves, out / "curves.png", baseline=base_acc,
-                       title=f"{arch} on {dataset}, test split: {n_per_class} ref. samples/class, no fine-tuning")
+    console.print(
+        "per-layer normalisation before the global ranking (each criterion's default, see "
+        "xprune.score): " + ", ".join(f"{n} {h or 'none'}" for n, h in used.items()),
+        markup=False,
+    )
+    report.plot_curves(
+        curves,
+        out / "curves.png",
+        baseline=base_acc,
+        title=f"{arch} on {dataset}, test split: {n_per_class} ref. samples/class, no fine-tuning",
+    )
 
     val_aucs = {name: sum(c.auc for c in val_curves if c.criterion == name) / len(seeds) for name in criteria}
     aucs = {name: sum(c.auc for c in curves if c.criterion == name) / len(seeds) for name in criteria}
-    chosen = criterion or max(val_aucs, key=val_aucs.get)
+    chosen = criterion or max(val_aucs, key=val_aucs.__getitem__)
     why = "asked for" if criterion else "best val AUC above"
     val_acc = evaluate.accuracy(model, ds.val)
     choice: dict[str, Any] = {"ratio": ratio}
     if ratio == "auto":
         val_curve = val_by[chosen]
         ratio = auto_ratio(val_curve, val_acc, tolerance)
-        choice = {"ratio": "auto", "tolerance": tolerance, "split": "val", "val_accuracy": val_acc,
-                  "val_curve": val_curve.to_dict(), "chosen_rate": ratio}
-        within = (f"within {tolerance:.2f} of the unpruned {val_acc:.4f} on the val split ({len(ds.val)} images, "
-                  "not the test split)")
+        choice = {
+            "ratio": "auto",
+            "tolerance": tolerance,
+            "split": "val",
+            "val_accuracy": val_acc,
+            "val_curve": val_curve.to_dict(),
+            "chosen_rate": ratio,
+        }
+        within = (
+            f"within {tolerance:.2f} of the unpruned {val_acc:.4f} on the val split ({len(ds.val)} images, "
+            "not the test split)"
+        )
         if ratio > 0:
-            console.print(f"\nRate {100 * ratio:.0f}%: the largest rate at which {chosen} keeps the accuracy "
-                          f"{within} (--ratio auto; give --ratio to choose another)")
+            console.print(
+                f"\nRate {100 * ratio:.0f}%: the largest rate at which {chosen} keeps the accuracy "
+                f"{within} (--ratio auto; give --ratio to choose another)"
+            )
         else:
-            console.print(f"\nRate 0%: {chosen} keeps the accuracy {within} at no rate above 0, so nothing is "
-                          "removed (give --ratio, or a larger --tolerance)")
+            console.print(
+                f"\nRate 0%: {chosen} keeps the accuracy {within} at no rate above 0, so nothing is "
+                "removed (give --ratio, or a larger --tolerance)"
+            )
+    assert not isinstance(ratio, str)  # "auto" was resolved to a rate above
     plan = select(scores_by[chosen], ratio)
     pruned = apply(model, plan) if plan.n_removed else copy.deepcopy(model)
     plan.meta["normalization"] = ds.normalization
     before, after = measure(model, ds.test), measure(pruned, ds.test)
-    console.print(f"\nPruning {100 * ratio:.0f}% of the channels with [bold]{chosen}[/] ({why}), "
-                  f"removed physically, no fine-tuning:")
+    console.print(
+        f"\nPruning {100 * ratio:.0f}% of the channels with [bold]{chosen}[/] ({why}), "
+        f"removed physically, no fine-tuning:"
+    )
     console.print(report.comparison_table(before, after))
     checks.warn_if_chance(after["accuracy"], len(ds.classes), what="the pruned model", before=before["accuracy"])
     out.mkdir(parents=True, exist_ok=True)
@@ -268,14 +305,28 @@ def run(
     torch.save(pruned, buf)
     atomic_write(out / "pruned.pt", buf.getvalue())
     plan.save(out / "plan.json")
-    results = {"arch": arch, "dataset": dataset, "n_per_class": n_per_class, "seeds": list(seeds),
-               "normalization": ds.normalization, "base_accuracy": base_acc,
-               "curves": [c.to_dict() for c in curves], "auc": aucs, "val_curves": [c.to_dict() for c in val_curves],
-               "val_auc": val_aucs, "chosen": chosen, "chosen_on": "asked for" if criterion else "val",
-               "normalize": {name: scores_by[name].meta.get("normalize") for name in names},
-               "ratio": ratio,
-               "ratio_choice": choice, "options": options, "before": before, "after": after,
-               "seconds": time.perf_counter() - started, "provenance": provenance()}
+    results = {
+        "arch": arch,
+        "dataset": dataset,
+        "n_per_class": n_per_class,
+        "seeds": list(seeds),
+        "normalization": ds.normalization,
+        "base_accuracy": base_acc,
+        "curves": [c.to_dict() for c in curves],
+        "auc": aucs,
+        "val_curves": [c.to_dict() for c in val_curves],
+        "val_auc": val_aucs,
+        "chosen": chosen,
+        "chosen_on": "asked for" if criterion else "val",
+        "normalize": {name: scores_by[name].meta.get("normalize") for name in names},
+        "ratio": ratio,
+        "ratio_choice": choice,
+        "options": options,
+        "before": before,
+        "after": after,
+        "seconds": time.perf_counter() - started,
+        "provenance": provenance(),
+    }
     report.save_json(results, out / "results.json")
     console.print(f"\nwrote {out}/ in {results['seconds']:.0f} s:")
     width = max(map(len, FILES))

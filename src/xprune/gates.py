@@ -16,8 +16,10 @@ A gate may be a vector ``[size]`` or, per sample, a matrix ``[batch, size]``.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,8 +64,10 @@ class GateSite:
     def units_view(self, t: torch.Tensor, group: UnitGroup) -> torch.Tensor:
         """An input-site tensor ``[..., size * width]`` as ``[..., size, width]``."""
         if t.shape[-1] != group.size * self.width:
-            raise XpruneError(f"gate of {group.name!r}: the layer reads {t.shape[-1]} features, "
-                              f"expected {group.size} units x {self.width}")
+            raise XpruneError(
+                f"gate of {group.name!r}: the layer reads {t.shape[-1]} features, "
+                f"expected {group.size} units x {self.width}"
+            )
         return t.reshape(*t.shape[:-1], group.size, self.width)
 
     @staticmethod
@@ -73,8 +77,14 @@ class GateSite:
         g = g.reshape(*g.shape[:-1], *([1] * (u.dim() - 1 - g.dim())), g.shape[-1], 1)
         return u * g
 
-    def attach(self, group: UnitGroup, gate: Callable[[], torch.Tensor | None], *,
-               module: nn.Module | None = None, capture: list | None = None):
+    def attach(
+        self,
+        group: UnitGroup,
+        gate: Callable[[], torch.Tensor | None],
+        *,
+        module: nn.Module | None = None,
+        capture: list | None = None,
+    ):
         """Hook the site (on ``module``, default the site's own) so every call is gated by ``gate()``.
 
         ``gate()`` returning ``None`` leaves the tensor as it is. With
@@ -94,6 +104,7 @@ class GateSite:
             return None
 
         if self.on_input:
+
             def pre_hook(mod, args):
                 g = gate()
                 x = args[0]
@@ -134,8 +145,16 @@ class Gates:
     every hook; no parameter or attribute of the model changes.
     """
 
-    def __init__(self, model: nn.Module, units: UnitSet, values: Mapping[str, Any] | None = None, *,
-                 groups: Iterable[UnitGroup] | None = None, gate_at: str = "after-norm", capture: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        units: UnitSet,
+        values: Mapping[str, Any] | None = None,
+        *,
+        groups: Iterable[UnitGroup] | None = None,
+        gate_at: str = "after-norm",
+        capture: bool = False,
+    ):
         self.model, self.units, self.gate_at = model, units, gate_at
         self.groups = list(units if groups is None else groups)
         self.values: dict[str, torch.Tensor | None] = {g.name: None for g in self.groups}
@@ -148,11 +167,13 @@ class Gates:
     def sites(self) -> list[tuple[UnitGroup, GateSite]]:
         return [(g, s) for g in self.groups for s in sites_of(self.model, self.units, g, self.gate_at)]
 
-    def __enter__(self) -> "Gates":
+    def __enter__(self) -> Gates:
         try:
             for group, site in self.sites():
                 capture = self.captured[group.name] if self.capture else None
-                self._handles.append(site.attach(group, lambda n=group.name: self.values.get(n), capture=capture))
+                self._handles.append(
+                    site.attach(group, functools.partial(self.values.get, group.name), capture=capture)
+                )
         except BaseException:
             self.remove()
             raise
@@ -163,9 +184,8 @@ class Gates:
             h.remove()
         self._handles = []
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> None:
         self.remove()
-        return False
 
 
 class GateSignals(Signals):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +38,9 @@ def save(model: nn.Module, path: str | Path, *, overwrite: bool = True) -> Path:
         raise XpruneError(f"{path} exists; pass overwrite=True to replace it")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     # safetensors refuses tensors sharing memory: keep the first name of each storage
-    seen, tensors, aliases = {}, {}, {}
+    seen: dict[Any, str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
     for k, v in state.items():
         key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
         if v.numel() and key in seen:
@@ -45,8 +48,12 @@ def save(model: nn.Module, path: str | Path, *, overwrite: bool = True) -> Path:
         else:
             seen[key] = k
             tensors[k] = v.clone() if not v.is_contiguous() else v
-    meta = {"format": FORMAT, "history": json.dumps(getattr(model, HISTORY, [])), "aliases": json.dumps(aliases),
-            "class": f"{type(model).__module__}.{type(model).__qualname__}"}
+    meta = {
+        "format": FORMAT,
+        "history": json.dumps(getattr(model, HISTORY, [])),
+        "aliases": json.dumps(aliases),
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+    }
     atomic_write(path, st_save(tensors, metadata=meta))
     return path
 
@@ -65,7 +72,7 @@ def load(path: str | Path, base_model: nn.Module, *, strict: bool = True) -> nn.
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has keys() but is not iterable
     except (SafetensorError, OSError, ValueError) as e:
         raise XpruneError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
     if meta.get("format") != FORMAT:
@@ -91,13 +98,22 @@ def load(path: str | Path, base_model: nn.Module, *, strict: bool = True) -> nn.
         )
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if strict and (missing or unexpected):
-        raise XpruneError(f"weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}; "
-                          f"is base_model a {meta.get('class')}?")
+        raise XpruneError(
+            f"weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}; "
+            f"is base_model a {meta.get('class')}?"
+        )
     return model
 
 
-def export_onnx(model: nn.Module, path: str | Path, example_inputs: torch.Tensor, *, check: bool = True,
-                atol: float = 1e-4, opset: int = 17) -> dict:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    example_inputs: torch.Tensor,
+    *,
+    check: bool = True,
+    atol: float = 1e-4,
+    opset: int = 17,
+) -> dict:
     """Export ``model`` to ONNX (dynamic batch size) and check it in onnxruntime against torch.
 
     Uses the TorchScript-based exporter (no extra dependency). Returns
@@ -116,16 +132,24 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: torch.Tensor
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example_inputs,), buf, dynamo=False, opset_version=opset,
-                              input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-        result = {"path": str(path), "max_abs_diff": None}
+            torch.onnx.export(
+                model,
+                (example_inputs,),
+                buf,  # type: ignore[arg-type]  # a file object works too
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            )
+        result: dict[str, Any] = {"path": str(path), "max_abs_diff": None}
         if check:
             try:
                 import onnxruntime as ort
             except ImportError as e:
-                raise XpruneError("checking the export needs onnxruntime: pip install onnxruntime "
-                                  "(or pass check=False)") from e
+                raise XpruneError(
+                    "checking the export needs onnxruntime: pip install onnxruntime (or pass check=False)"
+                ) from e
             session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
             with torch.no_grad():
                 expected = model(example_inputs).detach().cpu().numpy()

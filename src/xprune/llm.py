@@ -59,8 +59,9 @@ import math
 import os
 import re
 import sysconfig
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,8 +69,17 @@ from torch import nn
 from . import _inputs
 from .errors import DataError, XpruneError
 
-__all__ = ["ByteTokenizer", "TokenBlocks", "calibration", "check_tokens", "corpus", "documents", "heldout",
-           "perplexity", "tokenize"]
+__all__ = [
+    "ByteTokenizer",
+    "TokenBlocks",
+    "calibration",
+    "check_tokens",
+    "corpus",
+    "documents",
+    "heldout",
+    "perplexity",
+    "tokenize",
+]
 
 SPLITS = ("train", "test", "all")
 _FORMAT = 1  # version of the docstring extraction (part of the cache key)
@@ -111,8 +121,11 @@ def _stdlib_docstrings() -> tuple[str, ...]:
 
 
 def _read_stdlib_docstrings(root: Path) -> tuple[str, ...]:
-    files = sorted(p for p in root.rglob("*.py")
-                   if not any(part in _SKIP_DIRS or part.startswith("test") for part in p.relative_to(root).parts))
+    files = sorted(
+        p
+        for p in root.rglob("*.py")
+        if not any(part in _SKIP_DIRS or part.startswith("test") for part in p.relative_to(root).parts)
+    )
     docs: list[str] = []
     for f in files:
         try:
@@ -133,8 +146,9 @@ def _file_documents(path: Path) -> list[str]:
     except FileNotFoundError:
         raise DataError(f"text file {str(path)!r} does not exist; pass an existing UTF-8 text file as source") from None
     except UnicodeDecodeError:
-        raise DataError(f"{str(path)!r} is not UTF-8 text; convert it (e.g. iconv -t utf-8) or pass another file") \
-            from None
+        raise DataError(
+            f"{str(path)!r} is not UTF-8 text; convert it (e.g. iconv -t utf-8) or pass another file"
+        ) from None
     docs = [d.strip() for d in re.split(r"\n\s*\n", text) if d.strip()]
     if len(docs) < 10:  # too few paragraphs to split by hash: use lines as documents
         docs = [d.strip() for d in text.splitlines() if d.strip()]
@@ -168,8 +182,10 @@ def documents(split: str = "train", source: str | Path | None = None) -> list[st
         docs = [d for d in docs if _in_test(d) == (split == "test")]
     if not docs:
         where = "the standard library's docstrings" if source is None else repr(str(source))
-        raise DataError(f"split {split!r} of {where} holds no text; pass a longer text file "
-                        "(about 10% of its paragraphs go to the test split)")
+        raise DataError(
+            f"split {split!r} of {where} holds no text; pass a longer text file "
+            "(about 10% of its paragraphs go to the test split)"
+        )
     return docs
 
 
@@ -219,8 +235,9 @@ def tokenize(texts: str | Sequence[str], tokenizer: Any = None) -> torch.Tensor:
     elif hasattr(tok, "encode"):
         ids = [tok.encode(p, add_special_tokens=False) for p in parts]
     else:
-        raise XpruneError(f"tokenizer {type(tok).__name__} has no encode(); pass a Hugging Face tokenizer or None "
-                          "(byte-level)")
+        raise XpruneError(
+            f"tokenizer {type(tok).__name__} has no encode(); pass a Hugging Face tokenizer or None (byte-level)"
+        )
     flat = [int(i) for seq in ids for i in seq]
     return torch.tensor(flat, dtype=torch.long)
 
@@ -246,8 +263,10 @@ class TokenBlocks:
     def __init__(self, tokens: torch.Tensor, next_tokens: torch.Tensor | None = None):
         tokens = torch.as_tensor(tokens)
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32) or tokens.shape[1] < 2:
-            raise DataError(f"token blocks must be an integer tensor [n_blocks, seq_len >= 2]; got "
-                            f"{tuple(tokens.shape)} {tokens.dtype}")
+            raise DataError(
+                f"token blocks must be an integer tensor [n_blocks, seq_len >= 2]; got "
+                f"{tuple(tokens.shape)} {tokens.dtype}"
+            )
         self.tokens = tokens.long()
         if next_tokens is None:
             next_tokens = torch.full((len(tokens),), -1, dtype=torch.long)
@@ -262,7 +281,7 @@ class TokenBlocks:
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
-    def __getitem__(self, index) -> "TokenBlocks":
+    def __getitem__(self, index) -> TokenBlocks:
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
         return TokenBlocks(self.tokens[index], self.next[index])
@@ -271,10 +290,10 @@ class TokenBlocks:
         if batch_size < 1:
             raise XpruneError(f"batch_size must be at least 1; got {batch_size}")
         for i in range(0, len(self), batch_size):
-            y = self.next[i:i + batch_size]
+            y = self.next[i : i + batch_size]
             # a block ending the text has no next token: explain its own last token instead
-            y = torch.where(y < 0, self.tokens[i:i + batch_size, -1], y)
-            yield {"input_ids": self.tokens[i:i + batch_size]}, y
+            y = torch.where(y < 0, self.tokens[i : i + batch_size, -1], y)
+            yield {"input_ids": self.tokens[i : i + batch_size]}, y
 
     def __iter__(self):
         return self.batches()
@@ -291,8 +310,7 @@ def _stream(split: str, source, tokenizer, text) -> tuple[torch.Tensor, str]:
         where = "the given text"
     else:
         docs = documents(split, source)
-        where = (f"split {split!r} of " + ("the standard library's docstrings" if source is None
-                                          else repr(str(source))))
+        where = f"split {split!r} of " + ("the standard library's docstrings" if source is None else repr(str(source)))
     return tokenize(docs, tokenizer), where
 
 
@@ -301,9 +319,17 @@ def _check_seq_len(seq_len: int) -> None:
         raise XpruneError(f"seq_len must be an int >= 2 (tokens per block); got {seq_len!r}")
 
 
-def calibration(n_samples: int = 128, seq_len: int = 128, *, tokenizer: Any = None, seed: int = 0,
-                split: str = "train", source: str | Path | None = None, text: str | Sequence[str] | None = None,
-                model: nn.Module | None = None) -> TokenBlocks:
+def calibration(
+    n_samples: int = 128,
+    seq_len: int = 128,
+    *,
+    tokenizer: Any = None,
+    seed: int = 0,
+    split: str = "train",
+    source: str | Path | None = None,
+    text: str | Sequence[str] | None = None,
+    model: nn.Module | None = None,
+) -> TokenBlocks:
     """``n_samples`` calibration blocks of ``seq_len`` tokens, drawn at random (seeded) from a split.
 
     The token stream of the split is cut into consecutive non-overlapping
@@ -341,8 +367,10 @@ def calibration(n_samples: int = 128, seq_len: int = 128, *, tokenizer: Any = No
     ids, where = _stream(split, source, tokenizer, text)
     available = (len(ids) - 1) // seq_len if len(ids) > 1 else 0
     if n_samples > available:
-        raise DataError(f"{where} holds {len(ids)} tokens: {available} blocks of {seq_len} tokens, fewer than the "
-                        f"{n_samples} requested; ask for fewer or shorter blocks, or pass more text (source=)")
+        raise DataError(
+            f"{where} holds {len(ids)} tokens: {available} blocks of {seq_len} tokens, fewer than the "
+            f"{n_samples} requested; ask for fewer or shorter blocks, or pass more text (source=)"
+        )
     gen = torch.Generator().manual_seed(int(seed))
     starts = torch.randperm(available, generator=gen)[:n_samples] * seq_len
     index = starts[:, None] + torch.arange(seq_len)
@@ -352,10 +380,18 @@ def calibration(n_samples: int = 128, seq_len: int = 128, *, tokenizer: Any = No
     return blocks
 
 
-def heldout(seq_len: int = 128, n_blocks: int | None = None, *, tokenizer: Any = None, split: str = "test",
-            source: str | Path | None = None, text: str | Sequence[str] | None = None,
-            model: nn.Module | None = None) -> TokenBlocks:
-    """Consecutive non-overlapping blocks of ``seq_len`` tokens of the evaluation split (all, or the first ``n_blocks``).
+def heldout(
+    seq_len: int = 128,
+    n_blocks: int | None = None,
+    *,
+    tokenizer: Any = None,
+    split: str = "test",
+    source: str | Path | None = None,
+    text: str | Sequence[str] | None = None,
+    model: nn.Module | None = None,
+) -> TokenBlocks:
+    """Consecutive non-overlapping blocks of ``seq_len`` tokens of the evaluation split (all, or the first
+    ``n_blocks``).
 
     Parameters as in :func:`calibration`; ``split`` defaults to ``"test"``,
     which shares no document with the ``"train"`` split calibration uses.
@@ -365,10 +401,12 @@ def heldout(seq_len: int = 128, n_blocks: int | None = None, *, tokenizer: Any =
     available = len(ids) // seq_len
     n = available if n_blocks is None else n_blocks
     if not isinstance(n, int) or n < 1 or n > available:
-        raise DataError(f"{where} holds {len(ids)} tokens: {available} blocks of {seq_len} tokens; cannot give "
-                        f"{n_blocks!r}. Ask for 1..{max(available, 1)} blocks, shorter blocks, or pass more text")
+        raise DataError(
+            f"{where} holds {len(ids)} tokens: {available} blocks of {seq_len} tokens; cannot give "
+            f"{n_blocks!r}. Ask for 1..{max(available, 1)} blocks, shorter blocks, or pass more text"
+        )
     tokens = ids[: n * seq_len].reshape(n, seq_len)
-    nxt = torch.cat([ids[seq_len: n * seq_len + 1: seq_len], torch.full((1,), -1, dtype=torch.long)])[:n]
+    nxt = torch.cat([ids[seq_len : n * seq_len + 1 : seq_len], torch.full((1,), -1, dtype=torch.long)])[:n]
     blocks = TokenBlocks(tokens, nxt)
     if model is not None:
         check_tokens(model, blocks.tokens)
@@ -387,7 +425,7 @@ def _limits(model: nn.Module) -> tuple[int | None, int | None]:
             positions = v
             break
     vocab = getattr(cfg, "vocab_size", None)
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None  # type: ignore[operator]  # nn.Module attributes are typed Tensor | Module
     if isinstance(emb, nn.Embedding):
         vocab = emb.num_embeddings
     return positions, vocab if isinstance(vocab, int) else None
@@ -397,12 +435,16 @@ def check_tokens(model: nn.Module, tokens: torch.Tensor) -> None:
     """Raise :class:`DataError` when blocks are longer than ``model``'s positions or use ids outside its vocabulary."""
     positions, vocab = _limits(model)
     if positions is not None and tokens.shape[-1] > positions:
-        raise DataError(f"blocks of {tokens.shape[-1]} tokens are longer than the model's {positions} positions "
-                        f"(config.max_position_embeddings); use seq_len <= {positions}")
+        raise DataError(
+            f"blocks of {tokens.shape[-1]} tokens are longer than the model's {positions} positions "
+            f"(config.max_position_embeddings); use seq_len <= {positions}"
+        )
     if vocab is not None and tokens.numel() and (int(tokens.max()) >= vocab or int(tokens.min()) < 0):
-        raise DataError(f"token ids range from {int(tokens.min())} to {int(tokens.max())} but the model's vocabulary "
-                        f"has {vocab} entries: tokenize with the model's own tokenizer (tokenizer=...), or use a "
-                        "model with vocab_size >= 256 for the byte-level default")
+        raise DataError(
+            f"token ids range from {int(tokens.min())} to {int(tokens.max())} but the model's vocabulary "
+            f"has {vocab} entries: tokenize with the model's own tokenizer (tokenizer=...), or use a "
+            "model with vocab_size >= 256 for the byte-level default"
+        )
 
 
 def _ids(batch: Any) -> torch.Tensor:
@@ -420,12 +462,16 @@ def _as_blocks(tokens: Any) -> TokenBlocks:
         if tokens.dim() == 1:
             tokens = tokens[None]
         return TokenBlocks(tokens)
-    raise DataError(f"perplexity() takes TokenBlocks (xprune.llm.heldout) or a LongTensor [n, seq_len]; got "
-                    f"{type(tokens).__name__}")
+    raise DataError(
+        f"perplexity() takes TokenBlocks (xprune.llm.heldout) or a LongTensor [n, seq_len]; got {type(tokens).__name__}"
+    )
 
 
-def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None,
-                   ) -> tuple[torch.Tensor, int]:
+def next_token_nll(
+    logits: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int]:
     """Summed next-token negative log-likelihood of ``ids`` under ``logits`` ``[N, T, V]``, and the tokens counted.
 
     Position ``t`` predicts ``ids[:, t + 1]``; with ``mask`` ``[N, T]`` (an
@@ -435,14 +481,21 @@ def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor |
     if mask is not None:
         target = target.masked_fill(mask[:, 1:] == 0, -100)
     pred = pred.to(torch.promote_types(pred.dtype, torch.float32))  # half precision logits: fp32 softmax
-    nll = nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1),
-                                      ignore_index=-100, reduction="sum")
+    nll = nn.functional.cross_entropy(
+        pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
+    )
     return nll, int((target != -100).sum())
 
 
-def perplexity(model: nn.Module, tokens: TokenBlocks | torch.Tensor, *, batch_size: int = 8,
-               device: str | torch.device | None = None) -> float:
-    r"""Perplexity of a causal language model on token blocks: :math:`\exp(\frac{1}{M}\sum -\log p(x_{t+1} \mid x_{\le t}))`.
+def perplexity(
+    model: nn.Module,
+    tokens: TokenBlocks | torch.Tensor,
+    *,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+) -> float:
+    r"""Perplexity of a causal language model on token blocks:
+    :math:`\exp(\frac{1}{M}\sum -\log p(x_{t+1} \mid x_{\le t}))`.
 
     Every block is read on its own (no context across blocks); each of its
     ``seq_len - 1`` next tokens is predicted, :math:`M` is their total. The

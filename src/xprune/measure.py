@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -45,8 +46,10 @@ def predictions(model: nn.Module, batches: Any, *, classes: Sequence[int] | None
         for item in batches:
             x, y = _inputs._pair(item)  # (inputs, labels) pairs, or Hugging Face dicts with 'labels'
             if y is None:
-                raise DataError("measuring accuracy needs labels; add them to each batch (key 'labels' of a batch "
-                                "dict, or (inputs, labels) pairs)")
+                raise DataError(
+                    "measuring accuracy needs labels; add them to each batch (key 'labels' of a batch "
+                    "dict, or (inputs, labels) pairs)"
+                )
             x, y = _inputs.to_device(x, device), torch.as_tensor(y).to(device)
             out = _inputs.logits(_inputs.call(model, x))
             if not (out.dim() == 2 and y.dim() == 1):  # tokens: one prediction per judged position
@@ -105,7 +108,7 @@ def count(model: nn.Module, example_inputs: Any) -> dict[str, int]:
     return {"params": int(params), "macs": int(macs)}
 
 
-def latency(model: nn.Module, example_inputs: Any, *, warmup: int = 5, repeats: int = 30) -> dict[str, float]:
+def latency(model: nn.Module, example_inputs: Any, *, warmup: int = 5, repeats: int = 30) -> dict[str, Any]:
     """Median CPU latency of one forward pass, in milliseconds.
 
     Returns ``{"ms": median, "ms_iqr": interquartile range, "batch_size", "threads"}``.
@@ -118,6 +121,10 @@ def latency(model: nn.Module, example_inputs: Any, *, warmup: int = 5, repeats: 
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    batch = example_inputs.shape[0] if isinstance(example_inputs, torch.Tensor) else None
-    return {"ms": 1000 * statistics.median(times), "ms_iqr": 1000 * (q[2] - q[0]),
-            "batch_size": batch, "threads": torch.get_num_threads()}
+    batch = int(example_inputs.shape[0]) if isinstance(example_inputs, torch.Tensor) else None
+    return {
+        "ms": 1000 * statistics.median(times),
+        "ms_iqr": 1000 * (q[2] - q[0]),
+        "batch_size": batch,
+        "threads": torch.get_num_threads(),
+    }

@@ -9,8 +9,9 @@ area under the curve is the mean accuracy over the rates.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -155,9 +156,18 @@ def curve(
     rates = [float(r) for r in rates]
     if not rates or any(not 0 <= r < 1 for r in rates):
         raise XpruneError(f"rates must be numbers in [0, 1), got {rates}")
-    ckpt = _CurveCheckpoint(checkpoint, resume, criterion, scores, units=units, scope=scope, mode=mode,
-                            classes=None if classes is None else [int(c) for c in classes],
-                            fine_tune=fine_tune is not None, options=options)
+    ckpt = _CurveCheckpoint(
+        checkpoint,
+        resume,
+        criterion,
+        scores,
+        units=units,
+        scope=scope,
+        mode=mode,
+        classes=None if classes is None else [int(c) for c in classes],
+        fine_tune=fine_tune is not None,
+        options=options,
+    )
     with distributed.on_device(model, device):
         if scores is None and not ckpt.complete(rates):
             if classes is not None:
@@ -167,14 +177,17 @@ def curve(
                     warnings.filterwarnings("ignore", message="the reference samples cover")
                 scores = score(model, reference, criterion, units, **options)
         if scores is not None:
-            ckpt.meta = {"name": scores.criterion if not isinstance(criterion, str) else criterion,
-                         "units": scores.kind, "total": scores.total}
+            ckpt.meta = {
+                "name": scores.criterion if not isinstance(criterion, str) else criterion,
+                "units": scores.kind,
+                "total": scores.total,
+            }
         inexact = inexact_masks(model, scores) if mode == "mask" and scores is not None else {}
         if inexact:  # kept with the checkpoint, for a resumed curve that needs no scores
             ckpt.meta["inexact_mask"] = blamed_modules(inexact)
         name = ckpt.meta["name"]
         accs, removed, modes = [], [], []
-        iterator = rates
+        iterator: Iterable[float] = rates
         if progress and distributed.is_main():
             from ._progress import track
 
@@ -183,6 +196,7 @@ def curve(
             if r in ckpt.done:
                 acc, n_removed, used = ckpt.done[r]
             else:
+                assert scores is not None  # only a complete checkpoint skips the scoring
                 plan = select(scores, r, scope=scope, warn=False)  # a sweep runs to ruinous rates on purpose
                 used = evaluation_mode(mode, plan, inexact) if plan.n_removed else None
                 # an empty plan still copies when fine-tuning follows: the caller's model must not change
@@ -195,8 +209,12 @@ def curve(
             accs.append(acc)
             removed.append(n_removed)
             modes.append(used)
-    meta = {"units": ckpt.meta["units"], "scope": scope, "total": ckpt.meta["total"],
-            **evaluation_meta(modes, mode, ckpt.meta.get("inexact_mask"))}
+    meta = {
+        "units": ckpt.meta["units"],
+        "scope": scope,
+        "total": ckpt.meta["total"],
+        **evaluation_meta(modes, mode, ckpt.meta.get("inexact_mask")),
+    }
     return Curve(name, rates, accs, removed, meta)
 
 
@@ -205,11 +223,13 @@ def _check_reference_classes(reference: Any, classes: Sequence[int]) -> None:
     seen: set[int] = set()
     for _, y in _inputs.batches(reference, 1024):
         seen.update(torch.as_tensor(y).reshape(-1).tolist())
-    missing = sorted(set(int(c) for c in classes) - seen)
+    missing = sorted({int(c) for c in classes} - seen)
     if missing:
-        raise DataError(f"the domain restriction names classes {missing} but the reference samples hold none "
-                        "of them, so their relevance cannot be measured; draw reference samples of those "
-                        "classes, e.g. xprune.data.reference_samples(split, n_per_class, classes=classes)")
+        raise DataError(
+            f"the domain restriction names classes {missing} but the reference samples hold none "
+            "of them, so their relevance cannot be measured; draw reference samples of those "
+            "classes, e.g. xprune.data.reference_samples(split, n_per_class, classes=classes)"
+        )
 
 
 class _CurveCheckpoint:
@@ -222,8 +242,11 @@ class _CurveCheckpoint:
         self.path = None if path is None else Path(path)
         self.done: dict[float, tuple[float, int, str | None]] = {}
         self.meta: dict[str, Any] = {}
-        crit = scores.criterion if scores is not None else (
-            criterion if isinstance(criterion, str) else type(criterion).__name__)
+        crit = (
+            scores.criterion
+            if scores is not None
+            else (criterion if isinstance(criterion, str) else type(criterion).__name__)
+        )
         settings["options"] = json.loads(json.dumps(settings["options"], default=repr))
         self.settings = {"criterion": crit, **settings}
         if self.path is None:
@@ -233,24 +256,28 @@ class _CurveCheckpoint:
         if not self.path.exists():
             return
         if not resume:
-            raise XpruneError(f"{self.path} holds a curve in progress; pass resume=True (CLI: --resume) to "
-                              "continue it, or delete it to start afresh")
+            raise XpruneError(
+                f"{self.path} holds a curve in progress; pass resume=True (CLI: --resume) to "
+                "continue it, or delete it to start afresh"
+            )
         try:
             saved = json.loads(self.path.read_text())
             if saved.get("xprune") != "curve-checkpoint":
                 raise ValueError("not a curve checkpoint")
-            diff = {k: (saved["settings"].get(k), v) for k, v in self.settings.items()
-                    if saved["settings"].get(k) != v}
+            diff = {k: (saved["settings"].get(k), v) for k, v in self.settings.items() if saved["settings"].get(k) != v}
             # (accuracy, units removed, mode used); checkpoints of older versions lack the mode
-            done = {float(r): (float(v[0]), int(v[1]), v[2] if len(v) > 2 else None)
-                    for r, v in saved["done"].items()}
+            done = {float(r): (float(v[0]), int(v[1]), v[2] if len(v) > 2 else None) for r, v in saved["done"].items()}
             meta = dict(saved["meta"])
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise XpruneError(f"curve checkpoint {self.path} cannot be read ({e}): it is damaged or not "
-                              "xprune's; delete it to start afresh") from e
+            raise XpruneError(
+                f"curve checkpoint {self.path} cannot be read ({e}): it is damaged or not "
+                "xprune's; delete it to start afresh"
+            ) from e
         if diff:
-            raise XpruneError(f"the curve in {self.path} was made with other settings (saved, given): {diff}; "
-                              "resume with the same settings or use another checkpoint")
+            raise XpruneError(
+                f"the curve in {self.path} was made with other settings (saved, given): {diff}; "
+                "resume with the same settings or use another checkpoint"
+            )
         self.done, self.meta = done, meta
 
     def complete(self, rates) -> bool:
@@ -263,6 +290,15 @@ class _CurveCheckpoint:
 
         self.done[rate] = (acc, n_removed, mode)
         if self.path is not None and distributed.is_main():
-            atomic_write(self.path, json.dumps({"xprune": "curve-checkpoint", "settings": self.settings,
-                                                "meta": self.meta,
-                                                "done": {repr(r): v for r, v in self.done.items()}}, indent=1))
+            atomic_write(
+                self.path,
+                json.dumps(
+                    {
+                        "xprune": "curve-checkpoint",
+                        "settings": self.settings,
+                        "meta": self.meta,
+                        "done": {repr(r): v for r, v in self.done.items()},
+                    },
+                    indent=1,
+                ),
+            )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import XpruneError
 
@@ -74,16 +75,30 @@ class Plan:
         return [i for i in range(self.sizes[name]) if i not in gone]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"xprune": "plan", "kind": self.kind, "remove": self.remove, "sizes": self.sizes,
-                "members": self.members, "roots": self.roots, "example": self.example, "meta": self.meta}
+        return {
+            "xprune": "plan",
+            "kind": self.kind,
+            "remove": self.remove,
+            "sizes": self.sizes,
+            "members": self.members,
+            "roots": self.roots,
+            "example": self.example,
+            "meta": self.meta,
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Plan":
+    def from_dict(cls, d: Mapping[str, Any]) -> Plan:
         if d.get("xprune") != "plan":
             raise XpruneError("not an xprune plan (missing 'xprune': 'plan')")
-        return cls(d["kind"], {k: list(map(int, v)) for k, v in d["remove"].items()},
-                   {k: int(v) for k, v in d["sizes"].items()}, d.get("members", {}), d.get("roots", {}),
-                   d.get("example"), d.get("meta", {}))
+        return cls(
+            d["kind"],
+            {k: list(map(int, v)) for k, v in d["remove"].items()},
+            {k: int(v) for k, v in d["sizes"].items()},
+            d.get("members", {}),
+            d.get("roots", {}),
+            d.get("example"),
+            d.get("meta", {}),
+        )
 
     def save(self, path: str | Path) -> None:
         """Write the plan as JSON (atomically)."""
@@ -92,24 +107,27 @@ class Plan:
         atomic_write(path, json.dumps(self.to_dict(), indent=1, default=str))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Plan":
+    def load(cls, path: str | Path) -> Plan:
         path = Path(path)
         if not path.exists():
             raise XpruneError(f"no plan file at {path}")
         try:
             d = json.loads(path.read_text())
         except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            raise XpruneError(f"{path} is not a readable plan file (truncated or corrupt?): {e}; "
-                              "write it again with Plan.save") from e
+            raise XpruneError(
+                f"{path} is not a readable plan file (truncated or corrupt?): {e}; write it again with Plan.save"
+            ) from e
         if not isinstance(d, dict):
             raise XpruneError(f"{path} is not an xprune plan (a JSON object written by Plan.save)")
         return cls.from_dict(d)
 
     def __str__(self) -> str:
         width = max([len(n) for n in self.sizes] + [5])
-        lines = [f"Plan: remove {self.n_removed} of {self.n_total} {self.kind} ({100 * self.ratio:.1f}%)"
-                 + (f", criterion {self.meta['criterion']}" if self.meta.get("criterion") else ""),
-                 f"  {'layer':<{width}}  {'before':>7}  {'removed':>7}  {'after':>7}"]
+        lines = [
+            f"Plan: remove {self.n_removed} of {self.n_total} {self.kind} ({100 * self.ratio:.1f}%)"
+            + (f", criterion {self.meta['criterion']}" if self.meta.get("criterion") else ""),
+            f"  {'layer':<{width}}  {'before':>7}  {'removed':>7}  {'after':>7}",
+        ]
         for name, size in self.sizes.items():
             r = len(self.remove[name])
             lines.append(f"  {name:<{width}}  {size:>7}  {r:>7}  {size - r:>7}")

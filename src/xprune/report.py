@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from ._io import atomic_write
 from .pipeline import Curve
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def _mean_std(values: Iterable[float]) -> tuple[float, float]:
     values = list(values)
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -24,8 +25,13 @@ def group_curves(curves: Iterable[Curve]) -> dict[str, list[Curve]]:
     return out
 
 
-def curves_table(curves: Iterable[Curve], *, at: Sequence[float] = (0.25, 0.5, 0.75), title: str | None = None,
-                 chosen_by: Iterable[Curve] | None = None):
+def curves_table(
+    curves: Iterable[Curve],
+    *,
+    at: Sequence[float] = (0.25, 0.5, 0.75),
+    title: str | None = None,
+    chosen_by: Iterable[Curve] | None = None,
+):
     """A rich Table: per criterion, AUC (mean +- std over seeds) and accuracy at chosen rates, best AUC first.
 
     ``chosen_by``: curves of the same criteria on another split (the validation split a choice is made on);
@@ -41,7 +47,7 @@ def curves_table(curves: Iterable[Curve], *, at: Sequence[float] = (0.25, 0.5, 0
         table.add_column("val AUC", justify="right", no_wrap=True)
     table.add_column("AUC" if chooser is None else "test AUC", justify="right", no_wrap=True)
     for r in at:
-        table.add_column(f"acc@{int(round(100 * r))}%", justify="right", no_wrap=True)
+        table.add_column(f"acc@{round(100 * r)}%", justify="right", no_wrap=True)
     table.add_column("seeds", justify="right")
     rows = []
     for name, cs in grouped.items():
@@ -59,7 +65,7 @@ def curves_table(curves: Iterable[Curve], *, at: Sequence[float] = (0.25, 0.5, 0
 def curves_markdown(curves: Iterable[Curve], *, at: Sequence[float] = (0.25, 0.5, 0.75)) -> str:
     """The same table as :func:`curves_table`, as GitHub markdown."""
     grouped = group_curves(curves)
-    head = "| criterion | AUC | " + " | ".join(f"acc@{int(round(100 * r))}%" for r in at) + " | seeds |"
+    head = "| criterion | AUC | " + " | ".join(f"acc@{round(100 * r)}%" for r in at) + " | seeds |"
     lines = [head, "|" + "---|" * (len(at) + 3)]
     rows = []
     for name, cs in grouped.items():
@@ -71,8 +77,9 @@ def curves_markdown(curves: Iterable[Curve], *, at: Sequence[float] = (0.25, 0.5
     return "\n".join(lines)
 
 
-def plot_curves(curves: Iterable[Curve], path: str | Path, *, title: str = "Accuracy vs pruning rate",
-                baseline: float | None = None) -> Path:
+def plot_curves(
+    curves: Iterable[Curve], path: str | Path, *, title: str = "Accuracy vs pruning rate", baseline: float | None = None
+) -> Path:
     """PNG of accuracy against pruning rate, one line per criterion (mean over seeds, band = +-1 std)."""
     import matplotlib
 
@@ -88,7 +95,7 @@ def plot_curves(curves: Iterable[Curve], path: str | Path, *, title: str = "Accu
         rates = np.array(cs[0].rates) * 100
         acc = np.array([c.accuracies for c in cs])
         mean, std = acc.mean(0), acc.std(0)
-        line, = ax.plot(rates, mean, marker="o", ms=3, label=f"{name} (AUC {mean.mean():.3f})")
+        (line,) = ax.plot(rates, mean, marker="o", ms=3, label=f"{name} (AUC {mean.mean():.3f})")
         if len(cs) > 1:
             ax.fill_between(rates, mean - std, mean + std, color=line.get_color(), alpha=0.15)
     if baseline is not None:
@@ -148,11 +155,13 @@ def comparison_table(before: Mapping[str, Any], after: Mapping[str, Any], title:
     for col in ("", "before", "after", "change"):
         table.add_column(col, justify="right" if col else "left")
     fewer, faster = ratio_text("fewer", "more"), ratio_text("faster", "slower")
-    rows = [("accuracy", "accuracy", lambda v: f"{v:.4f}", lambda b, a: f"{a - b:+.4f}"),
-            ("parameters", "params", lambda v: f"{v:,}", fewer),
-            ("MACs (1 mult-add = 1)", "macs", lambda v: f"{v:,}", fewer),
-            ("latency bs=1 (ms)", "ms_1", lambda v: f"{v:.3f}", faster),
-            ("latency bs=64 (ms)", "ms_64", lambda v: f"{v:.3f}", faster)]
+    rows = [
+        ("accuracy", "accuracy", lambda v: f"{v:.4f}", lambda b, a: f"{a - b:+.4f}"),
+        ("parameters", "params", lambda v: f"{v:,}", fewer),
+        ("MACs (1 mult-add = 1)", "macs", lambda v: f"{v:,}", fewer),
+        ("latency bs=1 (ms)", "ms_1", lambda v: f"{v:.3f}", faster),
+        ("latency bs=64 (ms)", "ms_64", lambda v: f"{v:.3f}", faster),
+    ]
     for label, key, fmt, change in rows:
         if key in before and key in after:
             table.add_row(label, fmt(before[key]), fmt(after[key]), change(before[key], after[key]))

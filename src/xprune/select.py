@@ -13,7 +13,8 @@ prints as a per-layer table.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,6 @@ from .costs import CostModel, budget_check, check_metric
 from .errors import XpruneError
 from .plan import Plan, check_ratio
 from .scores import Scores, normalize as _normalize
-
 
 _keep_floor = keep_floor  # units a group keeps at least under min_keep (see xprune.checks)
 
@@ -113,11 +113,15 @@ def select(
     if by not in ("units", "macs", "params"):
         raise XpruneError(f"by must be 'units', 'macs' or 'params', got {by!r}")
     if by != "units" and costs is None and model is None:
-        raise XpruneError(f"by={by!r} needs the model to count its {by}: select(scores, ratio, by={by!r}, model=model) "
-                          "(or costs=xprune.costs.CostModel(model, scores))")
+        raise XpruneError(
+            f"by={by!r} needs the model to count its {by}: select(scores, ratio, by={by!r}, model=model) "
+            "(or costs=xprune.costs.CostModel(model, scores))"
+        )
     if by == "macs" and scores.kind == "weights":
-        raise XpruneError("masking single weights removes no counted MAC; use by='params' or 'units' for them, "
-                          "or units='channels' to save MACs")
+        raise XpruneError(
+            "masking single weights removes no counted MAC; use by='params' or 'units' for them, "
+            "or units='channels' to save MACs"
+        )
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise XpruneError(f"round_to must be a positive int, got {round_to!r}")
     if scores.kind == "weights" and round_to:
@@ -126,8 +130,10 @@ def select(
     names = list(scores)
     nan = [n for n in names if torch.isnan(scores[n]).any()]
     if nan:
-        raise XpruneError(f"the scores of {nan[:5]} contain NaN, which cannot be ranked; recompute them "
-                          "(xprune.score refuses NaN inputs and scores) or drop the damaged scores file")
+        raise XpruneError(
+            f"the scores of {nan[:5]} contain NaN, which cannot be ranked; recompute them "
+            "(xprune.score refuses NaN inputs and scores) or drop the damaged scores file"
+        )
     values = {n: _normalize(scores[n], normalize) for n in names}
     sizes = {n: values[n].numel() for n in names}
     caps = {n: sizes[n] - _keep_floor(sizes[n], min_keep) for n in names}
@@ -140,6 +146,7 @@ def select(
     if scope == "local" and by == "units":
         removed = _local(values, caps, scores.parts, lambda n: math.floor(ratio * sizes[n] + 1e-9))
     elif scope == "local":
+        assert costs is not None  # built above for every by != "units"
         removed = _local_by_cost(values, sizes, caps, scores.parts, costs, by, ratio)
     elif by == "units":
         guard = _PartGuard(scores.parts)
@@ -156,6 +163,7 @@ def select(
             spent += 1
         removed = {n: sorted(v) for n, v in removed.items()}
     else:
+        assert costs is not None
         removed = _global_by_cost(values, caps, scores.parts, costs, by, ratio)
 
     before_rounding = sum(len(v) for v in removed.values())
@@ -164,20 +172,30 @@ def select(
         # convs of a group split into conv-group blocks do, is no constraint)
         if any(len(set(p)) < sizes.get(n, 0) for n, plist in scores.parts.items() for p in plist):
             raise XpruneError("round_to is not supported for models with concatenated channel groups")
-        removed = {n: _round(values[n], removed[n], sizes[n], round_to, _keep_floor(sizes[n], min_keep))
-                   for n in names}
-    meta = {"criterion": scores.criterion, "ratio": ratio, "scope": scope, "by": by,
-            "normalize": normalize, "min_keep": min_keep, "round_to": round_to}
+        removed = {n: _round(values[n], removed[n], sizes[n], round_to, _keep_floor(sizes[n], min_keep)) for n in names}
+    meta = {
+        "criterion": scores.criterion,
+        "ratio": ratio,
+        "scope": scope,
+        "by": by,
+        "normalize": normalize,
+        "min_keep": min_keep,
+        "round_to": round_to,
+    }
     if by != "units":
+        assert costs is not None
         meta[f"{by}_reduction"] = costs.reduction(removed, by)
         meta[f"{by}_before"] = costs.base[by]
     plan = Plan(scores.kind, removed, sizes, dict(scores.members), dict(scores.roots), scores.example, meta)
     cause = None
     if ratio > 0 and not plan.n_removed and any(caps.values()):
         if round_to and before_rounding:
-            cause = (f"round_to={round_to} rounded every pruned group back to its full size; use a larger ratio "
-                     "or a smaller round_to")
+            cause = (
+                f"round_to={round_to} rounded every pruned group back to its full size; use a larger ratio "
+                "or a smaller round_to"
+            )
         elif by != "units":
+            assert costs is not None
             cause = _cheapest(costs, caps, by, ratio)
     plan.meta["warnings"] = plan_warnings(plan, cause=cause)
     if warn:
@@ -188,13 +206,17 @@ def select(
 def _cheapest(costs: CostModel, caps: Mapping[str, int], by: str, ratio: float) -> str | None:
     """Why a MAC / parameter budget removed nothing: the smallest saving of one removable unit exceeds it."""
     ri, ro = costs.empty()
-    least = min((costs.marginal(n, i, ri, ro, by) for n, cap in caps.items() if cap
-                 for i in range(costs.sizes[n])), default=float("inf"))
+    least = min(
+        (costs.marginal(n, i, ri, ro, by) for n, cap in caps.items() if cap for i in range(costs.sizes[n])),
+        default=float("inf"),
+    )
     share = least / costs.base[by] if costs.base[by] else float("inf")
     if share <= ratio:
         return None  # a unit fitted, other constraints kept it: the plan's checks say which
-    return (f"removing any single unit saves at least {100 * share:.3g}% of the model's {by}, more than the "
-            f"{100 * ratio:.3g}% asked; use a ratio >= {share:.3g}")
+    return (
+        f"removing any single unit saves at least {100 * share:.3g}% of the model's {by}, more than the "
+        f"{100 * ratio:.3g}% asked; use a ratio >= {share:.3g}"
+    )
 
 
 def _global_order(values: Mapping[str, torch.Tensor]):
@@ -322,7 +344,7 @@ def _round(values: torch.Tensor, removed: list[int], size: int, multiple: int, f
     if not removed:
         return []
     kept = size - len(removed)
-    target = max(int(round(kept / multiple)) * multiple, multiple, floor)
+    target = max(round(kept / multiple) * multiple, multiple, floor)
     if target >= size:
         return []
     order = np.argsort(values.numpy(), kind="stable").tolist()  # lowest first

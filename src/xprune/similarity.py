@@ -54,8 +54,9 @@ def default_method() -> str:
     return "lrp" if importlib.util.find_spec("xprune.lrp") is not None else "gradxinput"
 
 
-def heatmaps(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, method: Any = "auto",
-             composite: Any = "epsilon-plus") -> torch.Tensor:
+def heatmaps(
+    model: nn.Module, x: torch.Tensor, classes: torch.Tensor, method: Any = "auto", composite: Any = "epsilon-plus"
+) -> torch.Tensor:
     """Heatmaps of ``model`` for ``classes`` on ``x``, summed over channels (see the module docs)."""
     if method == "auto":
         method = default_method()
@@ -153,7 +154,11 @@ def explanation_similarity(
     Similarity
         Mean Pearson correlation and top-k overlap (and their standard deviations).
     """
-    used = default_method() if method == "auto" else (getattr(method, "__name__", "callable") if callable(method) else method)
+    used = (
+        default_method()
+        if method == "auto"
+        else (getattr(method, "__name__", "callable") if callable(method) else method)
+    )
     rhos, hits = [], []
     seen = 0
     for x, y in _inputs.batches(data, batch_size):
@@ -165,13 +170,17 @@ def explanation_similarity(
             original.eval()
             out = _inputs.logits(original(x))
         classes = resolve_target(target, out, y)
-        r, h = compare(heatmaps(original, x, classes, method, composite),
-                       heatmaps(pruned, x, classes, method, composite), top_k)
+        r, h = compare(
+            heatmaps(original, x, classes, method, composite), heatmaps(pruned, x, classes, method, composite), top_k
+        )
         rhos.append(r)
         hits.append(h)
         seen += len(x)
     if not rhos:
         raise XpruneError("explanation_similarity needs at least one sample")
     r, h = torch.cat(rhos), torch.cat(hits)
-    std = (lambda t: float(t.std()) if t.numel() > 1 else 0.0)  # noqa: E731
+
+    def std(t: torch.Tensor) -> float:
+        return float(t.std()) if t.numel() > 1 else 0.0
+
     return Similarity(float(r.mean()), float(h.mean()), std(r), std(h), int(r.numel()), str(used), top_k)

@@ -27,8 +27,16 @@ from .kinds.channels import mask_groups
 from .plan import Plan
 from .units import get_kind
 
-__all__ = ["apply", "blamed_modules", "evaluation_meta", "evaluation_mode", "history", "inexact_masks", "mask_groups",
-           "HISTORY"]
+__all__ = [
+    "apply",
+    "blamed_modules",
+    "evaluation_meta",
+    "evaluation_mode",
+    "history",
+    "inexact_masks",
+    "mask_groups",
+    "HISTORY",
+]
 
 #: Attribute holding the plans applied to a pruned model (what :func:`xprune.save` records).
 HISTORY = "_xprune_history"
@@ -69,7 +77,7 @@ def apply(
         raise XpruneError(f"apply() expects a Plan from xprune.select(), got {type(plan).__name__}")
     if mode not in ("remove", "mask"):
         raise XpruneError(f"mode must be 'remove' or 'mask', got {mode!r}")
-    history = list(getattr(model, HISTORY, [])) + [{"mode": mode, "plan": plan.to_dict()}]
+    history = [*getattr(model, HISTORY, []), {"mode": mode, "plan": plan.to_dict()}]
     pruned = _apply(model, plan, mode, example_inputs, inplace, exact)
     setattr(pruned, HISTORY, history)
     return pruned

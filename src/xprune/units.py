@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch_pruning as tp
@@ -35,8 +36,18 @@ from .errors import DataError, UnknownName, XpruneError
 #: Layer types whose output channels can be roots of a channel group.
 PRODUCER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
-__all__ = ["UnitGroup", "UnitSet", "UnitKind", "Signals", "register_kind", "get_kind", "kinds", "discover",
-           "forward_order", "build_graph"]
+__all__ = [
+    "UnitGroup",
+    "UnitSet",
+    "UnitKind",
+    "Signals",
+    "register_kind",
+    "get_kind",
+    "kinds",
+    "discover",
+    "forward_order",
+    "build_graph",
+]
 
 
 @dataclass(frozen=True)
@@ -94,8 +105,9 @@ class UnitGroup:
         """Add ``per_channel`` (last dim: the producer's channels) into ``target`` (last dim: units)."""
         idx = self.units_of(producer, per_channel.shape[-1]).to(per_channel.device)
         keep = idx >= 0
-        return target.index_add_(target.dim() - 1, idx[keep].to(target.device),
-                                 per_channel[..., keep].to(target.dtype).to(target.device))
+        return target.index_add_(
+            target.dim() - 1, idx[keep].to(target.device), per_channel[..., keep].to(target.dtype).to(target.device)
+        )
 
     def gather(self, values: torch.Tensor, producer: str, n_channels: int, fill: float = 1.0) -> torch.Tensor:
         """Per-channel view of per-unit ``values`` (last dim), ``fill`` for channels of other groups."""
@@ -207,12 +219,11 @@ class Signals:
         """``[N, S]`` weights of the positions that count (padding excluded), or None: all count."""
         return None
 
-    def __enter__(self) -> "Signals":
+    def __enter__(self) -> Signals:
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> None:
         self.close()
-        return False
 
     def close(self) -> None:
         """Remove every hook (the model is as before)."""
@@ -223,8 +234,9 @@ class Signals:
 
 
 @contextlib.contextmanager
-def captured_call(kind: "UnitKind", model: nn.Module, units: "UnitSet", run: Callable[[], Any],
-                  copy_keys: set | None = None) -> Iterator[tuple[Signals, Any]]:
+def captured_call(
+    kind: UnitKind, model: nn.Module, units: UnitSet, run: Callable[[], Any], copy_keys: set | None = None
+) -> Iterator[tuple[Signals, Any]]:
     """``run()`` (a forward pass) inside ``kind.signals(model, units)``, yielding ``(signals, result)``.
 
     If the pass overwrote a captured tensor in place, it is run again with
@@ -268,8 +280,15 @@ class UnitKind:
     #: LRP composite used by the "lrp" criterion when none is given
     default_composite: ClassVar[str] = "epsilon-plus"
 
-    def discover(self, model: nn.Module, example_inputs: Any, *, include_output: bool = False,
-                 ignore: Sequence[nn.Module] = (), **options: Any) -> UnitSet:
+    def discover(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        *,
+        include_output: bool = False,
+        ignore: Sequence[nn.Module] = (),
+        **options: Any,
+    ) -> UnitSet:
         raise NotImplementedError
 
     def signals(self, model: nn.Module, units: UnitSet) -> Signals:
@@ -310,7 +329,7 @@ class _FunctionKind(UnitKind):
     """A kind given only by a discovery function (the older ``@register_kind(name)`` form)."""
 
     def __init__(self, name: str, fn: Callable[..., UnitSet]):
-        self.name, self._fn = name, fn  # type: ignore[misc]
+        self.name, self._fn = name, fn  # type: ignore[misc]  # name is a ClassVar; this kind is made at run time
 
     def discover(self, model, example_inputs, **options):
         return self._fn(model, example_inputs, **options)
@@ -325,7 +344,7 @@ _KINDS: dict[str, UnitKind | str] = {
 }
 
 
-def register_kind(kind: "UnitKind | type[UnitKind] | str", target: str | None = None):
+def register_kind(kind: UnitKind | type[UnitKind] | str, target: str | None = None):
     """Register a unit kind.
 
     ``register_kind(MyKind())`` (or the class, or as a class decorator)
@@ -344,6 +363,7 @@ def register_kind(kind: "UnitKind | type[UnitKind] | str", target: str | None = 
         _KINDS[kind] = target
         return None
     if isinstance(kind, str):
+
         def deco(fn: Callable[..., UnitSet]) -> Callable[..., UnitSet]:
             _KINDS[kind] = _FunctionKind(kind, fn)
             return fn
@@ -432,8 +452,10 @@ def forward_order(model: nn.Module, example_inputs: Any, graph: Any = None) -> d
     order: dict[str, int] = {}
     handles = []
     for name, m in model.named_modules():
+
         def hook(mod, args, out, name=name):
             order.setdefault(name, len(order))
+
         handles.append(m.register_forward_hook(hook))
     try:
         with _inputs.preserved_state(model), torch.no_grad():
@@ -448,7 +470,11 @@ def _check_forward(model: nn.Module, example_inputs: Any) -> Any:
     try:
         return _inputs.call(model, example_inputs)
     except (RuntimeError, TypeError, ValueError, IndexError) as e:
-        shape = _inputs.spec(example_inputs) if isinstance(example_inputs, (torch.Tensor, tuple, list, dict)) else type(example_inputs).__name__
+        shape = (
+            _inputs.spec(example_inputs)
+            if isinstance(example_inputs, (torch.Tensor, tuple, list, dict))
+            else type(example_inputs).__name__
+        )
         raise DataError(
             f"the inputs ({shape}) do not fit the model: {e}. Pass inputs of the shape "
             "and dtype the model was built for (a batch dimension first)."
@@ -495,6 +521,7 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     """
     constants = _ConstantOperands()
     order: dict[str, int] = {}  # what forward_order() finds, recorded by the traced pass itself
+
     def called(mod, args, out, name):
         order.setdefault(name, len(order))
 
@@ -505,13 +532,17 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
         with _inputs.preserved_state(model), torch.enable_grad():
             try:
                 with constants:
-                    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
-                                                                  verbose=False)
+                    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
             except (RuntimeError, TypeError, ValueError, IndexError, AttributeError) as e:
                 _check_forward(model, example_inputs)  # raises a clear error when the inputs do not fit
-                hint = ("; for the channels of transformer blocks use units='heads' or 'neurons'"
-                        if hasattr(getattr(model, "config", None), "to_dict") else "")
-                raise XpruneError(f"could not trace the model's dependency graph ({type(e).__name__}: {e}){hint}") from e
+                hint = (
+                    "; for the channels of transformer blocks use units='heads' or 'neurons'"
+                    if hasattr(getattr(model, "config", None), "to_dict")
+                    else ""
+                )
+                raise XpruneError(
+                    f"could not trace the model's dependency graph ({type(e).__name__}: {e}){hint}"
+                ) from e
     finally:
         for h in handles:
             h.remove()
@@ -522,5 +553,8 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
 
 
 def _is_depthwise(module) -> bool:
-    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
-            and module.groups == module.in_channels == module.out_channels)
+    return (
+        isinstance(module, nn.modules.conv._ConvNd)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )

@@ -9,22 +9,36 @@ measures: ``docs/bench.md``.
 
 from __future__ import annotations
 
-from ._common import (
-    _TUNE, ROOT, Context, Spec, _auc_ranking, _commit, _curves, _first, _fmt, _include, _mean_std, _record, _script,
-    _specs, _tuned_lrp,
-)
-from ._guide import GUIDE, _guide
-from ._heatmaps import _enlarge, heatmaps
+from ._common import ROOT, Context, Spec
+from ._guide import GUIDE
+from ._heatmaps import heatmaps
 from ._minilm import minilm
-from ._page import _guarantee_from_readme, results_page
-from ._perf import _fwd_bwd, _median_time, _spearman, _tp_taylor, _zennit_cost, perf
-from ._resnet import _plot_bars, resnet
+from ._page import results_page
+from ._perf import perf
+from ._resnet import resnet
 from ._runner import QUICK, SCENARIOS, estimate, run
-from ._toy import TOY_N, TOY_N_QUICK, TOY_SETS, _plot_toy, _toy_steps, _toy_write, toy
+from ._toy import TOY_N, TOY_N_QUICK, TOY_SETS, toy
 from ._transfer import transfer_task
-from ._vit import _VIT_SPECS, vit
+from ._vit import vit
 
 __all__ = [
-    "GUIDE", "QUICK", "ROOT", "SCENARIOS", "TOY_N", "TOY_N_QUICK", "TOY_SETS", "Context", "Spec", "estimate",
-    "heatmaps", "minilm", "perf", "resnet", "results_page", "run", "toy", "transfer_task", "vit",
+    "GUIDE",
+    "QUICK",
+    "ROOT",
+    "SCENARIOS",
+    "TOY_N",
+    "TOY_N_QUICK",
+    "TOY_SETS",
+    "Context",
+    "Spec",
+    "estimate",
+    "heatmaps",
+    "minilm",
+    "perf",
+    "resnet",
+    "results_page",
+    "run",
+    "toy",
+    "transfer_task",
+    "vit",
 ]

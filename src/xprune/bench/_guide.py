@@ -4,6 +4,7 @@ tables, labelled as such on the page: it is not recomputed when the numbers chan
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -20,24 +21,33 @@ def _guide(out: Path, existing: Path) -> list[str]:
         ns = toy_["settings"]["reference_per_class"]
         few, many = [str(n) for n in ns if n <= 5], [str(n) for n in ns if n >= 50] or [str(ns[-1])]
         for ds, r in toy_["results"].items():
+
             def best(keys, r=r):
-                ranked = sorted(r["acc"], key=lambda lab: -statistics.fmean(sum((r["acc"][lab][k] for k in keys), [])))
-                top = ranked[0]
-                return top, statistics.fmean(sum((r["acc"][top][k] for k in keys), []))
+                def mean(label):
+                    return statistics.fmean(itertools.chain.from_iterable(r["acc"][label][k] for k in keys))
+
+                top = max(r["acc"], key=mean)  # the first of equals, as a stable sort by -mean gives
+                return top, mean(top)
+
             (b1, a1), (b2, a2) = best(few), best(many)
-            rnd = statistics.fmean(sum(r["acc"]["random"].values(), []))
+            rnd = statistics.fmean(itertools.chain.from_iterable(r["acc"]["random"].values()))
             informed = {lab: v for lab, v in r["acc"].items() if lab not in ("random", "weight", "l2")}
             (c1, d1), (c2, d2) = best(few, {"acc": informed}), best(many, {"acc": informed})
-            lines.append(f"- Toy MLP, {ds} (unpruned {statistics.fmean(r['base']):.3f}): with <= 5 samples per class "
-                         f"the best is **{b1}** ({a1:.3f}), the best that uses data {c1} ({d1:.3f}); with >= "
-                         f"{many[0]} the best is **{b2}** ({a2:.3f}), the best that uses data {c2} ({d2:.3f}); random "
-                         f"removal keeps {rnd:.3f}.")
+            lines.append(
+                f"- Toy MLP, {ds} (unpruned {statistics.fmean(r['base']):.3f}): with <= 5 samples per class "
+                f"the best is **{b1}** ({a1:.3f}), the best that uses data {c1} ({d1:.3f}); with >= "
+                f"{many[0]} the best is **{b2}** ({a2:.3f}), the best that uses data {c2} ({d2:.3f}); random "
+                f"removal keeps {rnd:.3f}."
+            )
     tr = out / "transfer.json"
     if tr.exists():
         by, ranked = _auc_ranking(json.loads(tr.read_text())["curves"])
-        lines.append("- CNN transfer, 10 samples per class, no fine-tuning: AUC ranking "
-                     + ", ".join(f"{k} {statistics.fmean(by[k]):.3f}" for k in ranked[:4]) + f"; last: {ranked[-1]} "
-                     f"{statistics.fmean(by[ranked[-1]]):.3f}.")
+        lines.append(
+            "- CNN transfer, 10 samples per class, no fine-tuning: AUC ranking "
+            + ", ".join(f"{k} {statistics.fmean(by[k]):.3f}" for k in ranked[:4])
+            + f"; last: {ranked[-1]} "
+            f"{statistics.fmean(by[ranked[-1]]):.3f}."
+        )
     res = _first(out / "resnet.json", existing / "entwined.json")
     if res is not None:
         r = json.loads(res.read_text())["results"]
@@ -53,23 +63,27 @@ def _guide(out: Path, existing: Path) -> list[str]:
     if vit_json.exists():
         for kind, cs in json.loads(vit_json.read_text())["curves"].items():
             by, ranked = _auc_ranking(cs)
-            lines.append(f"- ViT {kind}, 3-class tasks, no fine-tuning: AUC ranking "
-                         + ", ".join(f"{k} {statistics.fmean(by[k]):.3f}" for k in ranked[:3])
-                         + f"; random {statistics.fmean(by['random']):.3f}; last: {ranked[-1]} "
-                         f"{statistics.fmean(by[ranked[-1]]):.3f}.")
+            lines.append(
+                f"- ViT {kind}, 3-class tasks, no fine-tuning: AUC ranking "
+                + ", ".join(f"{k} {statistics.fmean(by[k]):.3f}" for k in ranked[:3])
+                + f"; random {statistics.fmean(by['random']):.3f}; last: {ranked[-1]} "
+                f"{statistics.fmean(by[ranked[-1]]):.3f}."
+            )
     pf = out / "perf.json"
     if pf.exists():
         costs = json.loads(pf.read_text())["costs"]
         rel = {k: v["relative"] for k, v in costs.items()}
-        cheap = sorted((k for k, v in rel.items() if v < 1), key=rel.get)
-        mid = sorted((k for k, v in rel.items() if 1 <= v < 5), key=rel.get)
-        dear = sorted((k for k, v in rel.items() if v >= 5), key=rel.get)
+        cheap = sorted((k for k, v in rel.items() if v < 1), key=rel.__getitem__)
+        mid = sorted((k for k, v in rel.items() if 1 <= v < 5), key=rel.__getitem__)
+        dear = sorted((k for k, v in rel.items() if v >= 5), key=rel.__getitem__)
 
         def span(ks):
             return f"{', '.join(ks)} ({min(rel[k] for k in ks):.2f}-{max(rel[k] for k in ks):.2f}x)" if ks else "none"
 
-        lines.append(f"- Cost of scoring, relative to a forward+backward: below 1x {span(cheap)}; 1-5x {span(mid)}; "
-                     f"5x and more {span(dear)}.")
+        lines.append(
+            f"- Cost of scoring, relative to a forward+backward: below 1x {span(cheap)}; 1-5x {span(mid)}; "
+            f"5x and more {span(dear)}."
+        )
     gj = existing / "guarantee.json"
     if gj.exists():
         rows = json.loads(gj.read_text())["rows"]
@@ -79,8 +93,8 @@ def _guide(out: Path, existing: Path) -> list[str]:
             cell = [r for r in rows if (r["model"], r["max_drop"]) == (model, drop)]
             top = max(r["rate"] for r in cell)
             who = [r["criterion"] for r in cell if r["rate"] == top]
-            best = f"{', '.join(who)} ({top:.2f})" if top > 0 else "none certified"
-            parts.append(f"{model} at {drop:.0%}: {best}")
+            winners = f"{', '.join(who)} ({top:.2f})" if top > 0 else "none certified"
+            parts.append(f"{model} at {drop:.0%}: {winners}")
         lines.append("- Largest certified rate (stored `guarantee.json`): " + "; ".join(parts) + ".")
     return lines
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .. import evaluate
@@ -17,6 +19,7 @@ def _enlarge(image: torch.Tensor, size: int = 64) -> torch.Tensor:
 def heatmaps(ctx: Context) -> dict:
     """LRP heatmaps of a few test digits for the reference VGG before and after pruning 50% with lrp."""
     import xprune
+
     from ..data import reference_samples
     from ..lrp import save_heatmap
     from ..models import pretrained
@@ -30,8 +33,8 @@ def heatmaps(ctx: Context) -> dict:
     picks = [int((ds.test.y == c).nonzero()[0]) for c in (0, 3, 5, 8)]
     x, y = ds.test.X[picks], ds.test.y[picks]
     rows = []
-    for i, (xi, yi) in enumerate(zip(x, y)):
-        entry = {"label": int(yi)}
+    for i, (xi, yi) in enumerate(zip(x, y, strict=True)):
+        entry: dict[str, Any] = {"label": int(yi)}
         for tag, m in (("before", model), ("after", small)):
             r = xprune.explain(m, xi[None], int(yi))
             save_heatmap(_enlarge(r[0]), folder / f"{i}-{tag}.png")
@@ -42,13 +45,17 @@ def heatmaps(ctx: Context) -> dict:
         save_heatmap(_enlarge(xi), folder / f"{i}-input.png", cmap="gray")
         rows.append(entry)
     ctx.advance(1)
-    md = [f"VGG reference on digits, 50% of the channels removed with `lrp` (10 samples per class), no fine-tuning; "
-          f"test accuracy {acc['before']:.3f} -> {acc['after']:.3f}.\n",
-          "| input | label | before (pred) | after (pred) | Pearson |", "|---|---|---|---|---|"]
+    md = [
+        f"VGG reference on digits, 50% of the channels removed with `lrp` (10 samples per class), no fine-tuning; "
+        f"test accuracy {acc['before']:.3f} -> {acc['after']:.3f}.\n",
+        "| input | label | before (pred) | after (pred) | Pearson |",
+        "|---|---|---|---|---|",
+    ]
     for i, e in enumerate(rows):
-        md.append(f"| ![](heatmaps/{i}-input.png) | {e['label']} | ![](heatmaps/{i}-before.png) ({e['pred_before']}) | "
-                  f"![](heatmaps/{i}-after.png) ({e['pred_after']}) | {e['pearson']:.4f} |")
+        md.append(
+            f"| ![](heatmaps/{i}-input.png) | {e['label']} | ![](heatmaps/{i}-before.png) ({e['pred_before']}) | "
+            f"![](heatmaps/{i}-after.png) ({e['pred_after']}) | {e['pearson']:.4f} |"
+        )
     payload = {"accuracy": acc, "inputs": rows}
     ctx.write("heatmaps", payload, "\n".join(md))
     return payload
-

@@ -8,4 +8,3 @@ from ._common import Context, _script
 def minilm(ctx: Context) -> dict:
     """all-MiniLM-L6-v2 heads and neurons (runs ``benchmarks/minilm.py``)."""
     return _script(ctx, "minilm.py", "minilm")
-

@@ -6,7 +6,8 @@ import json
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,7 +63,9 @@ def _zennit_cost(model, batches, layers, repeats) -> dict | None:
         import _zennit_oracle as zo  # installs the torchvision stub zennit needs
     except Exception:  # noqa: BLE001 - zennit (test-only) may be missing; pytest.skip raises a BaseException too
         return None
-    except BaseException:  # pytest's Skipped when zennit is not installed
+    except BaseException as e:  # pytest's Skipped (a BaseException) when zennit is not installed
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
         return None
     finally:
         sys.path.remove(str(tests))
@@ -91,6 +94,7 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 def perf(ctx: Context) -> dict:
     """Criterion cost vs forward+backward, vs zennit and Torch-Pruning; speed-up vs MACs; memory."""
     import xprune
+
     from ..data import reference_samples
     from ..models import build, pretrained
 
@@ -108,18 +112,25 @@ def perf(ctx: Context) -> dict:
     repeats = 1 if ctx.quick else 5
     base = _median_time(lambda: _fwd_bwd(model, batches), repeats)
     costs = {}
-    for spec in _specs(ctx.quick) + [Spec("torch-pruning GroupTaylor", "tp-taylor")]:
+    for spec in [*_specs(ctx.quick), Spec("torch-pruning GroupTaylor", "tp-taylor")]:
         if spec.name == "tp-taylor":
             t = _median_time(lambda: _tp_taylor(model, batches, ref.X[:1]), repeats)
         else:
-            t = _median_time(lambda: xprune.score(model, ref, spec.name, **spec.kwargs(0)), repeats)
+
+            def scoring(spec: Spec = spec) -> None:
+                xprune.score(model, ref, spec.name, **spec.kwargs(0))
+
+            t = _median_time(scoring, repeats)
         costs[spec.label] = {"seconds": t, "relative": t / base}
     ctx.advance(1)
     # agreement of xprune's taylor with torch-pruning's on the same model and data
     ours = xprune.score(model, ref, "taylor", normalize=None, objective="loss")
     theirs = _tp_taylor(model, batches, ref.X[:1])
-    agreement = {k: _spearman(ours[k].float(), theirs[k].float()) for k in ours if k in theirs
-                 and ours[k].numel() == theirs[k].numel()}
+    agreement = {
+        k: _spearman(ours[k].float(), theirs[k].float())
+        for k in ours
+        if k in theirs and ours[k].numel() == theirs[k].numel()
+    }
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     zennit = _zennit_cost(model, batches, layers, repeats)
     ctx.advance(1)
@@ -131,48 +142,83 @@ def perf(ctx: Context) -> dict:
         x1 = torch.randn(1, 1, size, size)
         sc = xprune.score(net, None, "l2", example_inputs=x1)
         macs0 = evaluate.count(net, x1)["macs"]
-        for rate in ((0.5,) if ctx.quick else (0.25, 0.5, 0.75)):
+        for rate in (0.5,) if ctx.quick else (0.25, 0.5, 0.75):
             small = xprune.apply(net, xprune.select(sc, rate, scope="local"))
             macs1 = evaluate.count(small, x1)["macs"]
-            for batch in ((1,) if ctx.quick else (1, 64)):
+            for batch in (1,) if ctx.quick else (1, 64):
                 x = torch.randn(batch, 1, size, size)
                 r = 5 if ctx.quick else 30
                 t0 = sorted(evaluate.latency(net, x, repeats=r)["ms"] for _ in range(3))[1]
                 t1 = sorted(evaluate.latency(small, x, repeats=r)["ms"] for _ in range(3))[1]
-                speed.append({"model": arch, "rate": rate, "batch": batch, "mac_reduction": macs0 / macs1,
-                              "speedup": t0 / t1, "ratio": (t0 / t1) / (macs0 / macs1)})
+                speed.append(
+                    {
+                        "model": arch,
+                        "rate": rate,
+                        "batch": batch,
+                        "mac_reduction": macs0 / macs1,
+                        "speedup": t0 / t1,
+                        "ratio": (t0 / t1) / (macs0 / macs1),
+                    }
+                )
     ctx.advance(1)
     scale = ROOT / "benchmarks" / "results" / "scale.json"
     memory = json.loads(scale.read_text()).get("memory") if scale.exists() else None
-    payload = {"settings": {"model": "vgg (digits reference)", "samples": len(ref), "repeats": repeats,
-                            "clock": "process CPU time", "threads": torch.get_num_threads()},
-               "forward_backward_s": base, "costs": costs, "taylor_agreement_spearman": agreement,
-               "zennit": zennit, "speedup": speed, "memory": memory}
-    md = [f"Cost of scoring {len(ref)} samples with the VGG reference model on digits, relative to one forward + "
-          f"backward pass over the same samples ({base * 1000:.1f} ms CPU time, median of {repeats}, "
-          f"{torch.get_num_threads()} threads).\n", "| criterion | CPU s | x fwd+bwd |", "|---|---|---|"]
+    payload = {
+        "settings": {
+            "model": "vgg (digits reference)",
+            "samples": len(ref),
+            "repeats": repeats,
+            "clock": "process CPU time",
+            "threads": torch.get_num_threads(),
+        },
+        "forward_backward_s": base,
+        "costs": costs,
+        "taylor_agreement_spearman": agreement,
+        "zennit": zennit,
+        "speedup": speed,
+        "memory": memory,
+    }
+    md = [
+        f"Cost of scoring {len(ref)} samples with the VGG reference model on digits, relative to one forward + "
+        f"backward pass over the same samples ({base * 1000:.1f} ms CPU time, median of {repeats}, "
+        f"{torch.get_num_threads()} threads).\n",
+        "| criterion | CPU s | x fwd+bwd |",
+        "|---|---|---|",
+    ]
     for label, c in sorted(costs.items(), key=lambda kv: kv[1]["relative"]):
         md.append(f"| {label} | {c['seconds']:.4f} | {c['relative']:.2f} |")
     if agreement:
         vals = list(agreement.values())
-        md.append(f"\nxprune `taylor` vs Torch-Pruning `GroupTaylorImportance`, Spearman rank correlation per layer: "
-                  f"min {min(vals):.3f}, mean {statistics.fmean(vals):.3f} over {len(vals)} layers.")
+        md.append(
+            f"\nxprune `taylor` vs Torch-Pruning `GroupTaylorImportance`, Spearman rank correlation per layer: "
+            f"min {min(vals):.3f}, mean {statistics.fmean(vals):.3f} over {len(vals)} layers."
+        )
     if zennit:
-        md.append(f"\nLRP epsilon-plus relevance at every conv/linear output: xprune {zennit['xprune_s']:.4f} s, "
-                  f"zennit 0.5.1 {zennit['zennit_s']:.4f} s (zennit / xprune = {zennit['zennit_over_xprune']:.2f}).")
+        md.append(
+            f"\nLRP epsilon-plus relevance at every conv/linear output: xprune {zennit['xprune_s']:.4f} s, "
+            f"zennit 0.5.1 {zennit['zennit_s']:.4f} s (zennit / xprune = {zennit['zennit_over_xprune']:.2f})."
+        )
     else:
         md.append("\n(zennit not installed: no zennit comparison in this run.)")
-    md += ["\nRealised CPU speed-up of physically removed channels (uniform per layer, random weights) vs MAC "
-           f"reduction, {size}x{size} inputs, widths {widths}:\n",
-           "| model | removed | batch | MAC reduction | speed-up | speed-up / MAC reduction |", "|---|---|---|---|---|---|"]
-    for r in speed:
-        md.append(f"| {r['model']} | {r['rate']:.0%} | {r['batch']} | {r['mac_reduction']:.2f}x | {r['speedup']:.2f}x | "
-                  f"{r['ratio']:.2f} |")
+    md += [
+        "\nRealised CPU speed-up of physically removed channels (uniform per layer, random weights) vs MAC "
+        f"reduction, {size}x{size} inputs, widths {widths}:\n",
+        "| model | removed | batch | MAC reduction | speed-up | speed-up / MAC reduction |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in speed:
+        md.append(
+            f"| {row['model']} | {row['rate']:.0%} | {row['batch']} | {row['mac_reduction']:.2f}x | "
+            f"{row['speedup']:.2f}x | {row['ratio']:.2f} |"
+        )
     if memory:
-        md += ["\nPeak memory of scoring (from `benchmarks/scale.py`, resident set size of a fresh process, "
-               "streamed batches):\n", "| samples | base MB | peak MB | seconds |", "|---|---|---|---|"]
+        md += [
+            "\nPeak memory of scoring (from `benchmarks/scale.py`, resident set size of a fresh process, "
+            "streamed batches):\n",
+            "| samples | base MB | peak MB | seconds |",
+            "|---|---|---|---|",
+        ]
         for r in memory.get("rows", []):
             md.append(f"| {r['n']} | {r['base_mb']:.0f} | {r['peak_mb']:.0f} | {r['seconds']:.1f} |")
     ctx.write("perf", payload, "\n".join(md))
     return payload
-

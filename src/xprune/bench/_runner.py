@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import XpruneError
 from ._common import Context, _record
@@ -19,7 +21,6 @@ from ._resnet import resnet
 from ._toy import _toy_steps, toy
 from ._transfer import transfer_task
 from ._vit import vit
-
 
 #: name -> (function, steps per seed or per run, estimated seconds (quick, full per seed), per-seed?)
 SCENARIOS: dict[str, tuple[Callable[[Context], dict], Callable[[bool, int], int], tuple[float, float], bool]] = {
@@ -40,9 +41,15 @@ def estimate(name: str, quick: bool, seeds: int) -> float:
     return (q if quick else full) * (seeds if per_seed else 1)
 
 
-def run(scenarios: Sequence[str] | None = None, *, out: str | os.PathLike = "docs/bench", quick: bool = False,
-        seeds: Sequence[int] | None = None, page: str | os.PathLike | None = None,
-        progress: bool = True) -> dict[str, Any]:
+def run(
+    scenarios: Sequence[str] | None = None,
+    *,
+    out: str | os.PathLike = "docs/bench",
+    quick: bool = False,
+    seeds: Sequence[int] | None = None,
+    page: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run benchmark scenarios and write their outputs.
 
     ``scenarios`` default to all of :data:`SCENARIOS` (``quick``: :data:`QUICK`); each writes
@@ -61,8 +68,12 @@ def run(scenarios: Sequence[str] | None = None, *, out: str | os.PathLike = "doc
 
     total_est = sum(estimate(n, quick, len(seeds)) for n in names)
     if progress:
-        print(f"xprune bench: {', '.join(names)}; seeds {seeds}; {'quick' if quick else 'full'}; "
-              f"estimated {total_est / 60:.1f} min on 2 CPU cores -> {out}", file=sys.stderr, flush=True)
+        print(
+            f"xprune bench: {', '.join(names)}; seeds {seeds}; {'quick' if quick else 'full'}; "
+            f"estimated {total_est / 60:.1f} min on 2 CPU cores -> {out}",
+            file=sys.stderr,
+            flush=True,
+        )
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary.setdefault("scenarios", {})
@@ -71,12 +82,13 @@ def run(scenarios: Sequence[str] | None = None, *, out: str | os.PathLike = "doc
         for name in names:
             fn, steps, _, _ = SCENARIOS[name]
             task = bar.add_task(f"{name} (~{estimate(name, quick, len(seeds)):.0f} s)", total=steps(quick, len(seeds)))
-            ctx = Context(out, quick, seeds, lambda k, task=task: bar.advance(task, k), bar.log)
+            ctx = Context(out, quick, seeds, functools.partial(bar.advance, task), bar.log)
             t0 = time.perf_counter()
             results[name] = fn(ctx)
             seconds = time.perf_counter() - t0
-            summary = _record(summary_path, summary, name, seconds=seconds, quick=quick, seeds=seeds, names=names,
-                              out=out)
+            summary = _record(
+                summary_path, summary, name, seconds=seconds, quick=quick, seeds=seeds, names=names, out=out
+            )
             bar.update(task, completed=steps(quick, len(seeds)))
     if page is not None:
         results_page(out, page)

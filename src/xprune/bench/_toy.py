@@ -3,17 +3,19 @@ hidden layer removed without fine-tuning, from 1..200 reference samples per clas
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from .. import evaluate
 from ._common import Context, _fmt, _specs
 
-TOY_SETS = {"circles": {}, "moons": {}, "blobs": {"centers": 4, "noise": 2.0}}
+TOY_SETS: dict[str, dict[str, Any]] = {"circles": {}, "moons": {}, "blobs": {"centers": 4, "noise": 2.0}}
 TOY_N = (1, 2, 5, 10, 20, 50, 100, 200)
 TOY_N_QUICK = (1, 5, 20)
 
@@ -25,6 +27,7 @@ def _toy_steps(quick: bool, seeds: int) -> int:
 def toy(ctx: Context) -> dict:
     """Accuracy after removing a third of each hidden layer's neurons, vs reference samples per class."""
     import xprune
+
     from ..data import load, reference_samples
     from ..models import build, train
 
@@ -33,8 +36,9 @@ def toy(ctx: Context) -> dict:
     # on an MLP the epsilon-plus preset *is* epsilon (they differ on conv layers only): run it once
     specs = [s for s in _specs(ctx.quick) if s.label != "lrp (epsilon)"]
     ratio = 1 / 3
-    results: dict[str, Any] = {d: {"base": [], "acc": {s.label: {str(n): [] for n in ns} for s in specs}}
-                               for d in TOY_SETS}
+    results: dict[str, Any] = {
+        d: {"base": [], "acc": {s.label: {str(n): [] for n in ns} for s in specs}} for d in TOY_SETS
+    }
     seconds: dict[str, float] = {s.label: 0.0 for s in specs}
     payload: dict[str, Any] = {}
     for i, seed in enumerate(ctx.seeds):  # seeds outermost: the outputs are rewritten after every seed
@@ -43,8 +47,7 @@ def toy(ctx: Context) -> dict:
             ds = load(ds_name, seed=seed, n_samples=600 if ctx.quick else 2000, **kw)
             torch.manual_seed(seed)  # the initialisation
             model = build("mlp", input_shape=ds.input_shape, hidden=hidden, num_classes=ds.num_classes)
-            train(model, ds.train, epochs=20 if ctx.quick else 30, lr=1e-3, batch_size=64, seed=seed,
-                  progress=False)
+            train(model, ds.train, epochs=20 if ctx.quick else 30, lr=1e-3, batch_size=64, seed=seed, progress=False)
             per_ds["base"].append(evaluate.accuracy(model, ds.test))
             for spec in specs:
                 cached = None
@@ -66,23 +69,45 @@ def toy(ctx: Context) -> dict:
     return payload
 
 
-def _toy_write(ctx: Context, results: dict, ns: Sequence[int], hidden: Sequence[int], ratio: float,
-               seeds: list[int], seconds: dict[str, float]) -> dict:
-    payload = {"settings": {"hidden": list(hidden), "ratio": ratio, "scope": "local (a third of every hidden layer)",
-                            "reference_per_class": list(ns), "seeds": seeds, "data": TOY_SETS,
-                            "fine_tuning": False},
-               "scoring_cpu_seconds": seconds, "results": results}
-    md = [f"MLP 2 -> {' -> '.join(map(str, hidden))} -> classes; a third of every hidden layer's neurons removed "
-          f"at once, no fine-tuning; test accuracy (mean ± std over seeds {seeds}) by reference samples per "
-          "class. On an MLP the `epsilon-plus` and `epsilon-alpha2-beta1` presets are the epsilon rule everywhere (they differ from it on conv layers only), hence identical rows.\n"]
+def _toy_write(
+    ctx: Context,
+    results: dict,
+    ns: Sequence[int],
+    hidden: Sequence[int],
+    ratio: float,
+    seeds: list[int],
+    seconds: dict[str, float],
+) -> dict:
+    payload = {
+        "settings": {
+            "hidden": list(hidden),
+            "ratio": ratio,
+            "scope": "local (a third of every hidden layer)",
+            "reference_per_class": list(ns),
+            "seeds": seeds,
+            "data": TOY_SETS,
+            "fine_tuning": False,
+        },
+        "scoring_cpu_seconds": seconds,
+        "results": results,
+    }
+    md = [
+        f"MLP 2 -> {' -> '.join(map(str, hidden))} -> classes; a third of every hidden layer's neurons removed "
+        f"at once, no fine-tuning; test accuracy (mean ± std over seeds {seeds}) by reference samples per "
+        "class. On an MLP the `epsilon-plus` and `epsilon-alpha2-beta1` presets are the epsilon rule everywhere "
+        "(they differ from it on conv layers only), hence identical rows.\n"
+    ]
     for ds_name, r in results.items():
         md.append(f"**{ds_name}** (unpruned {_fmt(r['base'])})\n")
         md.append("| criterion | " + " | ".join(f"n={n}" for n in ns) + " | mean |")
         md.append("|---|" + "---|" * (len(ns) + 1))
-        rows = sorted(r["acc"].items(), key=lambda kv: -statistics.fmean(sum(kv[1].values(), [])))
+        rows = sorted(r["acc"].items(), key=lambda kv: -statistics.fmean(itertools.chain.from_iterable(kv[1].values())))
         for label, by_n in rows:
-            md.append(f"| {label} | " + " | ".join(_fmt(by_n[str(n)]) for n in ns)
-                      + f" | {statistics.fmean(sum(by_n.values(), [])):.3f} |")
+            md.append(
+                f"| {label} | "
+                + " | ".join(_fmt(by_n[str(n)]) for n in ns)
+                + f" | {statistics.fmean(itertools.chain.from_iterable(by_n.values())):.3f} |"
+            )
         md.append("")
     ctx.write("toy", payload, "\n".join(md))
     _plot_toy(results, ns, ctx.out / "toy.png")
@@ -97,15 +122,23 @@ def _plot_toy(results: dict, ns: Sequence[int], path: Path) -> None:
     import numpy as np
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.2), dpi=110, sharey=True)
-    for ax, (ds_name, r) in zip(np.atleast_1d(axes), results.items()):
+    for ax, (ds_name, r) in zip(np.atleast_1d(axes), results.items(), strict=True):
         colours = plt.cm.tab20(np.linspace(0, 1, 20))
         for i, (label, by_n) in enumerate(sorted(r["acc"].items())):
             acc = np.array([by_n[str(n)] for n in ns])
-            line, = ax.plot(ns, acc.mean(1), marker="o", ms=3, label=label, color=colours[(2 * i) % 20 + (2 * i) // 20],
-                            ls="-" if label.startswith("lrp") else "--")
+            (line,) = ax.plot(
+                ns,
+                acc.mean(1),
+                marker="o",
+                ms=3,
+                label=label,
+                color=colours[(2 * i) % 20 + (2 * i) // 20],
+                ls="-" if label.startswith("lrp") else "--",
+            )
             if acc.shape[1] > 1:
-                ax.fill_between(ns, acc.mean(1) - acc.std(1), acc.mean(1) + acc.std(1), color=line.get_color(),
-                                alpha=0.1)
+                ax.fill_between(
+                    ns, acc.mean(1) - acc.std(1), acc.mean(1) + acc.std(1), color=line.get_color(), alpha=0.1
+                )
         ax.axhline(statistics.fmean(r["base"]), color="gray", lw=1, ls=":", label="unpruned")
         ax.set_xscale("log")
         ax.set_title(ds_name)
@@ -116,4 +149,3 @@ def _plot_toy(results: dict, ns: Sequence[int], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-

@@ -28,8 +28,9 @@ passed to ``finalize`` with the number of ``N * S`` values summed per unit.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, ClassVar, TypeVar, overload
 
 import torch
 from torch import nn
@@ -37,20 +38,41 @@ from torch import nn
 from .. import _inputs
 from ..errors import XpruneError, XpruneTypeError
 from ..units import UnitKind, UnitSet, captured_call, get_kind
-from .objective import TARGETS, Objective, resolve_target, target_classes  # noqa: F401 (re-exported here)
+from .objective import TARGETS, Objective, resolve_target, target_classes  # re-exported here
 
-__all__ = ["Criterion", "HookedCriterion", "WeightCriterion", "Signal", "Objective", "TARGETS", "register",
-           "available", "get", "resolve_target", "target_classes", "flatten_units", "wide", "reduces_sums"]
+__all__ = [
+    "Criterion",
+    "HookedCriterion",
+    "WeightCriterion",
+    "Signal",
+    "Objective",
+    "TARGETS",
+    "register",
+    "available",
+    "get",
+    "resolve_target",
+    "target_classes",
+    "flatten_units",
+    "wide",
+    "reduces_sums",
+]
 
 #: Criteria by name: a class, or "module:Class" for one imported on first use (costly or optional modules).
-_REGISTRY: dict[str, "type[Criterion] | str"] = {
+_REGISTRY: dict[str, type[Criterion] | str] = {
     "steered": "xprune.steered.criterion:Steered",
     "wanda": "xprune.transformers.criteria:Wanda",
     "llm-pruner": "xprune.transformers.criteria:LLMPruner",
 }
 
 
-def register(name: str, target: str | None = None) -> Callable[[type["Criterion"]], type["Criterion"]] | None:
+_C = TypeVar("_C", bound="type[Criterion]")
+
+
+@overload
+def register(name: str) -> Callable[[_C], _C]: ...
+@overload
+def register(name: str, target: str) -> None: ...
+def register(name: str, target: str | None = None) -> Callable[[_C], _C] | None:
     """Class decorator registering a :class:`Criterion` under ``name``.
 
     ``register(name, "package.module:Class")`` registers one imported on first use instead.
@@ -59,7 +81,7 @@ def register(name: str, target: str | None = None) -> Callable[[type["Criterion"
         _REGISTRY[name] = target
         return None
 
-    def deco(cls: type[Criterion]) -> type[Criterion]:
+    def deco(cls: _C) -> _C:
         if not (isinstance(cls, type) and issubclass(cls, Criterion)):
             raise XpruneTypeError("register() decorates subclasses of xprune.criteria.Criterion")
         cls.name = name
@@ -74,7 +96,7 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _load(name: str) -> type["Criterion"]:
+def _load(name: str) -> type[Criterion]:
     entry = _REGISTRY[name]
     if isinstance(entry, str):
         import importlib
@@ -84,7 +106,7 @@ def _load(name: str) -> type["Criterion"]:
     return entry
 
 
-def get(criterion: "str | Criterion | type[Criterion]", **options: Any) -> "Criterion":
+def get(criterion: str | Criterion | type[Criterion], **options: Any) -> Criterion:
     """Resolve a criterion given by name, class or instance."""
     if isinstance(criterion, Criterion):
         if options:
@@ -161,7 +183,7 @@ def reduces_sums(method: Callable) -> Callable:
     :meth:`HookedCriterion.distributed_sums` is true for kind ``"weights"``
     only when the class's ``compute_weights`` carries this mark.
     """
-    method.reduces_sums = True
+    method.reduces_sums = True  # type: ignore[attr-defined]  # a mark set on the function object
     return method
 
 
@@ -176,8 +198,9 @@ class HookedCriterion(Criterion):
     :meth:`reduce` maps (activation, gradient) to a per-unit contribution,
     contributions are summed over batches and :meth:`finalize` turns the sum
     into scores. With an ``attention_mask`` in the inputs, padding tokens
-    are zero in the signals and not counted (:attr:`Signal.positions`). Coupled producers of one group are finalised separately and
-    their scores added (channels joined by a residual sum collect the signal
+    are zero in the signals and not counted (:attr:`Signal.positions`).
+    Coupled producers of one group are finalised separately and their scores
+    added (channels joined by a residual sum collect the signal
     read at each layer that produces them).
 
     Set ``needs_grad = False`` to skip the backward pass.
@@ -189,7 +212,7 @@ class HookedCriterion(Criterion):
         """Context manager entered around each forward/backward (default: none)."""
         return contextlib.nullcontext()
 
-    def seed(self, output: torch.Tensor, objective: "Objective") -> torch.Tensor:
+    def seed(self, output: torch.Tensor, objective: Objective) -> torch.Tensor:
         """Gradient fed into ``output`` (``objective.output``): the objective's, e.g. one-hot of the target classes."""
         return objective.seed
 
@@ -216,7 +239,7 @@ class HookedCriterion(Criterion):
         """Scores of single weights (kind ``"weights"``); criteria that support it override this."""
         raise XpruneError(f"criterion {self.name!r} does not support unit kind 'weights'")
 
-    def contribution(self, signal: "Signal") -> tuple[torch.Tensor, float]:
+    def contribution(self, signal: Signal) -> tuple[torch.Tensor, float]:
         """Per-unit contribution of one batch at one site and the number of values it sums.
 
         ``signal.activation`` / ``signal.grad`` are ``[N, S, C, W]`` (``W``
@@ -238,7 +261,8 @@ class HookedCriterion(Criterion):
         counts: dict[tuple[str, str], float] = {}
         copy_keys: set = set()  # sites a later in-place op overwrites: captured before it (learned once)
         for inputs, labels in data:
-            def forward():
+
+            def forward(inputs=inputs):
                 with torch.set_grad_enabled(self.needs_grad):
                     return _inputs.call(model, self.prepare_inputs(inputs))
 
@@ -255,7 +279,7 @@ class HookedCriterion(Criterion):
                     mask = _inputs.token_mask(inputs)
                 pairs = sig.take()
 
-                def add(key, act, grad):
+                def add(key, act, grad, mask=mask):
                     if grad is None and self.needs_grad:  # the output does not depend on it
                         grad = torch.zeros_like(act)
                     a = sig.view(key, act.detach())
@@ -274,8 +298,7 @@ class HookedCriterion(Criterion):
                 grads = [None] * len(pairs)
                 if self.needs_grad and pairs:
                     with torch.enable_grad():
-                        grads = torch.autograd.grad(output, [a for _, a in pairs], grad_outputs=seed,
-                                                    allow_unused=True)
+                        grads = torch.autograd.grad(output, [a for _, a in pairs], grad_outputs=seed, allow_unused=True)
             _add_all(pairs, grads, add)  # reduced after the context, once every gradient is there
         from .. import distributed  # sums over all ranks' shards (a no-op outside distributed scoring)
 
@@ -309,7 +332,7 @@ class HookedCriterion(Criterion):
 
 
 def _positions_mask(mask: torch.Tensor | None, act: torch.Tensor, viewed: torch.Tensor) -> torch.Tensor | None:
-    """``mask`` ``[N, T]`` when the captured ``act`` holds one row per token (``[N, T, ...]``, viewed ``[N, T, C, W]``)."""
+    """``mask`` ``[N, T]`` when the captured ``act`` has a row per token (``[N, T, ...]``, viewed ``[N, T, C, W]``)."""
     if mask is None or act.dim() < 3:
         return None
     shape = tuple(mask.shape)

@@ -80,16 +80,17 @@ class _Objective(HookedCriterion):
                 grads = torch.autograd.grad(
                     output, weights, grad_outputs=self.seed(output, objective), allow_unused=True
                 )
-            for t, g in zip(totals, grads):
+            for t, g in zip(totals, grads, strict=True):
                 if g is not None:
                     t += g.double()
             n += output.shape[0]
         # sums over all ranks' shards before the (non-linear) finalisation; a no-op outside distributed scoring
-        summed, counts = distributed.all_reduce_sums({g.name: t for g, t in zip(units, totals)},
-                                                     {g.name: n for g in units})
+        summed, counts = distributed.all_reduce_sums(
+            {g.name: t for g, t in zip(units, totals, strict=True)}, {g.name: n for g in units}
+        )
         return {
             g.name: self.weight_finalize(w.detach().double(), summed[g.name], counts[g.name]).reshape(-1).cpu()
-            for g, w in zip(units, weights)
+            for g, w in zip(units, weights, strict=True)
         }
 
 
@@ -146,8 +147,9 @@ class Taylor(_Objective):
             counted = positions > 0
             per_sample, positions = per_sample[counted], positions[counted]
         else:
-            positions = torch.full((per_sample.shape[0],), float(a.shape[1]), dtype=torch.float64,
-                                   device=per_sample.device)
+            positions = torch.full(
+                (per_sample.shape[0],), float(a.shape[1]), dtype=torch.float64, device=per_sample.device
+            )
         return (per_sample.abs() / positions[:, None]).sum(0), float(per_sample.shape[0])
 
     def finalize(self, total, count):

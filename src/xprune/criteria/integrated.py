@@ -46,7 +46,8 @@ aggregate : {"sum", "abs"}
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -81,8 +82,11 @@ class IntegratedGradients(Criterion):
             raise XpruneError(f"objective must be 'logit' or 'loss', got {objective!r}")
         if aggregate not in ("sum", "abs"):
             raise XpruneError(f"aggregate must be 'sum' or 'abs', got {aggregate!r}")
-        if not (baseline == "zeros" if isinstance(baseline, str) else
-                isinstance(baseline, (int, float, torch.Tensor)) or callable(baseline)):
+        if not (
+            baseline == "zeros"
+            if isinstance(baseline, str)
+            else isinstance(baseline, (int, float, torch.Tensor)) or callable(baseline)
+        ):
             raise XpruneError(f"baseline must be 'zeros', a number, a tensor or a callable(inputs); got {baseline!r}")
         self.n_steps, self.baseline, self.rule = n_steps, baseline, rule
         self.objective, self.aggregate = objective, aggregate
@@ -105,7 +109,9 @@ class IntegratedGradients(Criterion):
         try:
             return torch.broadcast_to(b, x.shape).clone()
         except RuntimeError:
-            raise DataError(f"the baseline of shape {tuple(b.shape)} does not broadcast to inputs {tuple(x.shape)}") from None
+            raise DataError(
+                f"the baseline of shape {tuple(b.shape)} does not broadcast to inputs {tuple(x.shape)}"
+            ) from None
 
     def _interpolate(self, inputs: Any, baselines: Any, t: float) -> Any:
         if isinstance(inputs, torch.Tensor):
@@ -113,7 +119,7 @@ class IntegratedGradients(Criterion):
         if isinstance(inputs, dict):
             return {k: self._interpolate(v, baselines[k], t) for k, v in inputs.items()}
         if isinstance(inputs, (tuple, list)):
-            return type(inputs)(self._interpolate(v, b, t) for v, b in zip(inputs, baselines))
+            return type(inputs)(self._interpolate(v, b, t) for v, b in zip(inputs, baselines, strict=True))
         return inputs
 
     def _baselines(self, inputs: Any) -> Any:
@@ -141,7 +147,9 @@ class IntegratedGradients(Criterion):
     def distributed_sums(self, kind: str) -> bool:
         return kind == "channels"
 
-    def attributions(self, model: nn.Module, units: UnitSet, data: Iterable, *, target: Any = "label") -> dict[str, torch.Tensor]:
+    def attributions(
+        self, model: nn.Module, units: UnitSet, data: Iterable, *, target: Any = "label"
+    ) -> dict[str, torch.Tensor]:
         """Signed attributions :math:`A_{n,c}`, ``[samples, units]`` per group (float64)."""
         chunks: dict[str, list[torch.Tensor]] = {g.name: [] for g in units}
         for batch in self._batches(model, units, data, target):
@@ -175,25 +183,29 @@ class IntegratedGradients(Criterion):
             for k in range(self.n_steps, -1, -1):  # from the input (t = 1) down to the baseline
                 t = k / self.n_steps
 
-                def forward():
+                def forward(inputs=inputs, baselines=baselines, t=t):
                     with torch.enable_grad():
                         return _inputs.call(model, self._interpolate(inputs, baselines, t))
 
-                with captured_call(kind, model, units, forward, copy_keys) as (sig, raw):
-                    with torch.enable_grad():
-                        if classes is None:  # the first pass is at the input itself: read the target there
-                            classes = Objective.of(target, raw, labels, inputs=inputs, model=model)
-                        sites = [(key, j) for key, calls in sig.captured.items() for j in range(len(calls))]
-                        grads = torch.autograd.grad(classes.value(classes.read(raw), self.objective),
-                                                    [sig.captured[key][j] for key, j in sites], allow_unused=True)
+                with captured_call(kind, model, units, forward, copy_keys) as (sig, raw), torch.enable_grad():
+                    if classes is None:  # the first pass is at the input itself: read the target there
+                        classes = Objective.of(target, raw, labels, inputs=inputs, model=model)
+                    sites = [(key, j) for key, calls in sig.captured.items() for j in range(len(calls))]
+                    grads = torch.autograd.grad(
+                        classes.value(classes.read(raw), self.objective),
+                        [sig.captured[key][j] for key, j in sites],
+                        allow_unused=True,
+                    )
                 self.passes += 1
                 z = {}
                 g = {}
-                for (key, j), grad in zip(sites, grads):
+                for (key, j), grad in zip(sites, grads, strict=True):
                     dim = groups[key[0]].unit_dim(names[key[1]])
                     act = sig.captured[key][j].detach()
                     z[key, j] = flatten_units(act, dim).double()
-                    g[key, j] = torch.zeros_like(z[key, j]) if grad is None else flatten_units(grad.detach(), dim).double()
+                    g[key, j] = (
+                        torch.zeros_like(z[key, j]) if grad is None else flatten_units(grad.detach(), dim).double()
+                    )
                     m = _positions_mask(mask, act, z[key, j]) if dim == -1 else None
                     if m is not None:  # linear layers on tokens: padding tokens carry no attribution
                         g[key, j] = g[key, j] * m[..., None].to(g[key, j].dtype)
@@ -212,5 +224,7 @@ class IntegratedGradients(Criterion):
             yield {name: a for name, a in batch.items() if a is not None}
 
     def __repr__(self) -> str:
-        return (f"IntegratedGradients(n_steps={self.n_steps}, rule={self.rule!r}, objective={self.objective!r}, "
-                f"aggregate={self.aggregate!r})")
+        return (
+            f"IntegratedGradients(n_steps={self.n_steps}, rule={self.rule!r}, objective={self.objective!r}, "
+            f"aggregate={self.aggregate!r})"
+        )

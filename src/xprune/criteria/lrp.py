@@ -147,7 +147,8 @@ class LRP(HookedCriterion):
             seed = torch.nan_to_num(seed / value, nan=0.0, posinf=0.0, neginf=0.0)
         return seed
 
-    def reduce(self, activation: torch.Tensor, grad: torch.Tensor, unit_dim: int) -> torch.Tensor:
+    def reduce(self, activation: torch.Tensor, grad: torch.Tensor | None, unit_dim: int) -> torch.Tensor:
+        assert grad is not None  # LRP needs the backward pass (needs_grad)
         # in float32 (bf16/fp16 widened by wide(); float32 sums are pairwise, hence accurate, and a float64
         # accumulator is 4-5x slower on CPU); float64 for the totals over batches
         r = wide(activation) * wide(grad)  # [N, S, C]
@@ -167,8 +168,7 @@ class LRP(HookedCriterion):
         for inputs, labels in data:
             with attribution(model, self.composite, self.canonizers, weight_relevance=names) as attr:
                 with torch.enable_grad():
-                    objective = Objective.of(target, _inputs.call(model, inputs), labels, inputs=inputs,
-                                             model=model)
+                    objective = Objective.of(target, _inputs.call(model, inputs), labels, inputs=inputs, model=model)
                     output = objective.output
                     leaves = [leaf for _, leaf in attr.weight_leaves]
                     grads = torch.autograd.grad(output, leaves, self.seed(output, objective), allow_unused=True)
@@ -215,8 +215,9 @@ class PBE(LRP):
     default_normalize: ClassVar[str | None] = "l1"
     composite_default: ClassVar[str | None] = "pbe"
 
-    def __init__(self, composite: Any = None, aggregate: str = "yeom", start: str = "onehot",
-                 canonizers: bool | list = True):
+    def __init__(
+        self, composite: Any = None, aggregate: str = "yeom", start: str = "onehot", canonizers: bool | list = True
+    ):
         super().__init__(composite=composite, aggregate=aggregate, start=start, canonizers=canonizers)
         self._preset = composite is None
 

@@ -10,7 +10,8 @@ causal-LM shift are handled in one place.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from .. import _inputs
 from ..errors import DataError, XpruneError
 
 __all__ = ["Objective", "TARGETS", "resolve_target", "target_classes"]
+
 
 def resolve_target(target: Any, output: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     """The class to explain for each sample, as a LongTensor ``[N]``.
@@ -42,9 +44,7 @@ def resolve_target(target: Any, output: torch.Tensor, labels: torch.Tensor | Non
     elif callable(target):
         classes = torch.as_tensor(target(output, labels)).to(output.device).long().reshape(-1)
     else:
-        raise XpruneError(
-            f"target must be 'label', 'predicted', an int or a callable(output, labels); got {target!r}"
-        )
+        raise XpruneError(f"target must be 'label', 'predicted', an int or a callable(output, labels); got {target!r}")
     if classes.numel() != n:
         raise DataError(f"got {classes.numel()} targets for a batch of {n} samples")
     if n and (classes.min() < 0 or classes.max() >= n_classes):
@@ -55,9 +55,11 @@ def resolve_target(target: Any, output: torch.Tensor, labels: torch.Tensor | Non
     return classes
 
 
-_NO_LABELS = ("target='label' needs labels and the batch has none (a dict without 'labels', or inputs alone); "
-              "add the labels to each batch, or pass target='predicted' (the model's top class) or, for an "
-              "encoder without a head, target='embedding'")
+_NO_LABELS = (
+    "target='label' needs labels and the batch has none (a dict without 'labels', or inputs alone); "
+    "add the labels to each batch, or pass target='predicted' (the model's top class) or, for an "
+    "encoder without a head, target='embedding'"
+)
 
 TARGETS = ("label", "predicted", "embedding")
 
@@ -66,9 +68,10 @@ def _is(target: Any, name: str) -> bool:
     return isinstance(target, str) and target == name
 
 
-def target_classes(target: Any, output: torch.Tensor, labels: Any = None, *, inputs: Any = None,
-                   model: Any = None) -> torch.Tensor:
-    """The class explained at each position of ``output`` ``[N, ..., C]``: a LongTensor ``output.shape[:-1]``, -100 = none.
+def target_classes(
+    target: Any, output: torch.Tensor, labels: Any = None, *, inputs: Any = None, model: Any = None
+) -> torch.Tensor:
+    """The class explained at each position of ``output`` ``[N, ..., C]``: LongTensor ``output.shape[:-1]``, or -100.
 
     The positions are those of the labels (:func:`xprune._inputs.explained_labels`:
     every row of ``[N, C]`` outputs; one label per sample on ``[N, T, C]``:
@@ -91,8 +94,10 @@ def target_classes(target: Any, output: torch.Tensor, labels: Any = None, *, inp
         elif r.numel() == n:
             classes = _inputs.explained_labels(output, r.reshape(-1), inputs, model)
         else:
-            raise DataError(f"the target callable returned {r.numel()} classes for a batch of {n} samples; return "
-                            f"one class per sample [{n}] or one per position {list(output.shape[:-1])}")
+            raise DataError(
+                f"the target callable returned {r.numel()} classes for a batch of {n} samples; return "
+                f"one class per sample [{n}] or one per position {list(output.shape[:-1])}"
+            )
         _inputs.check_classes(classes, n_classes, "target classes")
         return classes
     if _is(target, "predicted"):
@@ -100,8 +105,9 @@ def target_classes(target: Any, output: torch.Tensor, labels: Any = None, *, inp
     elif isinstance(target, int) and not isinstance(target, bool):
         classes = torch.full(output.shape[:-1], target, dtype=torch.long, device=output.device)
     else:
-        raise XpruneError(f"target must be 'label', 'predicted', 'embedding', an int or a callable(output, labels); "
-                          f"got {target!r}")
+        raise XpruneError(
+            f"target must be 'label', 'predicted', 'embedding', an int or a callable(output, labels); got {target!r}"
+        )
     if labels is not None:
         where = _inputs.explained_labels(output, labels, inputs, model) != _inputs.IGNORE
     elif output.dim() == 2:
@@ -138,22 +144,29 @@ class Objective:
       On a model with logits the logits vector is the embedding.
     """
 
-    def __init__(self, output: torch.Tensor, seed: torch.Tensor, classes: torch.Tensor | None = None,
-                 read: Callable[[Any], torch.Tensor] = _inputs.logits):
+    def __init__(
+        self,
+        output: torch.Tensor,
+        seed: torch.Tensor,
+        classes: torch.Tensor | None = None,
+        read: Callable[[Any], torch.Tensor] = _inputs.logits,
+    ):
         self.output = output
         self.seed = seed
         self.classes = classes
         self._read = read
 
     @classmethod
-    def of(cls, target: Any, output: Any, labels: Any = None, *, inputs: Any = None,
-           model: nn.Module | None = None) -> "Objective":
+    def of(
+        cls, target: Any, output: Any, labels: Any = None, *, inputs: Any = None, model: nn.Module | None = None
+    ) -> Objective:
         """The objective of one batch from the raw model ``output`` (a tensor or a Hugging Face output).
 
         ``inputs`` (for the attention mask) and ``model`` (is it a causal
         language model?) decide which positions count; see :func:`target_classes`.
         """
         if _is(target, "embedding"):
+
             def read(raw):
                 return _inputs.embedding(raw, inputs)
 
@@ -175,7 +188,7 @@ class Objective:
 
     @property
     def count(self) -> int:
-        """Number of explained positions (samples for ``[N, C]`` outputs and embeddings, tokens for labels per token)."""
+        """Number of explained positions (samples for ``[N, C]`` outputs and embeddings, tokens for token labels)."""
         if self.classes is None:
             return int(self.output.shape[0])
         return int((self.classes != _inputs.IGNORE).sum())
@@ -188,8 +201,10 @@ class Objective:
         if objective not in ("logit", "loss"):
             raise XpruneError(f"objective must be 'logit' or 'loss', got {objective!r}")
         if objective == "loss" and self.classes is None:
-            raise XpruneError("objective='loss' is the cross-entropy of class targets and target='embedding' has "
-                              "none; use objective='logit' (the similarity to the original embedding)")
+            raise XpruneError(
+                "objective='loss' is the cross-entropy of class targets and target='embedding' has "
+                "none; use objective='logit' (the similarity to the original embedding)"
+            )
 
     def value(self, output: torch.Tensor | None = None, objective: str = "logit") -> torch.Tensor:
         """The objective summed over the batch, at ``output`` (default: :attr:`output`), differentiable."""

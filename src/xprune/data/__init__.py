@@ -21,7 +21,7 @@ stratified splits, normalisation) and the module map are in ``docs/data.md``.
 from __future__ import annotations
 
 # Private names below are re-exported for the modules and tests that import them from xprune.data.
-from .builtin import (  # noqa: F401
+from .builtin import (  # noqa: F401 - re-exported, see above
     DATASETS,
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DEFAULT_ROOT,
@@ -29,9 +29,9 @@ from .builtin import (  # noqa: F401
     _mnist_arrays,
     available,
 )
-from .containers import Dataset, Split, _class_ids  # noqa: F401
+from .containers import Dataset, Split, _class_ids  # noqa: F401 - re-exported, see above
 from .domain import RestrictedModel, restrict, restrict_model, split_classes
-from .files import IMAGE_EXTENSIONS, load_file, load_folder  # noqa: F401
+from .files import IMAGE_EXTENSIONS, load_file, load_folder  # noqa: F401 - re-exported, see above
 from .loading import load
 from .normalization import NORMALIZE_METHODS, save_normalization
 from .reference import reference_indices, reference_samples

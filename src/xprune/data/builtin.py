@@ -12,9 +12,10 @@ import gzip
 import math
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -103,9 +104,7 @@ def _read_idx(path: Path) -> np.ndarray:
     dims = struct.unpack(">" + "I" * ndim, raw[4:header])
     data = np.frombuffer(raw, dtype=dtypes[dtype_code], offset=header)
     if data.size != math.prod(dims):
-        raise DataError(
-            f"{path} is truncated: header announces {math.prod(dims)} values, file holds {data.size}"
-        )
+        raise DataError(f"{path} is truncated: header announces {math.prod(dims)} values, file holds {data.size}")
     return data.reshape(dims)
 
 
@@ -142,7 +141,7 @@ def _load_fashion_mnist(root: str | os.PathLike | None = None, **kwargs: Any) ->
             f"{FASHION_MNIST_DEFAULT_ROOT}), or point `root=` (or the environment "
             "variable XPRUNE_FASHION_MNIST) at a folder holding the four IDX files."
         )
-    arrays = {key: _read_idx(p) for key, p in paths.items()}  # type: ignore[arg-type]
+    arrays = {key: _read_idx(p) for key, p in paths.items() if p is not None}  # none missing: refused above
 
     def images(a: np.ndarray) -> np.ndarray:
         return (a.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
@@ -192,7 +191,7 @@ def _toy(kind: str) -> Callable[..., _Raw]:
         return _Raw(X.astype(np.float32), y.astype(np.int64), classes)
 
     loader.__doc__ = f"Toy 2-D dataset {kind!r} from scikit-learn."
-    loader._wants_seed = True  # type: ignore[attr-defined]
+    loader._wants_seed = True  # type: ignore[attr-defined]  # a mark on the function, read by load()
     return loader
 
 
@@ -201,12 +200,11 @@ def _load_folder_raw(
 ) -> _Raw:
     _no_kwargs("folder", kwargs)
     if root is None:
-        raise XpruneError(
-            "dataset 'folder' needs root=: the folder holding one sub-folder of images per class"
-        )
+        raise XpruneError("dataset 'folder' needs root=: the folder holding one sub-folder of images per class")
     split = load_folder(root, image_size=image_size, grayscale=grayscale)
-    return _Raw(split.X.numpy(), split.y.numpy(), split.classes,
-                input_scaling="8-bit pixels divided by 255 (to [0, 1])")
+    return _Raw(
+        split.X.numpy(), split.y.numpy(), split.classes, input_scaling="8-bit pixels divided by 255 (to [0, 1])"
+    )
 
 
 def _no_kwargs(name: str, kwargs: dict[str, Any]) -> None:

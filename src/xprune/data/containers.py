@@ -6,8 +6,9 @@ Also holds the label checks and class-name resolution shared by the other
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,9 +56,7 @@ class Split:
             self.X = torch.as_tensor(np.asarray(self.X))
         if not isinstance(self.y, torch.Tensor):
             self.y = torch.as_tensor(np.asarray(self.y))
-        if self.X.is_floating_point() and self.X.dtype != torch.float32:
-            self.X = self.X.float()
-        elif not self.X.is_floating_point():
+        if self.X.dtype != torch.float32:  # integer pixels and other float widths alike
             self.X = self.X.float()
         if self.y.dtype != torch.int64:
             _check_integral(self.y)
@@ -65,9 +64,7 @@ class Split:
         if self.y.dim() != 1:
             raise DataError(f"labels y must be one-dimensional [N]; got shape {tuple(self.y.shape)}")
         if len(self.X) != len(self.y):
-            raise DataError(
-                f"X holds {len(self.X)} samples but y holds {len(self.y)} labels; they must match"
-            )
+            raise DataError(f"X holds {len(self.X)} samples but y holds {len(self.y)} labels; they must match")
         self.classes = [str(c) for c in self.classes]
         if not self.classes and len(self.y):
             self.classes = [str(i) for i in range(int(self.y.max()) + 1)]
@@ -90,7 +87,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitem__(self, index: Any) -> "Split":
+    def __getitem__(self, index: Any) -> Split:
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
         if isinstance(index, (list, np.ndarray)):
@@ -103,7 +100,7 @@ class Split:
             f"num_classes={self.num_classes}, device={self.X.device})"
         )
 
-    def subset(self, indices: Any) -> "Split":
+    def subset(self, indices: Any) -> Split:
         """Return the samples at ``indices``.
 
         Parameters
@@ -153,7 +150,7 @@ class Split:
             for start in range(0, n, batch_size):
                 yield self.X[start : start + batch_size], self.y[start : start + batch_size]
 
-    def to(self, device: torch.device | str) -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         """Return a copy of the split with ``X`` and ``y`` on ``device``."""
         return Split(self.X.to(device), self.y.to(device), list(self.classes))
 

@@ -10,7 +10,8 @@ Yeom et al. (2021).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,9 +82,7 @@ class RestrictedModel(nn.Module):
     def mask(self, num_classes: int, device: torch.device | str | None = None) -> torch.Tensor:
         """Boolean mask ``[num_classes]`` that is True for the task classes."""
         if self.classes[-1] >= num_classes:
-            raise XpruneError(
-                f"RestrictedModel classes {list(self.classes)} exceed the model's {num_classes} outputs"
-            )
+            raise XpruneError(f"RestrictedModel classes {list(self.classes)} exceed the model's {num_classes} outputs")
         m = torch.zeros(num_classes, dtype=torch.bool, device=device)
         m[list(self.classes)] = True
         return m

@@ -27,9 +27,7 @@ def _as_images_or_table(X: np.ndarray, source: str) -> np.ndarray:
         if X.shape[-1] in (1, 3, 4) and X.shape[1] not in (1, 3, 4):
             return np.ascontiguousarray(X.transpose(0, 3, 1, 2))
         return X
-    raise DataError(
-        f"{source}: X must be [N, F], [N, H, W], [N, C, H, W] or [N, H, W, C]; got shape {X.shape}"
-    )
+    raise DataError(f"{source}: X must be [N, F], [N, H, W], [N, C, H, W] or [N, H, W, C]; got shape {X.shape}")
 
 
 def _labels_and_classes(y: np.ndarray, classes: Any, source: str) -> tuple[np.ndarray, list[str]]:
@@ -37,9 +35,11 @@ def _labels_and_classes(y: np.ndarray, classes: Any, source: str) -> tuple[np.nd
     if y.ndim != 1:
         raise DataError(f"{source}: y must be one-dimensional [N]; got shape {y.shape}")
     if classes is not None:
-        classes = [str(c) for c in np.asarray(classes).tolist()] if not isinstance(classes, list) else [
-            str(c) for c in classes
-        ]
+        classes = (
+            [str(c) for c in np.asarray(classes).tolist()]
+            if not isinstance(classes, list)
+            else [str(c) for c in classes]
+        )
     if not np.issubdtype(y.dtype, np.integer):
         names, y = np.unique(y, return_inverse=True)
         if classes is None:
@@ -138,15 +138,19 @@ def _parse_size(image_size: Any) -> tuple[int, int] | None:
             size = None
     elif isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         size = [int(size)]
-    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size
+    elif (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)
     ):
         size = [int(v) for v in size]
     else:
         size = None
     if not size or any(v < 1 for v in size):
-        raise XpruneError(f"image_size must be a positive int or (height, width) (on the command line: "
-                          f"--image-size 32 or 32x24); got {image_size!r}")
+        raise XpruneError(
+            f"image_size must be a positive int or (height, width) (on the command line: "
+            f"--image-size 32 or 32x24); got {image_size!r}"
+        )
     return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
 
 
@@ -205,9 +209,7 @@ def load_folder(
     labels: list[int] = []
     first: tuple[Path, tuple[int, int]] | None = None
     for label, folder in enumerate(class_dirs):
-        files = sorted(
-            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise DataError(
                 f"class folder {folder} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)}); "
@@ -218,7 +220,7 @@ def load_folder(
                 with Image.open(file) as img:
                     img = img.convert(mode)
                     if size is not None:
-                        img = img.resize((size[1], size[0]), Image.BILINEAR)
+                        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
                     arr = np.asarray(img, dtype=np.float32) / 255.0
             except (UnidentifiedImageError, OSError) as exc:
                 raise DataError(f"cannot read image {file}: {exc}") from None

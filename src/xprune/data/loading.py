@@ -21,9 +21,7 @@ _STANDARDISED_BY_DEFAULT = frozenset(DATASETS) - {"folder"}
 __all__ = ["load"]
 
 
-def _stratified_split(
-    y: np.ndarray, fraction: float, seed: int, what: str
-) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_split(y: np.ndarray, fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Split positions ``0..len(y)-1`` into (rest, held-out) stratified by ``y``."""
     from sklearn.model_selection import train_test_split
 
@@ -156,7 +154,7 @@ def load(
     else:
         if raw.X_test is not None:
             X = np.concatenate([X, raw.X_test])
-            y = np.concatenate([y, raw.y_test])  # type: ignore[list-item]
+            y = np.concatenate([y, raw.y_test])
         tf = 0.2 if test_fraction is None else float(test_fraction)
         if tf + val_fraction >= 1:
             raise XpruneError(f"val_fraction + test_fraction must be < 1; got {val_fraction} + {tf}")

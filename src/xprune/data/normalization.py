@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +34,10 @@ __all__ = ["save_normalization", "NORMALIZE_METHODS"]
 #: The named forms of ``normalize=`` (besides a dict and a JSON path).
 NORMALIZE_METHODS = ("auto", "mean-std", "none")
 
-_FORMS = ("normalize must be 'auto', 'mean-std', 'none', a {'mean': [...], 'std': [...]} dict "
-          "or the path of a JSON file holding one")
+_FORMS = (
+    "normalize must be 'auto', 'mean-std', 'none', a {'mean': [...], 'std': [...]} dict "
+    "or the path of a JSON file holding one"
+)
 
 
 class _Choice:
@@ -46,32 +49,41 @@ class _Choice:
 
 def _read_json(path: Path) -> Any:
     if not path.is_file():
-        raise XpruneError(f"normalisation file {path} does not exist; write one with "
-                          "xprune.data.save_normalization(dataset, path), or pass normalize='mean-std' or 'none'")
+        raise XpruneError(
+            f"normalisation file {path} does not exist; write one with "
+            "xprune.data.save_normalization(dataset, path), or pass normalize='mean-std' or 'none'"
+        )
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise XpruneError(f"{path} is not a readable normalisation file ({str(e).splitlines()[0]}); it must hold "
-                          "a JSON object such as {\"mean\": [0.5], \"std\": [0.25]}") from None
+        raise XpruneError(
+            f"{path} is not a readable normalisation file ({str(e).splitlines()[0]}); it must hold "
+            'a JSON object such as {"mean": [0.5], "std": [0.25]}'
+        ) from None
 
 
 def _from_mapping(spec: Mapping[str, Any], source: str, requested: str) -> _Choice:
     if not isinstance(spec, Mapping):
-        raise XpruneError(f"the normalisation {source} must be a JSON object such as {{\"mean\": [0.5], \"std\": [0.25]}}; "
-                          f"got a {type(spec).__name__}")
+        raise XpruneError(
+            f'the normalisation {source} must be a JSON object such as {{"mean": [0.5], "std": [0.25]}}; '
+            f"got a {type(spec).__name__}"
+        )
     method = spec.get("method")
     if method == "none" and "mean" not in spec and "std" not in spec:
         return _Choice("none", requested, source=source)
     missing = [k for k in ("mean", "std") if k not in spec]
     if missing:
-        raise XpruneError(f"the normalisation {source} needs keys 'mean' and 'std' (one value per channel, or one "
-                          f"number for all); it lacks {' and '.join(repr(k) for k in missing)} "
-                          f"(keys found: {sorted(map(str, spec))})")
+        raise XpruneError(
+            f"the normalisation {source} needs keys 'mean' and 'std' (one value per channel, or one "
+            f"number for all); it lacks {' and '.join(repr(k) for k in missing)} "
+            f"(keys found: {sorted(map(str, spec))})"
+        )
     mean = _numbers(spec["mean"], "mean", source)
     std = _numbers(spec["std"], "std", source)
     if (std <= 0).any():
-        raise XpruneError(f"the normalisation {source} has std {_short(std)}; every std must be > 0 "
-                          "(inputs are divided by it)")
+        raise XpruneError(
+            f"the normalisation {source} has std {_short(std)}; every std must be > 0 (inputs are divided by it)"
+        )
     return _Choice("given", requested, mean, std, source)
 
 
@@ -83,8 +95,9 @@ def _numbers(values: Any, what: str, source: str) -> np.ndarray:
     except (TypeError, ValueError):
         arr = None
     if arr is None or arr.ndim > 1 or arr.size == 0:
-        raise XpruneError(f"the normalisation {source} has {what} {values!r}; give a number or a list of numbers "
-                          "(one per channel)")
+        raise XpruneError(
+            f"the normalisation {source} has {what} {values!r}; give a number or a list of numbers (one per channel)"
+        )
     if not np.isfinite(arr).all():
         raise XpruneError(f"the normalisation {source} has {what} {_short(arr)}; every value must be finite")
     return arr
@@ -136,8 +149,10 @@ def _fit_given(values: np.ndarray, n: int, what: str, choice: _Choice, per: str)
         values = np.full(n, float(values))
     if values.size != n:
         plural = "s" if n != 1 else ""
-        raise DataError(f"the normalisation {choice.source} has {values.size} {what} value(s) but the data has "
-                        f"{n} {per}{plural}; give one value per {per}, or a single number for all")
+        raise DataError(
+            f"the normalisation {choice.source} has {values.size} {what} value(s) but the data has "
+            f"{n} {per}{plural}; give one value per {per}, or a single number for all"
+        )
     return torch.as_tensor(values, dtype=torch.float32)
 
 
@@ -155,7 +170,7 @@ def apply(
     elif choice.method == "mean-std":
         if len(Xtr) == 0:
             raise DataError("cannot normalise: the train split is empty; pass normalize='none' or give more data")
-        dims = [0] + list(range(2, Xtr.dim()))
+        dims = [0, *range(2, Xtr.dim())]
         mean = Xtr.mean(dim=dims)
         std = Xtr.std(dim=dims) if len(Xtr) > 1 else torch.ones_like(mean)
         std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant channels stay unscaled
@@ -165,7 +180,7 @@ def apply(
         mean = _fit_given(choice.mean, n, "mean", choice, per)
         std = _fit_given(choice.std, n, "std", choice, per)
         record.update(mean=mean.tolist(), std=std.tolist(), source=choice.source)
-    if mean is not None:
+    if mean is not None and std is not None:
         record["per"] = per
         shape = _stat_shape(Xtr)
         m, s = mean.view(shape), std.view(shape)
@@ -180,8 +195,12 @@ def record_from_stats(mean: torch.Tensor | None, std: torch.Tensor | None) -> di
     """The record of a :class:`Dataset` built by hand from ``mean`` / ``std`` (or none)."""
     if mean is None or std is None:
         return {"method": "none"}
-    return {"method": "given", "mean": torch.as_tensor(mean).reshape(-1).tolist(),
-            "std": torch.as_tensor(std).reshape(-1).tolist(), "source": "Dataset(mean=, std=)"}
+    return {
+        "method": "given",
+        "mean": torch.as_tensor(mean).reshape(-1).tolist(),
+        "std": torch.as_tensor(std).reshape(-1).tolist(),
+        "source": "Dataset(mean=, std=)",
+    }
 
 
 def describe(record: Mapping[str, Any], *, cli: bool = False) -> str:
@@ -194,9 +213,11 @@ def describe(record: Mapping[str, Any], *, cli: bool = False) -> str:
     scaling = record.get("input_scaling")
     prefix = f"{scaling}, then " if scaling else ""
     if method == "none":
-        line = (f"inputs fed to the model as stored{f' ({scaling})' if scaling else ''}, without normalisation; "
-                f"pass {opt('mean-std')} to standardise them with the train split's mean/std, or "
-                f"{opt('STATS.json')} with the mean/std the model was trained with")
+        line = (
+            f"inputs fed to the model as stored{f' ({scaling})' if scaling else ''}, without normalisation; "
+            f"pass {opt('mean-std')} to standardise them with the train split's mean/std, or "
+            f"{opt('STATS.json')} with the mean/std the model was trained with"
+        )
         return line
     per = record.get("per", "channel")
     mean, std = record.get("mean", []), record.get("std", [])
@@ -240,8 +261,10 @@ def save_normalization(dataset: Any, path: str | os.PathLike) -> Path:
 
     record = getattr(dataset, "normalization", dataset)
     if not isinstance(record, Mapping):
-        raise XpruneTypeError(f"save_normalization expects a Dataset from xprune.data.load or a dict with "
-                              f"'mean' and 'std'; got {type(dataset).__name__}")
+        raise XpruneTypeError(
+            f"save_normalization expects a Dataset from xprune.data.load or a dict with "
+            f"'mean' and 'std'; got {type(dataset).__name__}"
+        )
     record = dict(record)
     if record.get("method") != "none":
         _from_mapping(record, "to save", "dict")  # refuse to write what load could not read back

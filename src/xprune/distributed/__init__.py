@@ -37,7 +37,25 @@ from .scoring import all_reduce_sums, mode, sharded_session
 from .split import batches, shard
 
 __all__ = [
-    "BF16_CRITERIA", "DistributedError", "all_reduce_sums", "batches", "broadcast", "broadcast_object",
-    "gather_object", "init_from_env", "is_active", "is_main", "local", "mode", "on_device", "precision_context", "rank",
-    "run_on_main", "shard", "sum_counts", "world_size",
+    "BF16_CRITERIA",
+    "DistributedError",
+    "all_reduce_sums",
+    "batches",
+    "broadcast",
+    "broadcast_object",
+    "gather_object",
+    "init_from_env",
+    "is_active",
+    "is_main",
+    "local",
+    "mode",
+    "on_device",
+    "precision_context",
+    "rank",
+    "run_on_main",
+    "shard",
+    "sum_counts",
+    "world_size",
+    "bf16_allowed",
+    "sharded_session",
 ]

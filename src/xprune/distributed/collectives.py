@@ -38,9 +38,9 @@ def broadcast(values: dict[str, torch.Tensor], src: int = 0) -> dict[str, torch.
     buffer = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=dev)
     _collective("broadcast of the scores", dist.broadcast, buffer, src=src)
     out, pos = {}, 0
-    for k, p in zip(keys, parts):
+    for k, p in zip(keys, parts, strict=True):
         v = torch.as_tensor(values[k])
-        out[k] = buffer[pos:pos + p.numel()].reshape(v.shape).to(v.device, v.dtype)
+        out[k] = buffer[pos : pos + p.numel()].reshape(v.shape).to(v.device, v.dtype)
         pos += p.numel()
     return out
 
@@ -60,8 +60,10 @@ def sum_counts(*counts: int, failed: bool = False) -> tuple[int, ...]:
     _collective("all-reduce of the evaluation counts", dist.all_reduce, t)
     n_failed = int(t[-1])
     if n_failed and not failed:
-        raise XpruneError(f"{n_failed} of the {world_size()} ranks failed while evaluating their share of the "
-                          "samples (their error is in their own output), so every rank stops")
+        raise XpruneError(
+            f"{n_failed} of the {world_size()} ranks failed while evaluating their share of the "
+            "samples (their error is in their own output), so every rank stops"
+        )
     return tuple(int(v) for v in t[:-1].tolist())
 
 
@@ -72,8 +74,13 @@ def broadcast_object(obj: Any = None, src: int = 0) -> Any:
     import torch.distributed as dist
 
     box = [obj if rank() == src else None]
-    _collective("broadcast of an object", dist.broadcast_object_list, box, src=src,
-                device=_comm_device() if dist.get_backend() == "nccl" else None)
+    _collective(
+        "broadcast of an object",
+        dist.broadcast_object_list,
+        box,
+        src=src,
+        device=_comm_device() if dist.get_backend() == "nccl" else None,
+    )
     return box[0]
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,13 +38,17 @@ def on_device(model: nn.Module, device: str | torch.device | None) -> Iterator[t
         return
     target = torch.device(device)
     if target.type == "cuda" and not torch.cuda.is_available():
-        raise XpruneError(f"device {str(device)!r} was asked for but CUDA is not available here "
-                          "(torch.cuda.is_available() is False); use device='cpu'")
+        raise XpruneError(
+            f"device {str(device)!r} was asked for but CUDA is not available here "
+            "(torch.cuda.is_available() is False); use device='cpu'"
+        )
     if target.type == "cuda" and target.index is None:
         target = torch.device("cuda", torch.cuda.current_device())
     if len(current) > 1:
-        raise XpruneError(f"the model is spread over several devices {sorted(map(str, current))}; "
-                          "leave device=None to score it where it is")
+        raise XpruneError(
+            f"the model is spread over several devices {sorted(map(str, current))}; "
+            "leave device=None to score it where it is"
+        )
     home = next(iter(current)) if current else target
     if home == target:
         yield target
@@ -79,6 +84,8 @@ def precision_context(criterion: Any, precision: str | None, device: torch.devic
     if not bf16_allowed(criterion):
         warnings.warn(
             f"criterion {criterion.name!r} keeps fp32: its rule is not reliable under bf16 autocast "
-            f"(bf16 is used for {', '.join(sorted(BF16_CRITERIA))})", stacklevel=3)
+            f"(bf16 is used for {', '.join(sorted(BF16_CRITERIA))})",
+            stacklevel=3,
+        )
         return contextlib.nullcontext(), "fp32"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16), "bf16"

@@ -9,7 +9,7 @@ import contextlib
 import contextvars
 import datetime
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Sharded scoring: how a criterion runs here (:func:`mode`), the session that checks it reduced its sums, the reduction.
+"""Sharded scoring: how a criterion runs here (:func:`mode`), the session checking it reduced its sums, the reduction.
 
 See docs/distributed.md for which criteria are split and why the result is exact.
 """
@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -17,8 +18,7 @@ from .group import DistributedError, _collective, _comm_device, is_active, world
 
 __all__ = ["all_reduce_sums", "mode", "sharded_session"]
 
-_SESSION: contextvars.ContextVar["_Session | None"] = contextvars.ContextVar("xprune_distributed_session",
-                                                                           default=None)
+_SESSION: contextvars.ContextVar[_Session | None] = contextvars.ContextVar("xprune_distributed_session", default=None)
 
 
 class _Session:
@@ -103,14 +103,17 @@ def all_reduce_sums(totals: dict, counts: dict | None = None) -> tuple[dict, dic
 
     session.reduced += 1
     counts = {} if counts is None else counts
-    local_spec = {k: (tuple(torch.as_tensor(v).shape), str(torch.as_tensor(v).dtype).replace("torch.", ""))
-                  for k, v in totals.items()}
+    local_spec = {
+        k: (tuple(torch.as_tensor(v).shape), str(torch.as_tensor(v).dtype).replace("torch.", ""))
+        for k, v in totals.items()
+    }
     gathered = gather_object(local_spec, "gathering of the score keys")
     failed = [(r, part[_FAILED]) for r, part in enumerate(gathered) if _FAILED in part]
     if failed:
-        raise XpruneError(f"rank {failed[0][0]} of {world_size()} failed while scoring its share of the data, so "
-                          f"every rank stops: {failed[0][1]}" + (f" ({len(failed)} ranks failed)" if len(failed) > 1
-                                                                  else ""))
+        raise XpruneError(
+            f"rank {failed[0][0]} of {world_size()} failed while scoring its share of the data, so "
+            f"every rank stops: {failed[0][1]}" + (f" ({len(failed)} ranks failed)" if len(failed) > 1 else "")
+        )
     spec: dict = {}
     for part in gathered:
         for k, s in part.items():
@@ -124,8 +127,11 @@ def all_reduce_sums(totals: dict, counts: dict | None = None) -> tuple[dict, dic
     for k in keys:
         shape = spec[k][0]
         v = totals.get(k)
-        flat.append(torch.zeros(shape, dtype=torch.float64, device=dev).reshape(-1) if v is None
-                    else torch.as_tensor(v).detach().to(dev, torch.float64).reshape(-1))
+        flat.append(
+            torch.zeros(shape, dtype=torch.float64, device=dev).reshape(-1)
+            if v is None
+            else torch.as_tensor(v).detach().to(dev, torch.float64).reshape(-1)
+        )
     flat.append(torch.tensor([float(counts.get(k, 0)) for k in keys], dtype=torch.float64, device=dev))
     buffer = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.float64, device=dev)
     _collective("all-reduce of the per-unit sums", dist.all_reduce, buffer)
@@ -134,7 +140,7 @@ def all_reduce_sums(totals: dict, counts: dict | None = None) -> tuple[dict, dic
         shape, dtype = spec[k]
         n = int(torch.Size(shape).numel())
         device = totals[k].device if isinstance(totals.get(k), torch.Tensor) else home
-        out_totals[k] = buffer[pos:pos + n].reshape(shape).to(device, getattr(torch, dtype))
+        out_totals[k] = buffer[pos : pos + n].reshape(shape).to(device, getattr(torch, dtype))
         pos += n
     for i, k in enumerate(keys):
         c = float(buffer[pos + i])

@@ -6,7 +6,8 @@ other iterables are split.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -18,14 +19,24 @@ __all__ = ["batches", "shard"]
 
 
 def _is_indexable_split(data: Any) -> bool:
-    return (hasattr(data, "batches") and callable(data.batches) and hasattr(data, "__getitem__")
-            and hasattr(data, "__len__"))
+    return (
+        hasattr(data, "batches")
+        and callable(data.batches)
+        and hasattr(data, "__getitem__")
+        and hasattr(data, "__len__")
+    )
 
 
 def _is_xy_pair(data: Any) -> bool:
-    return (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor)
-            and isinstance(data[1], torch.Tensor) and data[0].dim() >= 1 and data[1].dim() == 1
-            and len(data[0]) == len(data[1]))
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and isinstance(data[0], torch.Tensor)
+        and isinstance(data[1], torch.Tensor)
+        and data[0].dim() >= 1
+        and data[1].dim() == 1
+        and len(data[0]) == len(data[1])
+    )
 
 
 def _presharded(data: Any) -> bool:
@@ -33,8 +44,9 @@ def _presharded(data: Any) -> bool:
     batch_sampler = getattr(data, "batch_sampler", None)
     from torch.utils.data.distributed import DistributedSampler
 
-    return isinstance(sampler, DistributedSampler) or isinstance(getattr(batch_sampler, "sampler", None),
-                                                                 DistributedSampler)
+    return isinstance(sampler, DistributedSampler) or isinstance(
+        getattr(batch_sampler, "sampler", None), DistributedSampler
+    )
 
 
 def _take(x: Any, index: slice, n: int) -> Any:
@@ -53,8 +65,11 @@ def _n_samples(x: Any, y: Any) -> int:
         return int(y.shape[0])
     if isinstance(x, torch.Tensor):
         return int(x.shape[0])
-    leaves = [v for v in (x.values() if isinstance(x, dict) else x if isinstance(x, (tuple, list)) else [])
-              if isinstance(v, torch.Tensor) and v.dim() >= 1]
+    leaves = [
+        v
+        for v in (x.values() if isinstance(x, dict) else x if isinstance(x, (tuple, list)) else [])
+        if isinstance(v, torch.Tensor) and v.dim() >= 1
+    ]
     if not leaves:
         raise XpruneError("cannot split a batch across ranks: found no tensor with a sample dimension in it")
     return int(leaves[0].shape[0])
@@ -99,7 +114,7 @@ def shard(data: Any, batch_size: int = 128, stream: Iterable | None = None) -> I
     if _is_indexable_split(data):
         try:
             part = data[slice(r, None, w)]
-        except Exception:  # not sliceable after all: split batch by batch
+        except Exception:  # noqa: BLE001 - not sliceable after all: split batch by batch
             part = None
         if part is not None and len(part) == len(range(r, len(data), w)):
             return _inputs.batches(part, batch_size)

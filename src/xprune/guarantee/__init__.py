@@ -34,6 +34,14 @@ from .result import RateChoice
 from .stats import binomial_cdf, binomial_p_value, clopper_pearson_upper
 
 __all__ = [
-    "METHODS", "GuaranteeWarning", "RateChoice", "binomial_cdf", "binomial_p_value", "calibration_size",
-    "choose_from_outcomes", "choose_rate", "clopper_pearson_upper", "correctness",
+    "METHODS",
+    "GuaranteeWarning",
+    "RateChoice",
+    "binomial_cdf",
+    "binomial_p_value",
+    "calibration_size",
+    "choose_from_outcomes",
+    "choose_rate",
+    "clopper_pearson_upper",
+    "correctness",
 ]

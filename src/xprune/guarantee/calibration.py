@@ -14,7 +14,7 @@ __all__ = ["calibration_size"]
 
 
 def _observed(n: int, c: float) -> int:
-    return int(math.floor(n * c + 1e-9))
+    return math.floor(n * c + 1e-9)
 
 
 def calibration_size(max_drop: float, confidence: float = 0.95, tightness: float | None = None) -> int:
@@ -22,7 +22,7 @@ def calibration_size(max_drop: float, confidence: float = 0.95, tightness: float
 
     With :math:`n` samples, a rate is certified by the binomial test when
     :math:`P(\\mathrm{Bin}(n, \\alpha) \\le \\lfloor n(\\alpha - t) \\rfloor) \\le \\delta`,
-    equivalently when the Clopper–Pearson upper bound at the observed flip
+    equivalently when the Clopper-Pearson upper bound at the observed flip
     rate :math:`\\alpha - t` is at most :math:`\\alpha`: ``tightness`` :math:`t`
     is the room the bound needs above the observed rate. Returns the smallest
     :math:`n` from which on *every* larger :math:`n` certifies (the condition

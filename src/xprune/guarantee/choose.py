@@ -6,8 +6,10 @@ control), the proof sketch and the assumptions.
 
 from __future__ import annotations
 
+import itertools
 import warnings
-from typing import Any, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +74,7 @@ def choose_from_outcomes(
         raise DataError("the calibration set is empty: the guarantee needs held-out labelled samples")
     if pruned.shape != (len(rates), n):
         raise XpruneError(f"pruned_correct must have shape (len(rates), n) = ({len(rates)}, {n}), got {pruned.shape}")
-    if any(b <= a for a, b in zip(rates, rates[1:])):
+    if any(b <= a for a, b in itertools.pairwise(rates)):
         raise XpruneError(f"rates must be strictly increasing (the order of the tests), got {rates}")
     removed = [0 if r == 0 else 1 for r in rates] if removed is None else [int(v) for v in removed]
     trivial = np.array([v == 0 for v in removed])
@@ -101,13 +103,13 @@ def choose_from_outcomes(
             raise XpruneError("include rate 0.0 in the grid (the fallback when nothing is certified)")
         chosen = rates.index(0.0)
     accs = (pruned.sum(axis=1) / n).tolist()
-    return RateChoice(rates[chosen], alpha, conf, method, n, rates, accs, flips.tolist(), removed,
-                      p_values, crc)
+    return RateChoice(rates[chosen], alpha, conf, method, n, rates, accs, flips.tolist(), removed, p_values, crc)
 
 
 @torch.no_grad()
-def correctness(model: nn.Module, data: Any, *, classes: Sequence[int] | None = None,
-                batch_size: int = 256) -> torch.Tensor:
+def correctness(
+    model: nn.Module, data: Any, *, classes: Sequence[int] | None = None, batch_size: int = 256
+) -> torch.Tensor:
     """Per-sample top-1 correctness (bool tensor ``[n]``) in eval mode, as :func:`xprune.evaluate.accuracy` counts it.
 
     With ``classes``, only samples of those classes are kept and the prediction
@@ -132,20 +134,27 @@ def _check_independent(reference: Any, calibration: Any) -> None:
     if reference is None:
         return
     if reference is calibration:
-        raise XpruneError("the calibration set is the reference set: the guarantee needs held-out calibration "
-                          "samples that the scores never saw (e.g. the dataset's val split)")
+        raise XpruneError(
+            "the calibration set is the reference set: the guarantee needs held-out calibration "
+            "samples that the scores never saw (e.g. the dataset's val split)"
+        )
     xr, xc = _inputs_tensor(reference), _inputs_tensor(calibration)
     if xr is None or xc is None or len(xr) == 0 or len(xc) == 0 or xr.shape[1:] != xc.shape[1:]:
         return
     if xr.shape == xc.shape and torch.equal(xr, xc):
-        raise XpruneError("the calibration inputs are identical to the reference inputs: the guarantee needs "
-                          "held-out calibration samples that the scores never saw (e.g. the dataset's val split)")
+        raise XpruneError(
+            "the calibration inputs are identical to the reference inputs: the guarantee needs "
+            "held-out calibration samples that the scores never saw (e.g. the dataset's val split)"
+        )
     seen = {row.numpy().tobytes() for row in xr.detach().reshape(len(xr), -1).cpu()}
     shared = sum(row.numpy().tobytes() in seen for row in xc.detach().reshape(len(xc), -1).cpu())
     if shared:
-        warnings.warn(f"{shared} of {len(xc)} calibration samples also occur among the reference samples; the "
-                      "guarantee assumes calibration data independent of the scores (use a disjoint split)",
-                      GuaranteeWarning, stacklevel=3)
+        warnings.warn(
+            f"{shared} of {len(xc)} calibration samples also occur among the reference samples; the "
+            "guarantee assumes calibration data independent of the scores (use a disjoint split)",
+            GuaranteeWarning,
+            stacklevel=3,
+        )
 
 
 def choose_rate(
@@ -244,17 +253,22 @@ def choose_rate(
     _check_independent(reference, calibration)
     base = correctness(model, calibration, classes=classes, batch_size=batch_size)
     if base.numel() == 0:
-        raise DataError("the calibration set is empty" + ("" if classes is None else " for the given classes")
-                        + ": the guarantee needs held-out labelled samples")
+        raise DataError(
+            "the calibration set is empty"
+            + ("" if classes is None else " for the given classes")
+            + ": the guarantee needs held-out labelled samples"
+        )
     if scores is None:
         scores = score(model, reference, criterion, units, **options)
-    iterator = grid
+    iterator: Iterable[float] = grid
     if progress:
         from .._progress import track
 
         iterator = track(grid, f"calibrating ({scores.criterion})", unit="rates")
     inexact = inexact_masks(model, scores)  # groups whose masking is not their removal: those are removed
-    rows, removed, modes = [], [], []
+    rows: list[torch.Tensor] = []
+    removed: list[int] = []
+    modes: list[str | None] = []
     for r in iterator:
         plan = select(scores, r, scope=scope, min_keep=min_keep, round_to=round_to, warn=False)
         removed.append(plan.n_removed)
@@ -262,12 +276,18 @@ def choose_rate(
             rows.append(base)
             modes.append(None)
             continue
-        modes.append(evaluation_mode("mask", plan, inexact))
-        rows.append(correctness(apply(model, plan, modes[-1]), calibration, classes=classes, batch_size=batch_size))
-    choice = choose_from_outcomes(base.numpy(), torch.stack(rows).numpy(), grid, max_drop=alpha,
-                                  confidence=conf, method=method, removed=removed)
+        mode = evaluation_mode("mask", plan, inexact)
+        modes.append(mode)
+        rows.append(correctness(apply(model, plan, mode), calibration, classes=classes, batch_size=batch_size))
+    choice = choose_from_outcomes(
+        base.numpy(), torch.stack(rows).numpy(), grid, max_drop=alpha, confidence=conf, method=method, removed=removed
+    )
     choice.criterion = scores.criterion or (criterion if isinstance(criterion, str) else "")
     choice.scope, choice.units = scope, scores.kind
-    choice.meta.update(total=scores.total, min_keep=min_keep, round_to=round_to,
-                       **evaluation_meta(modes, "mask", blamed_modules(inexact)))
+    choice.meta.update(
+        total=scores.total,
+        min_keep=min_keep,
+        round_to=round_to,
+        **evaluation_meta(modes, "mask", blamed_modules(inexact)),
+    )
     return choice

@@ -1,4 +1,4 @@
-"""Binomial math of the guarantee: the exact binomial c.d.f., the test's p-value, the Clopper–Pearson bound.
+"""Binomial math of the guarantee: the exact binomial c.d.f., the test's p-value, the Clopper-Pearson bound.
 
 See docs/guarantee.md for how :func:`xprune.guarantee.choose_rate` uses them.
 """
@@ -35,13 +35,14 @@ def _cdf_from_coeffs(logc: np.ndarray, n: int, p: float) -> float:
 
 
 def binomial_cdf(k: int, n: int, p: float) -> float:
-    """Binomial distribution function :math:`P(\\mathrm{Bin}(n, p) \\le k) = \\sum_{i \\le k} \\binom{n}{i} p^i (1-p)^{n-i}`.
+    """Binomial distribution function
+    :math:`P(\\mathrm{Bin}(n, p) \\le k) = \\sum_{i \\le k} \\binom{n}{i} p^i (1-p)^{n-i}`.
 
     Exact up to floating point (the terms are summed in log space, so large
     ``n`` neither overflows nor underflows). Agrees with
     ``scipy.stats.binom.cdf(k, n, p)``.
     """
-    k, n = int(math.floor(k)), int(n)
+    k, n = math.floor(k), int(n)
     if n < 0 or not 0 <= p <= 1:
         raise XpruneError(f"binomial_cdf needs n >= 0 and p in [0, 1], got n={n}, p={p}")
     if k < 0:
@@ -71,7 +72,7 @@ def binomial_p_value(flips: int, n: int, max_drop: float) -> float:
 
 
 def clopper_pearson_upper(k: int, n: int, confidence: float = 0.95) -> float:
-    """One-sided Clopper–Pearson upper confidence bound of a binomial proportion.
+    """One-sided Clopper-Pearson upper confidence bound of a binomial proportion.
 
     The largest :math:`u` with :math:`P(\\mathrm{Bin}(n, u) \\le k) \\ge \\delta`
     (:math:`\\delta = 1 - \\text{confidence}`), i.e. the

@@ -67,8 +67,15 @@ class XpruneImportance(tp.importance.Importance):
     skip; pass the classifier in ``ignored_layers`` as usual.
     """
 
-    def __init__(self, criterion: Any = "lrp", data: Any = None, *, model: nn.Module | None = None,
-                 example_inputs: Any = None, **options: Any):
+    def __init__(
+        self,
+        criterion: Any = "lrp",
+        data: Any = None,
+        *,
+        model: nn.Module | None = None,
+        example_inputs: Any = None,
+        **options: Any,
+    ):
         if data is None and example_inputs is None:
             raise XpruneError("XpruneImportance needs reference data (or example_inputs for a data-free criterion)")
         self.criterion, self.data, self.model = criterion, data, model
@@ -80,7 +87,7 @@ class XpruneImportance(tp.importance.Importance):
 
     @staticmethod
     def _signature(model: nn.Module) -> tuple:
-        return (id(model),) + tuple((n, tuple(p.shape), p._version) for n, p in model.named_parameters())
+        return (id(model), *((n, tuple(p.shape), p._version) for n, p in model.named_parameters()))
 
     def scores(self, model: nn.Module) -> Scores:
         """xprune's scores of ``model`` (cached until the model changes)."""
@@ -93,8 +100,7 @@ class XpruneImportance(tp.importance.Importance):
                     raise XpruneError("XpruneImportance: the reference data is empty")
                 example = _inputs.first_sample(x)
             self._units = discover(model, example)
-            self._scores = score(model, self.data, self.criterion, self._units, example_inputs=example,
-                                 **self.options)
+            self._scores = score(model, self.data, self.criterion, self._units, example_inputs=example, **self.options)
             self._names = {m: n for n, m in model.named_modules()}
             self._key = key
         return self._scores
@@ -116,6 +122,7 @@ class XpruneImportance(tp.importance.Importance):
         name = self._names.get(dep.target.module)
         if name is None:
             return None
+        assert self._units is not None  # set by self.scores(model) above
         for unit_group in self._units:
             if name in unit_group.producers:  # channel -> unit (mirrored grouped-conv units: channel % size)
                 units = unit_group.units_of(name, dep.target.module.weight.shape[0])
@@ -129,4 +136,3 @@ class XpruneImportance(tp.importance.Importance):
                 raise XpruneError(f"channels {idxs} of {name!r} are not all units of xprune group {unit_group.name!r}")
             return values[picked].to(dep.target.module.weight.device)
         return None
-

@@ -39,12 +39,18 @@ from .. import _inputs
 from ..errors import NothingToPrune, XpruneError
 from ..gates import GateSite
 from ..plan import Plan
-from ..units import (PRODUCER_TYPES, Signals, UnitGroup, UnitKind, UnitSet, _is_depthwise, build_graph,
-                     forward_order)
+from ..units import PRODUCER_TYPES, Signals, UnitGroup, UnitKind, UnitSet, _is_depthwise, build_graph, forward_order
 from .masking import inexact_members, is_grouped, mask_group
 
-__all__ = ["ChannelsKind", "check_plan", "discover_channels", "inexact_masks", "mask_groups", "pruning_group",
-           "weight_slices"]
+__all__ = [
+    "ChannelsKind",
+    "check_plan",
+    "discover_channels",
+    "inexact_masks",
+    "mask_groups",
+    "pruning_group",
+    "weight_slices",
+]
 
 
 def _output_modules(graph: tp.DependencyGraph) -> set[nn.Module]:
@@ -71,9 +77,7 @@ def _output_modules(graph: tp.DependencyGraph) -> set[nn.Module]:
 
 
 def _output_coupled(graph: tp.DependencyGraph, group, outputs: set[nn.Module]) -> bool:
-    return any(
-        dep.target.module in outputs and graph.is_out_channel_pruning_fn(dep.handler) for dep, _ in group
-    )
+    return any(dep.target.module in outputs and graph.is_out_channel_pruning_fn(dep.handler) for dep, _ in group)
 
 
 def _fixed_coupled(group, graph=None) -> bool:
@@ -90,10 +94,13 @@ def _fixed_coupled(group, graph=None) -> bool:
         node = item.dep.target
         nexts = getattr(node.grad_fn, "next_functions", ())
         if node.type in (tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.CONCAT):
-            if len(nexts) >= 2 and any(f is None for f, _ in nexts):
-                # a constant operand of the units' width (not a scalar such as x - 0.2)
-                if constant is None or id(node.grad_fn) in constant:
-                    return True
+            # a constant operand of the units' width (not a scalar such as x - 0.2)
+            if (
+                len(nexts) >= 2
+                and any(f is None for f, _ in nexts)
+                and (constant is None or id(node.grad_fn) in constant)
+            ):
+                return True
         elif _is_depthwise(node.module) and nexts and nexts[0][0] is None:
             return True  # a depthwise conv ties its output channels to its input's
     return False
@@ -116,15 +123,18 @@ def _splits_units(group) -> bool:
         after = tuple(meta[0].shape) if meta and hasattr(meta[0], "shape") else ()
         if not before or len(after) <= len(before):
             continue
-        i = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b), None)
+        i = next((i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), None)
         # the units are the last dimension (linear layers, tokens) or dimension 1 of a 4-D conv output
         if i is None or before[i] != n or i not in (len(before) - 1, 1 if len(before) == 4 else -1):
             continue
-        tail = before[i + 1:]
-        middle = after[i:len(after) - len(tail)]
+        tail = before[i + 1 :]
+        middle = after[i : len(after) - len(tail)]
         # dimension i (the units) becomes several whose product is n; everything after it is unchanged
-        if (tuple(after[len(after) - len(tail):]) == tuple(tail) and math.prod(middle) == n
-                and sum(1 for d in middle if d > 1) > 1):  # a real split, not an added size-1 dimension
+        if (
+            tuple(after[len(after) - len(tail) :]) == tuple(tail)
+            and math.prod(middle) == n
+            and sum(1 for d in middle if d > 1) > 1
+        ):  # a real split, not an added size-1 dimension
             return True
     return False
 
@@ -188,7 +198,6 @@ def _blocks(group, n_channels: int) -> int | None:
     return blocks
 
 
-
 def discover_channels(model, example_inputs, *, include_output=False, ignore=(), **options) -> UnitSet:
     """Conv output channels and linear neurons, coupled into groups by the dependency graph."""
     if options:
@@ -207,13 +216,15 @@ def discover_channels(model, example_inputs, *, include_output=False, ignore=(),
         if _fixed_coupled(group, graph) or _splits_units(group):
             continue
         bare = [owner[id(p)] for p in _matmul_parameters(group) if id(p) in owner]
-        if any(layer in ignored_names or any(layer.startswith(i + ".") for i in ignored_names if i)
-               for layer, _ in bare):
+        if any(
+            layer in ignored_names or any(layer.startswith(i + ".") for i in ignored_names if i) for layer, _ in bare
+        ):
             continue  # the user excluded the unsupported layer: leave every channel reaching it alone
         if bare:
             for layer, param in bare:
-                unsupported.setdefault(layer, f"{layer or '<model>'} ({type(model.get_submodule(layer)).__name__}, "
-                                              f"parameter {param})")
+                unsupported.setdefault(
+                    layer, f"{layer or '<model>'} ({type(model.get_submodule(layer)).__name__}, parameter {param})"
+                )
             continue
         blocks = _blocks(group, len(group[0].idxs))
         if blocks is None:
@@ -227,26 +238,27 @@ def discover_channels(model, example_inputs, *, include_output=False, ignore=(),
             name = names[module]
             if name not in members:
                 members.append(name)
-            if isinstance(module, PRODUCER_TYPES) and graph.is_out_channel_pruning_fn(handler):
-                if name not in producers:
-                    producers.append(name)
-                    local = list(item.idxs)
-                    root_idxs = list(item.root_idxs)
-                    n_out = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
-                    if blocks > 1 or local != root_idxs or len(local) != len(group[0].idxs) or n_out != len(local):
-                        mapping = [-1] * (max(local) + 1)
-                        for j, r in zip(local, root_idxs):
-                            mapping[j] = r % width
-                        index[name] = tuple(mapping)
+            if (
+                isinstance(module, PRODUCER_TYPES)
+                and graph.is_out_channel_pruning_fn(handler)
+                and name not in producers
+            ):
+                producers.append(name)
+                local = list(item.idxs)
+                root_idxs = list(item.root_idxs)
+                n_out = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
+                if blocks > 1 or local != root_idxs or len(local) != len(group[0].idxs) or n_out != len(local):
+                    mapping = [-1] * (max(local) + 1)
+                    for j, r in zip(local, root_idxs, strict=True):
+                        mapping[j] = r % width
+                    index[name] = tuple(mapping)
         if not producers:
             continue
         producers.sort(key=lambda n: order.get(n, 1 << 30))
         members.sort(key=lambda n: order.get(n, 1 << 30))
         size = width
         root = names[group[0].dep.target.module]
-        groups.append(
-            UnitGroup(producers[0], "channels", size, tuple(producers), tuple(members), root, index)
-        )
+        groups.append(UnitGroup(producers[0], "channels", size, tuple(producers), tuple(members), root, index))
     if unsupported:
         raise XpruneError(
             f"the model has layers xprune cannot prune through: {'; '.join(unsupported.values())}. They use "
@@ -261,16 +273,20 @@ def discover_channels(model, example_inputs, *, include_output=False, ignore=(),
             "the model has no prunable channels: no conv or linear layer whose output "
             "channels can be removed without changing the model's output "
             "(pass include_output=True to allow pruning the classifier)"
-            + (f"; its recurrent layers ({', '.join(recurrent)}: {type(model.get_submodule(recurrent[0])).__name__}) "
-               "are not prunable in xprune (a hidden unit feeds the layer's own gates and recurrence); prune the "
-               "conv/linear layers around them instead" if recurrent else "")
+            + (
+                f"; its recurrent layers ({', '.join(recurrent)}: {type(model.get_submodule(recurrent[0])).__name__}) "
+                "are not prunable in xprune (a hidden unit feeds the layer's own gates and recurrence); prune the "
+                "conv/linear layers around them instead"
+                if recurrent
+                else ""
+            )
         )
     return UnitSet("channels", groups, _inputs.spec(example_inputs), graph)
 
 
 def weight_slices(module: nn.Module) -> torch.Tensor:
     """A producer's weights as ``[out_channels, -1]`` (one row per output unit)."""
-    w = module.weight.detach()
+    w = module.weight.detach()  # type: ignore[operator]  # nn.Module attributes are typed Tensor | Module
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         w = w.transpose(0, 1)
     return w.reshape(w.shape[0], -1)
@@ -386,20 +402,25 @@ def pruning_group(graph, model: nn.Module, plan: Plan, name: str):
     n = pruner.get_out_channels(module) if pruner is not None else None
     size = plan.sizes[name]
     if n is None or not size or n % size:
-        raise XpruneError(f"layer {root!r} has {n} output channels but the plan expects {size}; "
-                          "the plan does not fit this model")
+        raise XpruneError(
+            f"layer {root!r} has {n} output channels but the plan expects {size}; the plan does not fit this model"
+        )
     group = graph.get_pruning_group(module, pruner.prune_out_channels, idxs)
     blocks = _blocks(group, n)
     if blocks is None:
-        raise XpruneError(f"the channels of {root!r} reach a grouped layer xprune cannot prune (a grouped "
-                          "transposed conv, or a grouped conv behind a concatenation); leave them out of the plan "
-                          f"(xprune.discover(..., ignore=[{root!r}]))")
+        raise XpruneError(
+            f"the channels of {root!r} reach a grouped layer xprune cannot prune (a grouped "
+            "transposed conv, or a grouped conv behind a concatenation); leave them out of the plan "
+            f"(xprune.discover(..., ignore=[{root!r}]))"
+        )
     if n == size * blocks and blocks > 1:  # units -> the same channel of every block
-        return graph.get_pruning_group(module, pruner.prune_out_channels,
-                                       sorted(i + k * size for k in range(blocks) for i in idxs))
+        return graph.get_pruning_group(
+            module, pruner.prune_out_channels, sorted(i + k * size for k in range(blocks) for i in idxs)
+        )
     if n != size:
-        raise XpruneError(f"layer {root!r} has {n} output channels but the plan expects {size}; "
-                          "the plan does not fit this model")
+        raise XpruneError(
+            f"layer {root!r} has {n} output channels but the plan expects {size}; the plan does not fit this model"
+        )
     if blocks > 1:
         width, gone = n // blocks, set(idxs)
         uneven = sorted(i for i in gone if any((i % width) + k * width not in gone for k in range(blocks)))
@@ -408,7 +429,8 @@ def pruning_group(graph, model: nn.Module, plan: Plan, name: str):
                 f"the plan removes channels {uneven[:6]} of {root!r} from some of the {blocks} blocks of its grouped "
                 "conv/GroupNorm but not from all, which would leave the blocks unequal; select the plan from "
                 f"xprune.score on xprune.discover units (one unit = one channel of every block), or remove channel "
-                f"j + k*{width} for every k")
+                f"j + k*{width} for every k"
+            )
     return group
 
 
@@ -426,8 +448,10 @@ def mask_groups(model: nn.Module, graph, plan: Plan, *, exact: bool = True) -> N
             reasons = {m: why for bad in found.values() for m, why in bad.items()}
             listed = "; ".join(f"{m} ({why})" for m, why in sorted(reasons.items())[:4])
             more = f" and {len(reasons) - 4} more" if len(reasons) > 4 else ""
-            raise XpruneError(f"masking would not equal removal here: {listed}{more} would read the zeroed channels "
-                              "that removal drops; use mode='remove' (or exact=False to mask anyway)")
+            raise XpruneError(
+                f"masking would not equal removal here: {listed}{more} would read the zeroed channels "
+                "that removal drops; use mode='remove' (or exact=False to mask anyway)"
+            )
     for group in groups:
         mask_group(group)
 
@@ -487,8 +511,9 @@ def check_plan(model: nn.Module, plan: Plan) -> None:
     for name, idxs in plan.remove.items():
         root = plan.roots.get(name, name)
         if root not in modules:
-            raise XpruneError(f"the plan names layer {root!r}, which this model does not have; "
-                              "was the plan made for another model?")
+            raise XpruneError(
+                f"the plan names layer {root!r}, which this model does not have; was the plan made for another model?"
+            )
         size = plan.sizes[name]
         if any(i < 0 or i >= size for i in idxs):
             raise XpruneError(f"plan removes indices outside [0, {size}) from {name!r}")

@@ -30,8 +30,10 @@ _ROW_NORMS = (nn.LayerNorm,) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
 # autograd operations that combine the values of several channels in a way a zero channel changes
 # (a sum or an L2 norm does not: a zero adds nothing to it)
-_ACROSS = re.compile(r"^(Softmax|LogSoftmax|Mean|Var|Std|VarMean|StdMean|Amax|Amin|Max|Min|Logsumexp|Median|"
-                     r"Nanmedian|Sort|Topk|Kthvalue|NativeLayerNorm|NativeGroupNorm|FusedRmsNorm|RmsNorm)Backward")
+_ACROSS = re.compile(
+    r"^(Softmax|LogSoftmax|Mean|Var|Std|VarMean|StdMean|Amax|Amin|Max|Min|Logsumexp|Median|"
+    r"Nanmedian|Sort|Topk|Kthvalue|NativeLayerNorm|NativeGroupNorm|FusedRmsNorm|RmsNorm)Backward"
+)
 
 
 def _op_shape_dims(fn) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
@@ -55,11 +57,17 @@ def _op_shape_dims(fn) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
 
 
 # operations that move or merge dimensions: the channel dimension is not followed through them
-_LAYOUT = re.compile(r"^(Permute|Transpose|T|View|Reshape|UnsafeView|Unsqueeze|Squeeze|Flatten|Expand|Cat|Stack|"
-                     r"Split|SplitWithSizes|Unbind|Select|Slice|Index|Mm|Bmm|Addmm|MatMul|Einsum|Convolution|"
-                     r"Mean|Sum|Var|Std|Amax|Amin|Max|Min|LinalgVectorNorm|Norm)Backward")
-_CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
-                   nn.GroupNorm)
+_LAYOUT = re.compile(
+    r"^(Permute|Transpose|T|View|Reshape|UnsafeView|Unsqueeze|Squeeze|Flatten|Expand|Cat|Stack|"
+    r"Split|SplitWithSizes|Unbind|Select|Slice|Index|Mm|Bmm|Addmm|MatMul|Einsum|Convolution|"
+    r"Mean|Sum|Var|Std|Amax|Amin|Max|Min|LinalgVectorNorm|Norm)Backward"
+)
+_CHANNELS_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+)
 _CHANNELS_LAST = (nn.Linear,)  # not LayerNorm: ConvNeXt's also normalises NCHW tensors (and flags its group anyway)
 
 
@@ -74,8 +82,13 @@ def _layout(node, names) -> str | None:
             continue
         seen.add(id(n))
         if n.module in names:
-            found.add("first" if isinstance(n.module, _CHANNELS_FIRST) else
-                      "last" if isinstance(n.module, _CHANNELS_LAST) else None)
+            found.add(
+                "first"
+                if isinstance(n.module, _CHANNELS_FIRST)
+                else "last"
+                if isinstance(n.module, _CHANNELS_LAST)
+                else None
+            )
             continue
         if n.grad_fn is None or _LAYOUT.match(type(n.grad_fn).__name__):
             return None
@@ -133,7 +146,7 @@ def _inside_norm(node, names, depth: int = 3) -> bool:
     while stack:
         n, d = stack.pop()
         if n.module in names:
-            if isinstance(n.module, _ROW_NORMS + (nn.GroupNorm,)):
+            if isinstance(n.module, (*_ROW_NORMS, nn.GroupNorm)):
                 return True
             continue
         if d < depth:
@@ -152,11 +165,13 @@ def inexact_members(group, names: dict) -> dict[str, str]:
         node = item.dep.target
         module = node.module
         if isinstance(module, _ROW_NORMS):
-            found[names.get(module, type(module).__name__)] = (f"{type(module).__name__} normalises over the "
-                                                               "pruned channels")
+            found[names.get(module, type(module).__name__)] = (
+                f"{type(module).__name__} normalises over the pruned channels"
+            )
         elif isinstance(module, nn.GroupNorm) and module.num_channels > module.num_groups:
-            found[names.get(module, "GroupNorm")] = (f"GroupNorm normalises over "
-                                                     f"{module.num_channels // module.num_groups} channels per group")
+            found[names.get(module, "GroupNorm")] = (
+                f"GroupNorm normalises over {module.num_channels // module.num_groups} channels per group"
+            )
         elif module not in names and _reads_across(node, list(item.idxs), names) and not _inside_norm(node, names):
             op = type(node.grad_fn).__name__.replace("Backward0", "").replace("Backward1", "").lower()
             found[f"{op} after {_near(node, names)}"] = f"a {op} across the pruned channels"
@@ -170,7 +185,11 @@ def mask_group(group) -> None:
     for item in group:
         module, handler = item.dep.target.module, item.dep.handler
         idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
-        if not isinstance(module, nn.Module) or not len(idxs) or not any(True for _ in module.parameters(recurse=False)):
+        if (
+            not isinstance(module, nn.Module)
+            or not len(idxs)
+            or not any(True for _ in module.parameters(recurse=False))
+        ):
             continue
         if isinstance(module, _NORMS):
             _zero(getattr(module, "weight", None), 0, idxs)
@@ -207,7 +226,7 @@ def _mask_conv(module: nn.modules.conv._ConvNd, idxs: torch.Tensor, output: bool
     per, rows = w.shape[1], w.shape[0] // module.groups
     for c in idxs.tolist():
         g, local = divmod(c, per)
-        w[g * rows:(g + 1) * rows, local] = 0.0
+        w[g * rows : (g + 1) * rows, local] = 0.0
 
 
 def _zero(t: torch.Tensor | None, dim: int, idxs: torch.Tensor) -> None:
@@ -217,5 +236,4 @@ def _zero(t: torch.Tensor | None, dim: int, idxs: torch.Tensor) -> None:
 
 def is_grouped(module) -> bool:
     """A conv with groups that Torch-Pruning does not treat as depthwise (``1 < groups != out_channels``)."""
-    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
-            and module.groups != module.out_channels)
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and module.groups != module.out_channels

@@ -15,9 +15,18 @@ reads composite files, :func:`save_composite`/:func:`load_composite`),
 :func:`save_heatmap`.
 """
 
-from .canonizers import Canonizer, MergeBatchNorm, RuleAssignment, ResidualNorm, default_canonizers
-from .composites import (PRESETS, TYPE_GROUPS, Composite, GroupComposite, composite, conv_groups, load_composite,
-                         register_composite, save_composite)
+from .canonizers import Canonizer, MergeBatchNorm, ResidualNorm, RuleAssignment, default_canonizers
+from .composites import (
+    PRESETS,
+    TYPE_GROUPS,
+    Composite,
+    GroupComposite,
+    composite,
+    conv_groups,
+    load_composite,
+    register_composite,
+    save_composite,
+)
 from .core import Attribution, attribution
 from .functions import explain, relevance, start_seed, weight_relevance
 from .heatmap import heatmap_array, save_heatmap

@@ -72,7 +72,8 @@ also works for CP-LRP, where the probabilities receive none.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -108,9 +109,13 @@ class _StabilizedLater(torch.autograd.Function):
             return grad * (z / stabilize(z, ctx.epsilon)).mul_(ctx.scale), None, None, None
 
 
-def uniform_product(z: torch.Tensor, factors: Sequence[torch.Tensor], epsilon: float = 1e-6,
-                    recompute: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
-    r"""Uniform rule on a product ``z`` of ``factors``: the gradient at ``z`` times :math:`z/(n\,\operatorname{stab}(z))`.
+def uniform_product(
+    z: torch.Tensor,
+    factors: Sequence[torch.Tensor],
+    epsilon: float = 1e-6,
+    recompute: Callable[[], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    r"""Uniform rule on a product ``z`` of ``factors``: gradient at ``z`` times :math:`z/(n\,\operatorname{stab}(z))`.
 
     :math:`n` is the number of factors that carry relevance (require grad);
     with :math:`n = 0` ``z`` is returned unchanged. ``recompute()``, if given,
@@ -199,21 +204,31 @@ class AttentionComposite(Composite):
         Extra rules by type / by name (take precedence).
     """
 
-    def __init__(self, attention: str = "attnlrp", linear: Any = None, epsilon: float = 1e-6,
-                 stabilizer: float = 1e-6, layer_map: Any = None, name_map: Any = None):
+    def __init__(
+        self,
+        attention: str = "attnlrp",
+        linear: Any = None,
+        epsilon: float = 1e-6,
+        stabilizer: float = 1e-6,
+        layer_map: Any = None,
+        name_map: Any = None,
+    ):
         if attention not in ("attnlrp", "cp"):
             raise XpruneError(f"attention must be 'attnlrp' or 'cp', got {attention!r}")
         self.attention = attention
         self.epsilon = float(epsilon)
         self.linear_rule = make_rule(linear) if linear is not None else Epsilon(epsilon)
         super().__init__(
-            _pairs(layer_map) + [
+            [
+                *_pairs(layer_map),
                 ((MatMul,), UniformProduct(epsilon)),
                 ((nn.Softmax,), Softmax(attention)),
                 ((nn.LayerNorm,), LayerNormRule()),
                 ("dense", self.linear_rule),
             ],
-            name_map, stabilizer=stabilizer, name="attnlrp" if attention == "attnlrp" else "cp-lrp",
+            name_map,
+            stabilizer=stabilizer,
+            name="attnlrp" if attention == "attnlrp" else "cp-lrp",
         )
 
     def assign(self, model: nn.Module) -> dict[str, Rule]:
@@ -222,7 +237,9 @@ class AttentionComposite(Composite):
             if name in rules or name in self.name_map:
                 continue
             if is_conv1d(m):
-                rules[name] = Epsilon(self.epsilon) if isinstance(self.linear_rule, Gamma) else self.linear_rule
+                rule = Epsilon(self.epsilon) if isinstance(self.linear_rule, Gamma) else self.linear_rule
+                if rule is not None:
+                    rules[name] = rule
             elif _is_rmsnorm(m) or _is_hf_activation(m):
                 rules[name] = Pass()
         return rules
@@ -234,5 +251,3 @@ def preset_attnlrp(epsilon=1e-6, linear=None, stabilizer=1e-6, layer_map=None, n
 
 def preset_cp_lrp(epsilon=1e-6, linear=None, stabilizer=1e-6, layer_map=None, name_map=None):
     return AttentionComposite("cp", linear, epsilon, stabilizer, layer_map, name_map)
-
-

@@ -8,8 +8,9 @@ terms (:func:`reroute`), so one ordinary backward pass propagates relevance.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -110,8 +111,10 @@ class _Deferred(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         if ctx.terms is None:
-            raise XpruneError("LRP terms computed in the backward pass support one backward pass through the graph; "
-                              "pass defer=False to xprune.lrp.attribution to backpropagate twice")
+            raise XpruneError(
+                "LRP terms computed in the backward pass support one backward pass through the graph; "
+                "pass defer=False to xprune.lrp.attribution to backpropagate twice"
+            )
         (x,) = ctx.saved_tensors
         terms, z = ctx.terms, ctx.z
         ctx.terms = ctx.z = None  # released as soon as the layer is done (the memory the deferral saves)
@@ -189,7 +192,9 @@ class LayerCall:
     weight: torch.Tensor | None
     bias: torch.Tensor | None
     engine: Any = field(repr=False, default=None)
-    op: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = field(repr=False, default=None)
+    op: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = field(
+        repr=False, default=None
+    )
     params: Callable[[], tuple] | None = field(repr=False, default=None)
 
     @property
@@ -216,8 +221,14 @@ class LayerCall:
         the input and no weight relevance is recorded for this layer.
         """
         x = self.inputs[0] if self.inputs else None
-        return (self.engine is not None and getattr(self.engine, "defer", False) and torch.is_grad_enabled()
-                and isinstance(x, torch.Tensor) and x.requires_grad and not self.weight_mode)
+        return (
+            self.engine is not None
+            and getattr(self.engine, "defer", False)
+            and torch.is_grad_enabled()
+            and isinstance(x, torch.Tensor)
+            and x.requires_grad
+            and not self.weight_mode
+        )
 
     @property
     def weight_mode(self) -> bool:
@@ -236,13 +247,14 @@ class LayerCall:
             raise XpruneError("carrier rules need an Attribution context")
         return self.engine._carrier(self, value)
 
-    def require_params(self, rule: Any) -> None:
-        """Refuse a rule (anything with a ``name``) that needs the weights of a linear or conv layer."""
+    def require_params(self, rule: Any) -> torch.Tensor:
+        """The weight of a linear or conv layer, for ``rule`` (anything with a ``name``) that needs one; else refuse."""
         if self.weight is None or not isinstance(self.module, _PARAMETRIC):
             raise XpruneError(
                 f"rule {rule.name!r} needs a nn.Linear or nn.Conv1d/2d/3d module; "
                 f"{self.name!r} is {type(self.module).__name__}"
             )
+        return self.weight
 
 
 # ----------------------------------------------------------------------------- terms of the sign-split rules

@@ -37,18 +37,29 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from torch import nn
 
 from ..errors import XpruneError
-from .files import FORMAT_VERSION, is_composite_path, jsonable, read_composite, spec_from_json
 from ..layers import Add
+from .files import FORMAT_VERSION, is_composite_path, jsonable, read_composite, spec_from_json
 from .rules import AlphaBeta, Epsilon, Flat, Gamma, Gate, LayerNormRule, Norm, Pass, Rule, ZBox, ZPlus, make_rule
 
-__all__ = ["Composite", "GroupComposite", "composite", "register_composite", "save_composite", "load_composite", "PRESETS", "TYPE_GROUPS", "conv_groups"]
+__all__ = [
+    "Composite",
+    "GroupComposite",
+    "composite",
+    "register_composite",
+    "save_composite",
+    "load_composite",
+    "PRESETS",
+    "TYPE_GROUPS",
+    "conv_groups",
+]
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR = (nn.Linear,)
@@ -199,11 +210,11 @@ class Composite:
                     rules[name] = rule
                 continue
             if not first_done:
-                hit = next((r for types, r in self.first_map if isinstance(module, types)), False)
-                if hit is not False:
+                match = next(((r,) for types, r in self.first_map if isinstance(module, types)), None)
+                if match is not None:  # the first module of a first_map type (its rule may be None: the default)
                     first_done = True
-                    if hit is not None:
-                        rules[name] = hit
+                    if match[0] is not None:
+                        rules[name] = match[0]
                     continue
             rule = next((r for types, r in self.layer_map if isinstance(module, types)), None)
             if rule is None and self.base:
@@ -231,7 +242,7 @@ def conv_groups(
     """
     convs = [n for n, m in model.named_modules() if isinstance(m, CONV)]
     parts = np.array_split(np.arange(len(convs)), len(groups)) if groups else []
-    out = {g: [convs[i] for i in idx] for g, idx in zip(groups, parts)}
+    out = {g: [convs[i] for i in idx] for g, idx in zip(groups, parts, strict=True)}
     if fc is not None:
         out[fc] = [n for n, m in model.named_modules() if isinstance(m, LINEAR)]
     return out
@@ -285,17 +296,18 @@ class GroupComposite(Composite):
 
     def membership(self, model: nn.Module) -> dict[str, list[str]]:
         """Group name -> module names, for ``model``."""
+        groups: Mapping[str, Iterable[str]]
         if self.groups is None:
             groups = conv_groups(model)
         elif callable(self.groups):
             groups = self.groups(model)
         else:
             groups = self.groups
-        groups = {str(k): list(v) for k, v in dict(groups).items()}
-        unknown = sorted(set(self.group_rules) - set(groups))
+        out = {str(k): list(v) for k, v in dict(groups).items()}
+        unknown = sorted(set(self.group_rules) - set(out))
         if unknown:
-            raise XpruneError(f"rules given for undefined layer groups {unknown}; groups are {sorted(groups)}")
-        return groups
+            raise XpruneError(f"rules given for undefined layer groups {unknown}; groups are {sorted(out)}")
+        return out
 
     def assign(self, model: nn.Module) -> dict[str, Rule]:
         modules = dict(model.named_modules())
@@ -329,30 +341,30 @@ class GroupComposite(Composite):
 
 def _epsilon_plus(epsilon=1e-6, stabilizer=1e-6, zero_bias=False, layer_map=None, name_map=None):
     return Composite(
-        _pairs(layer_map) + [("conv", ZPlus(stabilizer, zero_bias)), ("linear", Epsilon(epsilon, zero_bias))],
+        [*_pairs(layer_map), ("conv", ZPlus(stabilizer, zero_bias)), ("linear", Epsilon(epsilon, zero_bias))],
         name_map, stabilizer=stabilizer, name="epsilon-plus",
     )  # fmt: skip
 
 
 def _epsilon_plus_flat(epsilon=1e-6, stabilizer=1e-6, zero_bias=False, layer_map=None, name_map=None):
     return Composite(
-        _pairs(layer_map) + [("conv", ZPlus(stabilizer, zero_bias)), ("linear", Epsilon(epsilon, zero_bias))],
+        [*_pairs(layer_map), ("conv", ZPlus(stabilizer, zero_bias)), ("linear", Epsilon(epsilon, zero_bias))],
         name_map, first_map=[("dense", Flat(stabilizer))], stabilizer=stabilizer, name="epsilon-plus-flat",
     )  # fmt: skip
 
 
 def _epsilon_alpha2_beta1(epsilon=1e-6, stabilizer=1e-6, zero_bias=False, layer_map=None, name_map=None):
     return Composite(
-        _pairs(layer_map)
-        + [("conv", AlphaBeta(2.0, 1.0, stabilizer, zero_bias)), ("linear", Epsilon(epsilon, zero_bias))],
+        [*_pairs(layer_map), ("conv", AlphaBeta(2.0, 1.0, stabilizer, zero_bias)),
+         ("linear", Epsilon(epsilon, zero_bias))],
         name_map, stabilizer=stabilizer, name="epsilon-alpha2-beta1",
     )  # fmt: skip
 
 
 def _epsilon_alpha2_beta1_flat(epsilon=1e-6, stabilizer=1e-6, zero_bias=False, layer_map=None, name_map=None):
     return Composite(
-        _pairs(layer_map)
-        + [("conv", AlphaBeta(2.0, 1.0, stabilizer, zero_bias)), ("linear", Epsilon(epsilon, zero_bias))],
+        [*_pairs(layer_map), ("conv", AlphaBeta(2.0, 1.0, stabilizer, zero_bias)),
+         ("linear", Epsilon(epsilon, zero_bias))],
         name_map, first_map=[("dense", Flat(stabilizer))], stabilizer=stabilizer, name="epsilon-alpha2-beta1-flat",
     )  # fmt: skip
 
@@ -366,20 +378,20 @@ def _epsilon_gamma_box(
             "or ('epsilon-gamma-box', {'low': ..., 'high': ...}) (scalars or tensors broadcastable to the input)"
         )
     return Composite(
-        _pairs(layer_map) + [("conv", Gamma(gamma, stabilizer, zero_bias)), ("linear", Epsilon(epsilon, zero_bias))],
+        [*_pairs(layer_map), ("conv", Gamma(gamma, stabilizer, zero_bias)), ("linear", Epsilon(epsilon, zero_bias))],
         name_map, first_map=[("conv", ZBox(low, high, stabilizer))], stabilizer=stabilizer, name="epsilon-gamma-box",
     )  # fmt: skip
 
 
 def _epsilon(epsilon=1e-6, stabilizer=1e-6, zero_bias=False, layer_map=None, name_map=None):
     return Composite(
-        _pairs(layer_map) + [("dense", Epsilon(epsilon, zero_bias))], name_map, stabilizer=stabilizer, name="epsilon"
+        [*_pairs(layer_map), ("dense", Epsilon(epsilon, zero_bias))], name_map, stabilizer=stabilizer, name="epsilon"
     )
 
 
 def _zplus(stabilizer=1e-6, zero_bias=False, layer_map=None, name_map=None):
     return Composite(
-        _pairs(layer_map) + [("dense", ZPlus(stabilizer, zero_bias))], name_map, stabilizer=stabilizer, name="zplus"
+        [*_pairs(layer_map), ("dense", ZPlus(stabilizer, zero_bias))], name_map, stabilizer=stabilizer, name="zplus"
     )
 
 
@@ -402,7 +414,7 @@ def _pbe(epsilon=1e-6, stabilizer=1e-9, zero_bias=True, linear="zplus", layer_ma
         raise XpruneError(f"composite 'pbe': linear must be 'epsilon' or 'zplus'; got {linear!r}")
     dense = Epsilon(epsilon, zero_bias) if linear == "epsilon" else ZPlus(stabilizer, zero_bias)
     return Composite(
-        _pairs(layer_map) + [("conv", ZPlus(stabilizer, zero_bias)), ("linear", dense)],
+        [*_pairs(layer_map), ("conv", ZPlus(stabilizer, zero_bias)), ("linear", dense)],
         name_map, stabilizer=1e-6, name="pbe" if linear == "zplus" else "pbe-epsilon",
     )  # fmt: skip
 
@@ -428,7 +440,7 @@ PRESETS: dict[str, Callable[..., Composite] | str] = {
 their rules. Add your own with :func:`register_composite`."""
 
 
-def register_composite(name: str, factory: "Callable[..., Composite] | str") -> None:
+def register_composite(name: str, factory: Callable[..., Composite] | str) -> None:
     """Register a preset: ``factory(**kwargs) -> Composite``, or ``"module:attribute"`` naming one."""
     PRESETS[name.lower().replace("_", "-")] = factory
 
@@ -486,17 +498,28 @@ def composite(spec: Any = "epsilon-plus", **kwargs: Any) -> Composite:
 # ----------------------------------------------------------------------------- composite files
 
 
-def save_composite(path: str | os.PathLike, spec: Any, *, kwargs: Mapping[str, Any] | None = None,
-                   options: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None) -> Path:
+def save_composite(
+    path: str | os.PathLike,
+    spec: Any,
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
     """Write a composite file (atomically) and return its path.
 
     The spec is resolved once before writing, so a file that is written can be loaded.
     """
     from .._io import atomic_write
 
-    doc = {"xprune": "composite", "version": FORMAT_VERSION, "spec": jsonable(spec),
-           "kwargs": jsonable(dict(kwargs or {})), "options": jsonable(dict(options or {})),
-           "meta": jsonable(dict(meta or {}))}
+    doc = {
+        "xprune": "composite",
+        "version": FORMAT_VERSION,
+        "spec": jsonable(spec),
+        "kwargs": jsonable(dict(kwargs or {})),
+        "options": jsonable(dict(options or {})),
+        "meta": jsonable(dict(meta or {})),
+    }
     composite(spec_from_json(doc["spec"]), **doc["kwargs"])  # fail here, not at load time
     path = Path(path)
     atomic_write(path, json.dumps(doc, indent=1) + "\n")

@@ -40,16 +40,17 @@ with signals get the gate rule wherever they are taken (see :mod:`.ops`).
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XpruneError
+from .calls import _PARAMETRIC, LayerCall
 from .canonizers import Canonizer, RuleAssignment, default_canonizers
 from .composites import Composite, composite as resolve_composite
-from .calls import _PARAMETRIC, LayerCall
 from .ops import ConstantStatistics, GatingProducts, MergedBatchNorm, OpCapture, call_bound, standard_forward
 from .rules import Gate, Gradient, Pass, Rule
 
@@ -58,6 +59,8 @@ __all__ = ["Attribution", "attribution"]
 
 def _merged_params(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm):
     """Effective (detached) weight and bias of ``bn(layer(x))`` for a layer with ``weight`` and ``bias``."""
+    if bn.running_var is None or bn.running_mean is None:
+        raise XpruneError(f"{bn!r} keeps no running statistics (track_running_stats=False): it cannot be merged")
     var, mean = bn.running_var.detach(), bn.running_mean.detach()
     scale = torch.rsqrt(var + bn.eps)
     if bn.weight is not None:
@@ -130,6 +133,7 @@ class Attribution:
         for c in self.canonizers:
             if not isinstance(c, Canonizer):
                 raise XpruneError(f"canonizers must be xprune.lrp.Canonizer instances; got {c!r}")
+        self._weight_layers: set[str] | None
         if isinstance(weight_relevance, bool):
             self._weight_layers = None if weight_relevance else set()
         else:
@@ -159,7 +163,7 @@ class Attribution:
         self._reset_state()
 
     # ------------------------------------------------------------------ enter / exit
-    def __enter__(self) -> "Attribution":
+    def __enter__(self) -> Attribution:
         if self._active:
             raise XpruneError("this Attribution is already active; create a new one")
         try:
@@ -170,9 +174,8 @@ class Attribution:
         self._active = True
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> None:
         self._remove()
-        return False
 
     def _register(self) -> None:
         model = self.model
@@ -193,7 +196,7 @@ class Attribution:
         merged_bns = set(self._bn_of.values())
         self._gating = False
         self._rule_of: dict[nn.Module, Rule] = {}
-        hooks = []
+        hooks: list[tuple[nn.Module, Callable[..., Any], Callable[..., Any]]] = []
         for name, module in modules.items():
             rule = plan.rules.get(name)
             merged = module in self._bn_of
@@ -216,16 +219,14 @@ class Attribution:
             plain = pre == self._pre_hook
             self._handles.append(module.register_forward_pre_hook(pre, prepend=True, with_kwargs=plain))
             self._handles.append(module.register_forward_hook(post, prepend=True, always_call=True))
-        for bn in self._bn_of.values():
-            self._handles.append(bn.register_forward_pre_hook(self._bn_pre_hook, prepend=True))
-            self._handles.append(bn.register_forward_hook(self._bn_hook, prepend=True, always_call=True))
+        for bn_module in self._bn_of.values():
+            self._handles.append(bn_module.register_forward_pre_hook(self._bn_pre_hook, prepend=True))
+            self._handles.append(bn_module.register_forward_hook(self._bn_hook, prepend=True, always_call=True))
 
     def _needs_hook(self, name: str, module: nn.Module, rule: Rule | None) -> bool:
         if rule is None or type(rule) is Gradient:  # plain gradient: hook only to record weight leaves
             return self.weight_relevance and self._weight_leaf_wanted(name) and isinstance(module, _PARAMETRIC)
-        if type(rule) is Pass and isinstance(module, Pass._GRADIENT_EQUIVALENT):
-            return False
-        return True
+        return not (type(rule) is Pass and isinstance(module, Pass._GRADIENT_EQUIVALENT))
 
     def _remove(self) -> None:
         for h in self._handles:
@@ -308,9 +309,16 @@ class Attribution:
             return None
         name = self._names[module]
         if not isinstance(output, torch.Tensor):
-            raise XpruneError(f"LRP rules need modules with one tensor output; {name!r} returned {type(output).__name__}")
-        return self._ruled(module, tuple(inputs), output, _detached(getattr(module, "weight", None)),
-                           _detached(getattr(module, "bias", None)))
+            raise XpruneError(
+                f"LRP rules need modules with one tensor output; {name!r} returned {type(output).__name__}"
+            )
+        return self._ruled(
+            module,
+            tuple(inputs),
+            output,
+            _detached(getattr(module, "weight", None)),
+            _detached(getattr(module, "bias", None)),
+        )
 
     def _ruled(self, module, inputs, output, weight, bias, op=None):
         """``output`` of one call of ``module`` with its BatchNorm merged (if any) and its rule attached."""
@@ -351,8 +359,11 @@ class Attribution:
         # the layer's output, or a copy of it (a hook after the layer's may continue with a copy, e.g. the
         # signals of a criterion when an in-place op follows: xprune.units.Signals.keep)
         same = x is expected or (
-            isinstance(x, torch.Tensor) and isinstance(expected, torch.Tensor) and x.shape == expected.shape
-            and x.dtype == expected.dtype and torch.equal(x, expected)
+            isinstance(x, torch.Tensor)
+            and isinstance(expected, torch.Tensor)
+            and x.shape == expected.shape
+            and x.dtype == expected.dtype
+            and torch.equal(x, expected)
         )
         if expected is None or not same:
             raise XpruneError(
@@ -422,9 +433,12 @@ class Attribution:
 
     def _carrier(self, call: LayerCall, value: torch.Tensor) -> torch.Tensor:
         if not any(call.input is r for r in self._root_inputs):
-            why = (f"{call.name!r} changes its input in its own forward (e.g. padding), so give it another rule "
-                   f"(composite name_map={{{call.name!r}: 'zplus'}})" if call.op is not None else "use it on the first "
-                   "layer only, on the model input itself (no padding module before it)")
+            why = (
+                f"{call.name!r} changes its input in its own forward (e.g. padding), so give it another rule "
+                f"(composite name_map={{{call.name!r}: 'zplus'}})"
+                if call.op is not None
+                else "use it on the first layer only, on the model input itself (no padding module before it)"
+            )
             raise XpruneError(
                 f"the rule of {call.name!r} (flat / w-square / z-box) needs the model input as the layer's input: "
                 f"its input relevance is not input x gradient and cannot be passed further down; {why}"
@@ -444,7 +458,7 @@ class Attribution:
         if len(grads) != 1 + len(carriers):
             raise XpruneError("input_relevance needs the gradients of [x] + carriers(x)")
         r = torch.zeros_like(x) if grads[0] is None else x.detach() * grads[0]
-        for c, g in zip(carriers, grads[1:]):
+        for c, g in zip(carriers, grads[1:], strict=True):
             if g is not None:
                 r = r + c.detach() * g
         return r
@@ -463,7 +477,7 @@ class Attribution:
     def weight_relevance_from(self, grads: Sequence[torch.Tensor | None]) -> dict[str, torch.Tensor]:
         """Relevance of single weights, ``sum_k W_k * dW_k`` over the recorded modified weights."""
         out: dict[str, torch.Tensor] = {}
-        for (name, leaf), g in zip(self.weight_leaves, grads):
+        for (name, leaf), g in zip(self.weight_leaves, grads, strict=True):
             if g is None:
                 continue
             r = leaf.detach() * g

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import XpruneError
 
@@ -57,7 +58,9 @@ def read_composite(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("xprune") != "composite" or "spec" not in doc:
         raise XpruneError(f"{path} is not an xprune composite file (expected 'xprune': 'composite' and a 'spec')")
     if int(doc.get("version", 1)) > FORMAT_VERSION:
-        raise XpruneError(f"{path} has composite file version {doc['version']}; this xprune reads up to {FORMAT_VERSION}")
+        raise XpruneError(
+            f"{path} has composite file version {doc['version']}; this xprune reads up to {FORMAT_VERSION}"
+        )
     return doc
 
 
@@ -75,5 +78,7 @@ def jsonable(x: Any) -> Any:
         return [jsonable(v) for v in x]
     if x is None or isinstance(x, (bool, int, float, str)):
         return x
-    raise XpruneError(f"a composite file stores specs made of names, numbers, lists and dicts; got {type(x).__name__} "
-                      f"({x!r}); write rules as [name, kwargs]")
+    raise XpruneError(
+        f"a composite file stores specs made of names, numbers, lists and dicts; got {type(x).__name__} "
+        f"({x!r}); write rules as [name, kwargs]"
+    )

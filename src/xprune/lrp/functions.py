@@ -6,7 +6,8 @@ one backward pass from :func:`start_seed`.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,7 +64,7 @@ def _finite(seed: torch.Tensor) -> torch.Tensor:
 
 
 def _sum_calls(name: str, tensors: list[torch.Tensor], grads: list) -> torch.Tensor | None:
-    rels = [t.detach() * (torch.zeros_like(t) if g is None else g) for t, g in zip(tensors, grads)]
+    rels = [t.detach() * (torch.zeros_like(t) if g is None else g) for t, g in zip(tensors, grads, strict=True)]
     if not rels:
         return None
     if any(r.shape != rels[0].shape for r in rels):
@@ -174,5 +175,9 @@ def weight_relevance(
             grads = torch.autograd.grad(output, leaves, seed, allow_unused=True) if leaves else []
         rel = attr.weight_relevance_from(grads)
     modules = dict(model.named_modules())
-    wanted = names if names is not None else [n for n, m in modules.items() if isinstance(getattr(m, "weight", None), torch.Tensor) and n in rel]
+    wanted = (
+        names
+        if names is not None
+        else [n for n, m in modules.items() if isinstance(getattr(m, "weight", None), torch.Tensor) and n in rel]
+    )
     return {n: rel.get(n, torch.zeros_like(modules[n].weight.detach())).detach() for n in wanted}

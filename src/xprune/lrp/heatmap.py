@@ -18,7 +18,11 @@ def heatmap_array(relevance: torch.Tensor | np.ndarray, channel_reduce: str = "s
     Accepts ``[H, W]``, ``[C, H, W]`` or ``[1, C, H, W]`` (channels reduced by
     ``"sum"`` or ``"max-abs"``) and 1-D vectors (shown as one row).
     """
-    r = relevance.detach().cpu().double().numpy() if isinstance(relevance, torch.Tensor) else np.asarray(relevance, float)
+    r = (
+        relevance.detach().cpu().double().numpy()
+        if isinstance(relevance, torch.Tensor)
+        else np.asarray(relevance, float)
+    )
     if r.ndim == 4:
         if r.shape[0] != 1:
             raise XpruneError(f"save_heatmap shows one sample; got a batch of {r.shape[0]} (index it first)")

@@ -32,7 +32,8 @@ the identity inside its own forward.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +42,15 @@ from torch import nn
 from ..errors import XpruneError
 from .calls import reroute
 
-__all__ = ["standard_forward", "OpCapture", "ConstantStatistics", "GatingProducts", "MergedBatchNorm", "bind",
-           "call_bound"]
+__all__ = [
+    "standard_forward",
+    "OpCapture",
+    "ConstantStatistics",
+    "GatingProducts",
+    "MergedBatchNorm",
+    "bind",
+    "call_bound",
+]
 
 _LINEAR_FUNCS = {F.linear}
 _CONV_FUNCS = {torch.conv1d, torch.conv2d, torch.conv3d}
@@ -50,8 +58,8 @@ _CONV_FUNCS = {torch.conv1d, torch.conv2d, torch.conv3d}
 # canonical argument order and defaults of the functional calls the engine rewrites
 _SIGNATURES: dict[Any, tuple[tuple[str, ...], tuple[Any, ...]]] = {
     F.linear: (("input", "weight", "bias"), (None,)),
-    **{f: (("input", "weight", "bias", "stride", "padding", "dilation", "groups"), (None, 1, 0, 1, 1))
-       for f in _CONV_FUNCS},
+    **dict.fromkeys(_CONV_FUNCS,
+                    (("input", "weight", "bias", "stride", "padding", "dilation", "groups"), (None, 1, 0, 1, 1))),
     F.layer_norm: (("input", "normalized_shape", "weight", "bias", "eps"), (None, None, 1e-5)),
     torch.layer_norm: (("input", "normalized_shape", "weight", "bias", "eps"), (None, None, 1e-5)),
     F.group_norm: (("input", "num_groups", "weight", "bias", "eps"), (None, None, 1e-5)),
@@ -67,9 +75,9 @@ _BASES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def bind(func: Any, args: tuple, kwargs: dict | None) -> dict[str, Any]:
     """The arguments of a call of ``func`` (one of the rewritten functional calls) by name, defaults filled in."""
     names, defaults = _SIGNATURES[func]
-    out = dict(zip(names, args))
+    out = dict(zip(names, args, strict=False))  # the positional arguments given: a prefix of names
     out.update(kwargs or {})
-    for n, d in zip(names[len(names) - len(defaults):], defaults):
+    for n, d in zip(names[len(names) - len(defaults) :], defaults, strict=True):
         out.setdefault(n, d)
     return out
 
@@ -87,14 +95,14 @@ def standard_forward(module: nn.Module) -> bool:
             cls = type(module)
             if cls.forward is not base.forward:
                 return False
-            return base is nn.Linear or cls._conv_forward is base._conv_forward
+            return base is nn.Linear or getattr(cls, "_conv_forward", None) is getattr(base, "_conv_forward", None)
     return True
 
 
 class _HookedMode(torch.overrides.TorchFunctionMode):
     """A function mode entered in a module's forward pre-hook and left in its forward hook."""
 
-    def enter(self) -> "_HookedMode":
+    def enter(self) -> _HookedMode:
         self.__enter__()
         return self
 
@@ -193,8 +201,12 @@ def _constant_rms_norm(x, normalized_shape, weight, eps):
 
 
 _NORMS: dict[Any, Callable] = {}
-for _f, _g in ((F.layer_norm, _constant_layer_norm), (torch.layer_norm, _constant_layer_norm),
-               (F.group_norm, _constant_group_norm), (torch.group_norm, _constant_group_norm)):
+for _f, _g in (
+    (F.layer_norm, _constant_layer_norm),
+    (torch.layer_norm, _constant_layer_norm),
+    (F.group_norm, _constant_group_norm),
+    (torch.group_norm, _constant_group_norm),
+):
     _NORMS[_f] = _g
 if hasattr(F, "rms_norm"):
     _NORMS[F.rms_norm] = _constant_rms_norm
@@ -292,7 +304,7 @@ class GatingProducts(torch.overrides.TorchFunctionMode):
             return func(*args, **kwargs)
         share = shares[0] or shares[1]
         if share == "signal":
-            return func(*(a.detach() if s is not None else a for a, s in zip(args, shares)), **kwargs)
+            return func(*(a.detach() if s is not None else a for a, s in zip(args, shares, strict=True)), **kwargs)
         out = func(*args, **kwargs)
         if not (torch.is_grad_enabled() and isinstance(out, torch.Tensor) and out.requires_grad):
             return out

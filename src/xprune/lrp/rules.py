@@ -13,7 +13,9 @@ tensor, and the LRP relevance of a tensor :math:`t` is
 Relevance conservation and the rules of Bach et al. (2015) and Montavon et al.
 (2019) follow from writing each rule as
 
-.. math::  R_j = \sum_k c_k \, x_j \frac{\partial z^{(k)}_i}{\partial x_j} \frac{R_i}{\operatorname{stab}(\zeta^{(k)}_i)}
+.. math::
+
+    R_j = \sum_k c_k \, x_j \frac{\partial z^{(k)}_i}{\partial x_j} \frac{R_i}{\operatorname{stab}(\zeta^{(k)}_i)}
 
 for one or a few *modified forward terms* :math:`z^{(k)}` (the layer applied
 to clamped inputs and/or weights). Because :math:`R_i = z_i g_i` for the true
@@ -131,6 +133,7 @@ class Gradient(Rule):
 
     def __call__(self, call: LayerCall) -> torch.Tensor:
         if call.weight_mode:
+            assert call.weight is not None  # weight_mode implies a weight
             term = call.fn(call.input, call.leaf(call.weight), call.bias)
             return reroute(call.output, [(term, 1.0)])
         return call.output
@@ -168,7 +171,11 @@ class Epsilon(Rule):
         denom = zd
         if self.zero_bias and call.bias is not None:
             denom = zd - call.bias_like(call.bias)
-        term = call.fn(call.input, call.leaf(call.weight), call.bias) if call.weight_mode else z
+        if call.weight_mode:
+            assert call.weight is not None  # weight_mode implies a weight
+            term = call.fn(call.input, call.leaf(call.weight), call.bias)
+        else:
+            term = z
         if self.epsilon == 0 and denom is zd:
             return z if term is z else reroute(z, [(term, 1.0)])
         return reroute(z, [(term, ratio(zd, denom, self.epsilon))])
@@ -214,7 +221,12 @@ class AlphaBeta(Rule):
 
     def _weights(self, w, b):
         b = None if self.zero_bias else b
-        return w.clamp(min=0), w.clamp(max=0), None if b is None else b.clamp(min=0), None if b is None else b.clamp(max=0)
+        return (
+            w.clamp(min=0),
+            w.clamp(max=0),
+            None if b is None else b.clamp(min=0),
+            None if b is None else b.clamp(max=0),
+        )
 
     def _terms(self, call, x, zd, w_pos, w_neg, b_pos, b_neg):
         zp, zn = split_terms(call, w_pos, w_neg, b_pos, b_neg, need_neg=self.beta != 0, x=x)
@@ -312,9 +324,9 @@ class Flat(Rule):
         self.stabilizer = float(stabilizer)
 
     def __call__(self, call: LayerCall) -> torch.Tensor:
-        call.require_params(self)
+        weight = call.require_params(self)
         ones = call.carrier(torch.ones_like(call.input))
-        zf = call.fn(ones, torch.ones_like(call.weight), None)
+        zf = call.fn(ones, torch.ones_like(weight), None)
         return reroute(call.output, [(zf, ratio(call.output, zf, self.stabilizer, sign=+1))])
 
 
@@ -334,10 +346,10 @@ class WSquare(Rule):
         self.zero_bias = bool(zero_bias)
 
     def __call__(self, call: LayerCall) -> torch.Tensor:
-        call.require_params(self)
+        weight = call.require_params(self)
         ones = call.carrier(torch.ones_like(call.input))
         b = None if (self.zero_bias or call.bias is None) else call.bias**2
-        zw = call.fn(ones, call.leaf(call.weight**2), b)
+        zw = call.fn(ones, call.leaf(weight**2), b)
         return reroute(call.output, [(zw, ratio(call.output, zw, self.stabilizer))])
 
 
@@ -361,8 +373,8 @@ class ZBox(Rule):
         self.stabilizer = float(stabilizer)
 
     def __call__(self, call: LayerCall) -> torch.Tensor:
-        call.require_params(self)
-        x, w, b = call.input, call.weight, call.bias
+        w = call.require_params(self)
+        x, b = call.input, call.bias
         low = call.carrier(torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x))
         high = call.carrier(torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x))
         w_pos, w_neg = call.leaf(w.clamp(min=0)), call.leaf(w.clamp(max=0))
@@ -529,7 +541,7 @@ def _lookup(name: str) -> tuple[type[Rule], dict[str, Any]]:
     raise XpruneError(f"unknown LRP rule {name!r}; known rules: {known}")
 
 
-def make_rule(spec: "Rule | str | tuple[str, dict] | None") -> Rule | None:
+def make_rule(spec: Rule | str | tuple[str, dict] | None) -> Rule | None:
     """Build a rule from a spec.
 
     Parameters
@@ -543,6 +555,7 @@ def make_rule(spec: "Rule | str | tuple[str, dict] | None") -> Rule | None:
     """
     if spec is None or isinstance(spec, Rule):
         return spec
+    kwargs: dict[str, Any]
     if isinstance(spec, str):
         name, kwargs = spec, {}
     elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict):
@@ -555,4 +568,6 @@ def make_rule(spec: "Rule | str | tuple[str, dict] | None") -> Rule | None:
     except TypeError as e:
         import inspect
 
-        raise XpruneError(f"bad parameters for LRP rule {name!r}: {e}; signature {cls.__name__}{inspect.signature(cls)}") from None
+        raise XpruneError(
+            f"bad parameters for LRP rule {name!r}: {e}; signature {cls.__name__}{inspect.signature(cls)}"
+        ) from None

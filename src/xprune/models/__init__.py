@@ -26,13 +26,14 @@ re-exports their public names.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
-from ._base import Configurable, prod
 from ..errors import XpruneError
 from ..layers import Add, Concat, MatMul
+from ._base import Configurable, prod
 from .mlp import MLP
 from .resnet import BasicBlock, ResNet
 from .vgg import VGG
@@ -99,9 +100,9 @@ def available() -> list[str]:
 
 
 from .cache import cache_dir, pretrained  # noqa: E402  (needs build / ARCHITECTURES above)
-from .heads import output_layer, replace_head  # noqa: E402
-from .train import accuracy, fine_tune, train  # noqa: E402
-from .transfer_setting import TransferResult, transfer  # noqa: E402
+from .heads import output_layer, replace_head  # noqa: E402 - as above
+from .train import accuracy, fine_tune, train  # noqa: E402 - as above
+from .transfer_setting import TransferResult, transfer  # noqa: E402 - as above
 
 __all__ = [
     "ARCHITECTURES",

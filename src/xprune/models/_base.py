@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
 
-def image_hw(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
     """Normalise an image size given as ``int`` or ``(H, W)`` to ``(H, W)``."""
     if isinstance(image_size, int):
         return (image_size, image_size)

@@ -122,7 +122,7 @@ def _load_cached(model: nn.Module, folder: Path, key: str) -> dict[str, Any] | N
             raise XpruneError("weights file does not match its recorded hash (partial or corrupt)")
         state = load(payload)
         model.load_state_dict(state, strict=True)
-    except Exception as exc:  # any damage means: retrain and overwrite
+    except Exception as exc:  # noqa: BLE001 - any damage means: retrain and overwrite
         warnings.warn(f"ignoring unusable cache entry {folder / key}.*: {exc}; retraining", stacklevel=3)
         return None
     return meta
@@ -143,7 +143,7 @@ def _train_cached(
 
     with _seeded(seed):
         model = build(arch, input_shape=data.input_shape, num_classes=data.num_classes, **arch_kwargs)
-    key = _cache_key(arch, data_id, seed, model.config, train_cfg)
+    key = _cache_key(arch, data_id, seed, model.config, train_cfg)  # type: ignore[arg-type]  # the config dict of xprune.models
     if cache is not None:
         meta = _load_cached(model, cache, key)
         if meta is not None:
@@ -155,7 +155,9 @@ def _train_cached(
                     f"(test accuracy {meta.get('test_accuracy', float('nan')):.4f})"
                 )
             return model.eval(), meta
-    history = train(model, data.train, val=data.val if len(data.val) else None, seed=seed, progress=progress, **train_cfg)
+    history = train(
+        model, data.train, val=data.val if len(data.val) else None, seed=seed, progress=progress, **train_cfg
+    )
     model.eval()
     test_acc = accuracy(model, data.test)
     meta = {
@@ -173,8 +175,9 @@ def _train_cached(
     if progress:
         from rich.console import Console
 
-        Console(soft_wrap=True).print(f"[bold]{arch}[/] on {data.name}: test accuracy {test_acc:.4f} "
-                                      f"({history['seconds']:.1f} s)")
+        Console(soft_wrap=True).print(
+            f"[bold]{arch}[/] on {data.name}: test accuracy {test_acc:.4f} ({history['seconds']:.1f} s)"
+        )
     if cache is not None:
         _save_cached(model, cache, key, meta)
         meta = dict(meta, key=key)

@@ -52,10 +52,8 @@ def replace_head(model: nn.Module, num_classes: int, *, seed: int = 0) -> nn.Lin
     with _seeded(seed):
         new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     new.to(device=old.weight.device, dtype=old.weight.dtype)
-    if isinstance(parent, nn.Sequential) or name.isdigit():
-        parent[int(name)] = new  # type: ignore[index]
-    else:
-        setattr(parent, name, new)
-    if isinstance(getattr(model, "config", None), dict) and "num_classes" in model.config:
-        model.config["num_classes"] = num_classes
+    setattr(parent, name, new)  # also for nn.Sequential / nn.ModuleList children: their names are the keys
+    config = getattr(model, "config", None)
+    if isinstance(config, dict) and "num_classes" in config:
+        config["num_classes"] = num_classes
     return new

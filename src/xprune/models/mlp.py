@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ._base import Configurable, prod
 from ..errors import XpruneError
+from ._base import Configurable, prod
 
 
 class MLP(Configurable):
@@ -53,8 +53,7 @@ class MLP(Configurable):
         n_in = prod(in_features)
         if n_in < 1 or num_classes < 1 or any(int(h) < 1 for h in hidden):
             raise XpruneError(
-                f"MLP sizes must be positive; got in_features={in_features}, hidden={hidden}, "
-                f"num_classes={num_classes}"
+                f"MLP sizes must be positive; got in_features={in_features}, hidden={hidden}, num_classes={num_classes}"
             )
         self.flatten = nn.Flatten()
         layers: list[nn.Module] = []

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ._base import Configurable
 from ..errors import XpruneError
 from ..layers import Add
+from ._base import Configurable
 
 
 class BasicBlock(nn.Module):
@@ -112,9 +112,7 @@ class ResNet(Configurable):
         if not widths or blocks_per_stage < 1:
             raise XpruneError("ResNet needs at least one stage (widths) and blocks_per_stage >= 1")
         c = int(widths[0])
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()
-        )
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
         stages = []
         for i, width in enumerate(widths):
             blocks = []

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -116,7 +117,7 @@ def train(
     history: dict[str, Any] = {"loss": [], "train_accuracy": [], "val_accuracy": []}
     start = time.perf_counter()
     bar = _progress(progress)
-    with _seeded(seed), (bar if bar is not None else nullcontext()):
+    with _seeded(seed), bar if bar is not None else nullcontext():
         task = bar.add_task(f"train {type(model).__name__}", total=total, status="") if bar else None
         for epoch in range(epochs):
             model.train()
@@ -212,7 +213,7 @@ def fine_tune(
     -----
     The train/eval mode of every submodule is restored at the end.
     """
-    if steps is not None and steps < 0 or epochs is not None and epochs < 0:
+    if (steps is not None and steps < 0) or (epochs is not None and epochs < 0):
         raise XpruneError("steps and epochs must be >= 0")
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
@@ -230,7 +231,7 @@ def fine_tune(
     start = time.perf_counter()
     bar = _progress(progress)
     taken = 0
-    with _seeded(seed), (bar if bar is not None else nullcontext()):
+    with _seeded(seed), bar if bar is not None else nullcontext():
         task = bar.add_task("fine-tune", total=limit, status="") if bar else None
         model.train()
         if bn_eval:
@@ -275,9 +276,7 @@ def _is_batch_list(data: Any) -> bool:
 
 
 @torch.no_grad()
-def accuracy(
-    model: nn.Module, data: Any, batch_size: int = 256, device: str | torch.device | None = None
-) -> float:
+def accuracy(model: nn.Module, data: Any, batch_size: int = 256, device: str | torch.device | None = None) -> float:
     """Top-1 accuracy of a classifier, in eval mode under ``no_grad``.
 
     Parameters

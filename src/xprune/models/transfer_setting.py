@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -144,8 +145,11 @@ def transfer(
     src.train = _cap_per_class(src.train, max_per_class, seed)
     train_cfg = training_config(arch, _defaults_name(full.name), epochs=pretrain_epochs)
     data_id = _data_id(source, data_kwargs)
-    data_id.update(name=f"{data_id['name']}-c{'_'.join(map(str, _class_ids(source_classes, full.classes)))}",
-                   source_classes=list(source_classes), max_per_class=max_per_class)
+    data_id.update(
+        name=f"{data_id['name']}-c{'_'.join(map(str, _class_ids(source_classes, full.classes)))}",
+        source_classes=list(source_classes),
+        max_per_class=max_per_class,
+    )
     source_model, meta = _train_cached(
         arch,
         src,
@@ -164,14 +168,27 @@ def transfer(
     batch = len(reference)
     history = {
         "head": fine_tune(
-            model, reference, steps=head_steps, lr=head_lr, batch_size=batch, seed=seed,
-            params=head.parameters(), bn_eval=True, progress=progress,
+            model,
+            reference,
+            steps=head_steps,
+            lr=head_lr,
+            batch_size=batch,
+            seed=seed,
+            params=head.parameters(),
+            bn_eval=True,
+            progress=progress,
         )
     }
     if full_steps:
         history["full"] = fine_tune(
-            model, reference, steps=full_steps, lr=full_lr, batch_size=batch, seed=seed + 1,
-            bn_eval=True, progress=progress,
+            model,
+            reference,
+            steps=full_steps,
+            lr=full_lr,
+            batch_size=batch,
+            seed=seed + 1,
+            bn_eval=True,
+            progress=progress,
         )
     model.eval()
     target_acc = accuracy(model, tgt.test)

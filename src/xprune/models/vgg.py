@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ._base import Configurable, image_hw
 from ..errors import XpruneError
+from ._base import Configurable, image_hw
 
 
 class VGG(Configurable):

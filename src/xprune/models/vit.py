@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ._base import Configurable, image_hw
 from ..errors import XpruneError
 from ..layers import Add, Concat, MatMul
+from ._base import Configurable, image_hw
 
 
 class Attention(nn.Module):

@@ -27,12 +27,26 @@ Example::
     xprune.transformers.hub.save(pruned, "pruned-model")   # reload: xprune.transformers.load_pruned
 """
 
+from . import hub
 from .adapters import AttentionSpec, MLPSpec, attention_specs, mlp_specs
 from .attnlrp import attnlrp
 from .gates import Gates, gates
 from .kinds import HeadsKind, NeuronsKind
 from .surgery import load_pruned, record_sizes, remove_heads, remove_neurons
-from . import hub
 
-__all__ = ["AttentionSpec", "HeadsKind", "MLPSpec", "NeuronsKind", "Gates", "attention_specs", "attnlrp", "gates",
-           "hub", "load_pruned", "mlp_specs", "record_sizes", "remove_heads", "remove_neurons"]
+__all__ = [
+    "AttentionSpec",
+    "HeadsKind",
+    "MLPSpec",
+    "NeuronsKind",
+    "Gates",
+    "attention_specs",
+    "attnlrp",
+    "gates",
+    "hub",
+    "load_pruned",
+    "mlp_specs",
+    "record_sizes",
+    "remove_heads",
+    "remove_neurons",
+]

@@ -43,8 +43,9 @@ sequence; not supported).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,11 +63,13 @@ def _linear_like(module: nn.Module | None) -> bool:
     return isinstance(module, nn.Linear) or (module is not None and is_conv1d(module))
 
 
-def out_features(module: nn.Module) -> int:
+def out_features(module: Any) -> int:
+    """Output width of an ``nn.Linear`` or a transformers ``Conv1D`` (typed ``Any``: the two share no typed base)."""
     return module.nf if is_conv1d(module) else module.out_features
 
 
-def in_features(module: nn.Module) -> int:
+def in_features(module: Any) -> int:
+    """Input width of an ``nn.Linear`` or a transformers ``Conv1D``."""
     return module.nx if is_conv1d(module) else module.in_features
 
 
@@ -122,7 +125,7 @@ class AttentionSpec:
     @property
     def inputs(self) -> tuple[str, ...]:
         """The projections reading the block input."""
-        return (self.fused,) if self.fused else (self.q, self.k, self.v)
+        return (self.fused,) if self.fused else tuple(p for p in (self.q, self.k, self.v) if p is not None)
 
     def query_heads(self, units) -> list[int]:
         """Query heads belonging to the given units."""
@@ -176,11 +179,12 @@ class MLPSpec:
 
 
 def _child(module: nn.Module, path: str) -> nn.Module | None:
+    node: Any = module
     for part in path.split("."):
-        module = getattr(module, part, None) if isinstance(module, nn.Module) else None
-        if not isinstance(module, nn.Module):
+        node = getattr(node, part, None)
+        if not isinstance(node, nn.Module):
             return None
-    return module
+    return node
 
 
 def _join(prefix: str, name: str) -> str:
@@ -193,9 +197,20 @@ def _attention_of(name: str, m: nn.Module) -> AttentionSpec | None:
     if getattr(m, "is_cross_attention", False):
         return None
     if isinstance(m, XAttention):
-        d = m.head_dim
-        return AttentionSpec(name, _join(name, "q"), _join(name, "k"), _join(name, "v"), None, _join(name, "proj"),
-                             (name,), d, m.q.out_features // d, m.k.out_features // d, "xprune")
+        hd = m.head_dim
+        return AttentionSpec(
+            name,
+            _join(name, "q"),
+            _join(name, "k"),
+            _join(name, "v"),
+            None,
+            _join(name, "proj"),
+            (name,),
+            hd,
+            m.q.out_features // hd,
+            m.k.out_features // hd,
+            "xprune",
+        )
     q, k, v, o = (_child(m, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
     if all(_linear_like(t) for t in (q, k, v, o)):
         d = getattr(m, "head_dim", None)
@@ -205,8 +220,19 @@ def _attention_of(name: str, m: nn.Module) -> AttentionSpec | None:
             if not heads:
                 return None
             d = out_features(q) // int(heads)
-        return AttentionSpec(name, _join(name, "q_proj"), _join(name, "k_proj"), _join(name, "v_proj"), None,
-                             _join(name, "o_proj"), (name,), d, out_features(q) // d, out_features(k) // d, "qkvo")
+        return AttentionSpec(
+            name,
+            _join(name, "q_proj"),
+            _join(name, "k_proj"),
+            _join(name, "v_proj"),
+            None,
+            _join(name, "o_proj"),
+            (name,),
+            d,
+            out_features(q) // d,
+            out_features(k) // d,
+            "qkvo",
+        )
     sa, out = _child(m, "self"), _child(m, "output.dense")
     if sa is not None and out is not None and not getattr(sa, "is_cross_attention", False):
         q, k, v = (_child(sa, p) for p in ("query", "key", "value"))
@@ -215,15 +241,26 @@ def _attention_of(name: str, m: nn.Module) -> AttentionSpec | None:
             if "Cross" in type(sa).__name__:
                 return None
             s = _join(name, "self")
-            return AttentionSpec(name, _join(s, "query"), _join(s, "key"), _join(s, "value"), None,
-                                 _join(name, "output.dense"), (name, s), d, out_features(q) // d,
-                                 out_features(k) // d, "bert")
+            return AttentionSpec(
+                name,
+                _join(s, "query"),
+                _join(s, "key"),
+                _join(s, "value"),
+                None,
+                _join(name, "output.dense"),
+                (name, s),
+                d,
+                out_features(q) // d,
+                out_features(k) // d,
+                "bert",
+            )
     c_attn, c_proj = _child(m, "c_attn"), _child(m, "c_proj")
     if _linear_like(c_attn) and _linear_like(c_proj) and hasattr(m, "split_size") and not hasattr(m, "q_attn"):
-        d = int(m.head_dim)
-        heads = int(m.split_size) // d
-        return AttentionSpec(name, None, None, None, _join(name, "c_attn"), _join(name, "c_proj"), (name,), d,
-                             heads, heads, "gpt2")
+        d = int(m.head_dim)  # type: ignore[arg-type]  # GPT-2 attention: plain int attributes
+        heads = int(m.split_size) // d  # type: ignore[arg-type]  # as above
+        return AttentionSpec(
+            name, None, None, None, _join(name, "c_attn"), _join(name, "c_proj"), (name,), d, heads, heads, "gpt2"
+        )
     return None
 
 
@@ -231,25 +268,44 @@ def _mlp_of(name: str, m: nn.Module) -> MLPSpec | None:
     fc1, fc2 = _child(m, "fc1"), _child(m, "fc2")
     if _linear_like(fc1) and _linear_like(fc2) and out_features(fc1) == in_features(fc2):
         act = next((a for a in ("act", "activation_fn", "act_fn") if _child(m, a) is not None), None)
-        return MLPSpec(name, (_join(name, "fc1"),), _join(name, "fc2"), act and _join(name, act), (name,),
-                       out_features(fc1))
+        return MLPSpec(
+            name, (_join(name, "fc1"),), _join(name, "fc2"), act and _join(name, act), (name,), out_features(fc1)
+        )
     g, u, dn = _child(m, "gate_proj"), _child(m, "up_proj"), _child(m, "down_proj")
     if all(_linear_like(t) for t in (g, u, dn)) and out_features(g) == out_features(u) == in_features(dn):
         act = next((a for a in ("act_fn", "act", "activation_fn") if _child(m, a) is not None), None)
-        return MLPSpec(name, (_join(name, "gate_proj"), _join(name, "up_proj")), _join(name, "down_proj"),
-                       act and _join(name, act), (name,), out_features(g), gated=True)
+        return MLPSpec(
+            name,
+            (_join(name, "gate_proj"), _join(name, "up_proj")),
+            _join(name, "down_proj"),
+            act and _join(name, act),
+            (name,),
+            out_features(g),
+            gated=True,
+        )
     c_fc, c_proj = _child(m, "c_fc"), _child(m, "c_proj")
     if _linear_like(c_fc) and _linear_like(c_proj) and out_features(c_fc) == in_features(c_proj):
         act = "act" if _child(m, "act") is not None else None
-        return MLPSpec(name, (_join(name, "c_fc"),), _join(name, "c_proj"), act and _join(name, act), (name,),
-                       out_features(c_fc))
+        return MLPSpec(
+            name, (_join(name, "c_fc"),), _join(name, "c_proj"), act and _join(name, act), (name,), out_features(c_fc)
+        )
     inter, out = _child(m, "intermediate.dense"), _child(m, "output.dense")
-    if _linear_like(inter) and _linear_like(out) and out_features(inter) == in_features(out) \
-            and _child(m, "attention") is not None:
+    if (
+        _linear_like(inter)
+        and _linear_like(out)
+        and out_features(inter) == in_features(out)
+        and _child(m, "attention") is not None
+    ):
         iname = _join(name, "intermediate")
         act = "intermediate_act_fn" if _child(m, "intermediate.intermediate_act_fn") is not None else None
-        return MLPSpec(iname, (_join(iname, "dense"),), _join(name, "output.dense"), act and _join(iname, act),
-                       (iname,), out_features(inter))
+        return MLPSpec(
+            iname,
+            (_join(iname, "dense"),),
+            _join(name, "output.dense"),
+            act and _join(iname, act),
+            (iname,),
+            out_features(inter),
+        )
     return None
 
 
@@ -274,12 +330,16 @@ def attention_specs(model: nn.Module) -> list[AttentionSpec]:
     modules = dict(model.named_modules())
     for s in specs:
         if s.num_heads < 1 or s.num_kv_heads < 1 or s.num_heads % s.num_kv_heads:
-            raise XpruneError(f"attention {s.name!r}: {s.num_heads} query heads cannot be split into "
-                              f"{s.num_kv_heads} key/value groups")
+            raise XpruneError(
+                f"attention {s.name!r}: {s.num_heads} query heads cannot be split into "
+                f"{s.num_kv_heads} key/value groups"
+            )
         width = s.num_heads * s.head_dim
         if in_features(modules[s.o]) != width:
-            raise XpruneError(f"attention {s.name!r}: output projection reads {in_features(modules[s.o])} "
-                              f"features, expected {s.num_heads} heads x {s.head_dim}")
+            raise XpruneError(
+                f"attention {s.name!r}: output projection reads {in_features(modules[s.o])} "
+                f"features, expected {s.num_heads} heads x {s.head_dim}"
+            )
     return specs
 
 
@@ -295,5 +355,7 @@ def spec_of(model: nn.Module, kind: str, name: str) -> AttentionSpec | MLPSpec:
         if s.name == name:
             return s
     what = "attention block" if kind == "heads" else "MLP"
-    raise XpruneError(f"the model has no {what} named {name!r} (found: {[s.name for s in specs]}); "
-                      "was the plan made for another model?")
+    raise XpruneError(
+        f"the model has no {what} named {name!r} (found: {[s.name for s in specs]}); "
+        "was the plan made for another model?"
+    )

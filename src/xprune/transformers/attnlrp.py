@@ -13,7 +13,8 @@ AttnLRP composite.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +41,16 @@ class _State:
 _ACTIVE: dict[int, _State] = {}
 
 
-def attention_function(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                       attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                       **kwargs: Any):
+def attention_function(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+):
     r"""Eager attention with the AttnLRP / CP-LRP rules, for transformers' ``AttentionInterface``.
 
     ``softmax(q k^T * scaling + mask) v`` per head, key/value heads repeated
@@ -127,8 +135,9 @@ def _halve(module, args, output):
 
 
 @contextlib.contextmanager
-def attnlrp(model: nn.Module, composite: Any = "attnlrp", canonizers=None, *, capture_attention: bool = False,
-            **kwargs: Any) -> Iterator[Attribution]:
+def attnlrp(
+    model: nn.Module, composite: Any = "attnlrp", canonizers=None, *, capture_attention: bool = False, **kwargs: Any
+) -> Iterator[Attribution]:
     """Attribute ``model`` with AttnLRP (or CP-LRP): a context manager yielding the :class:`Attribution`.
 
     Parameters
@@ -168,13 +177,15 @@ def attnlrp(model: nn.Module, composite: Any = "attnlrp", canonizers=None, *, ca
                 cfg._attn_implementation_internal = ATTENTION_NAME
                 state = _ACTIVE[id(cfg)] = _State(cfg, variant, epsilon, capture_attention)
                 state.probs = probs
-            attr.attention_probs = probs
+            attr.attention_probs = probs  # type: ignore[attr-defined]  # an extra the AttnLRP context adds
             for spec in mlp_specs(model):
                 if spec.gated:
                     for n in (spec.inputs[1], spec.act) if spec.act else (spec.inputs[1],):
                         handles.append(modules[n].register_forward_hook(_halve))
                     if not spec.act:
-                        raise XpruneError(f"gated MLP {spec.name!r} has no activation module to attach the uniform rule to")
+                        raise XpruneError(
+                            f"gated MLP {spec.name!r} has no activation module to attach the uniform rule to"
+                        )
             yield attr
         finally:
             for h in handles:

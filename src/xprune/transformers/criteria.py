@@ -75,8 +75,8 @@ import torch
 from torch import nn
 
 from .. import _inputs
-from ..errors import DataError, XpruneError
 from ..criteria.base import Criterion, register
+from ..errors import DataError, XpruneError
 from ..layers import is_conv1d
 from .adapters import spec_of
 
@@ -87,8 +87,10 @@ KINDS = ("heads", "neurons")
 
 def _check_kind(crit: Criterion, units) -> None:
     if units.kind not in KINDS:
-        raise XpruneError(f"criterion {crit.name!r} scores transformer heads and MLP neurons; pass units='heads' or "
-                          f"units='neurons' (got {units.kind!r}; for channels use e.g. 'taylor' or 'weight')")
+        raise XpruneError(
+            f"criterion {crit.name!r} scores transformer heads and MLP neurons; pass units='heads' or "
+            f"units='neurons' (got {units.kind!r}; for channels use e.g. 'taylor' or 'weight')"
+        )
 
 
 def _specs(model: nn.Module, units) -> dict:
@@ -163,7 +165,8 @@ def _per_unit(t: torch.Tensor, axis: int, units_of: torch.Tensor, n_units: int) 
 
 @register("wanda")
 class Wanda(Criterion):
-    r"""Structured Wanda (Wanda-sp): :math:`s_u = \sum_{j \in J(u)} \|X_j\|_2 \sum_i |W_{ij}|` on the projection reading the unit.
+    r"""Structured Wanda (Wanda-sp): :math:`s_u = \sum_{j \in J(u)} \|X_j\|_2 \sum_i |W_{ij}|` on the projection
+    reading the unit.
 
     See :mod:`xprune.transformers.criteria` for the formula and references.
     """
@@ -195,6 +198,7 @@ class Wanda(Criterion):
                 part = sq.reshape(-1, x.shape[-1]).sum(0)
                 sums[name] = sums[name] + part if name in sums else part
                 counts[name] = counts.get(name, 0.0) + n
+
             return hook
 
         handles = [modules[reader[n]].register_forward_pre_hook(hook_for(n)) for n in specs]
@@ -211,8 +215,10 @@ class Wanda(Criterion):
         for name, spec in specs.items():
             m = modules[reader[name]]
             if name not in sums:
-                raise DataError(f"wanda: {reader[name]!r} never ran on the calibration data; is {name!r} used by the "
-                                "model's forward pass?")
+                raise DataError(
+                    f"wanda: {reader[name]!r} never ran on the calibration data; is {name!r} used by the "
+                    "model's forward pass?"
+                )
             col = _feature_dim(m, output=False)
             w_abs = m.weight.detach().double().abs()
             per_feature = w_abs.sum(1 - col) * sums[name].to(w_abs.device).sqrt()  # sum_i |W_ij| * ||X_j||
@@ -229,7 +235,8 @@ class Wanda(Criterion):
 
 @register("llm-pruner")
 class LLMPruner(Criterion):
-    r"""LLM-Pruner's first-order Taylor importance of each head / KV group / neuron: :math:`\sum_{w \in u} |w \, \partial L/\partial w|`.
+    r"""LLM-Pruner's first-order Taylor importance of each head / KV group / neuron:
+    :math:`\sum_{w \in u} |w \, \partial L/\partial w|`.
 
     ``aggregate="element"`` (default, ``param_first``) or ``"vector"``
     (:math:`\sum_P |\sum_{w \in P \cap u} w \, \partial L/\partial w|`); the
@@ -243,8 +250,10 @@ class LLMPruner(Criterion):
 
     def __init__(self, aggregate: str = "element"):
         if aggregate not in ("element", "vector"):
-            raise XpruneError(f"aggregate must be 'element' (sum of |w*g|, LLM-Pruner's param_first) or 'vector' "
-                              f"(|sum of w*g| per weight tensor); got {aggregate!r}")
+            raise XpruneError(
+                f"aggregate must be 'element' (sum of |w*g|, LLM-Pruner's param_first) or 'vector' "
+                f"(|sum of w*g| per weight tensor); got {aggregate!r}"
+            )
         self.aggregate = aggregate
 
     def distributed_sums(self, kind: str) -> bool:
@@ -260,8 +269,10 @@ class LLMPruner(Criterion):
         names = list(dict.fromkeys(p for sl in slices.values() for p, _, _ in sl))
         missing = [p for p in names if p not in params]
         if missing:
-            raise XpruneError(f"llm-pruner: parameters {missing[:3]} are not parameters of the model (shared or "
-                              "re-parametrised weights are not supported)")
+            raise XpruneError(
+                f"llm-pruner: parameters {missing[:3]} are not parameters of the model (shared or "
+                "re-parametrised weights are not supported)"
+            )
         wanted = [params[p] for p in names]
         grads: dict[str, torch.Tensor] = {}
         tokens = 0
@@ -274,18 +285,18 @@ class LLMPruner(Criterion):
                     nll, n = self._loss(model, inputs, labels, target)
                     gs = torch.autograd.grad(nll, wanted, allow_unused=True)
                 tokens += n
-                for p, w, g in zip(names, wanted, gs):
+                for p, w, g in zip(names, wanted, gs, strict=True):
                     if g is None:
                         continue
                     acc = torch.promote_types(w.dtype, torch.float32)
                     grads[p] = grads[p] + g.to(acc) if p in grads else g.detach().to(acc)
         finally:
-            for p, f in zip(wanted, flags):
+            for p, f in zip(wanted, flags, strict=True):
                 p.requires_grad_(f)
-        grads, counts = distributed.all_reduce_sums(grads, {p: tokens for p in grads})
+        grads, counts = distributed.all_reduce_sums(grads, dict.fromkeys(grads, tokens))
         total = max(float(next(iter(counts.values()), 0) if counts else 0), 1.0)
         scores = {}
-        for name, spec in specs.items():
+        for name, _spec in specs.items():
             s = torch.zeros(units[name].size, dtype=torch.float64)
             for p, axis, units_of in slices[name]:
                 if p not in grads:
@@ -317,13 +328,17 @@ class LLMPruner(Criterion):
             return -value, objective.count
         ids = inputs["input_ids"] if isinstance(inputs, dict) else inputs
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
-            raise DataError("llm-pruner needs token ids [batch, seq_len] (a LongTensor or a dict with "
-                            "'input_ids'), e.g. xprune.llm.calibration(...)")
+            raise DataError(
+                "llm-pruner needs token ids [batch, seq_len] (a LongTensor or a dict with "
+                "'input_ids'), e.g. xprune.llm.calibration(...)"
+            )
         logits = _inputs.logits(_inputs.call(model, inputs))
         if logits.dim() != 3 or logits.shape[:2] != ids.shape:
-            raise XpruneError("llm-pruner needs a causal language model whose output holds logits "
-                              f"[batch, seq_len, vocab]; got shape {tuple(logits.shape)} for ids "
-                              f"{tuple(ids.shape)} (use e.g. LlamaForCausalLM, not LlamaModel)")
+            raise XpruneError(
+                "llm-pruner needs a causal language model whose output holds logits "
+                f"[batch, seq_len, vocab]; got shape {tuple(logits.shape)} for ids "
+                f"{tuple(ids.shape)} (use e.g. LlamaForCausalLM, not LlamaModel)"
+            )
         return next_token_nll(logits, ids, _mask(inputs))
 
     def __repr__(self) -> str:

@@ -34,7 +34,7 @@ context removes every hook; no parameter or attribute of the model changes.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -61,11 +61,13 @@ class Gates(_core.Gates):
         heads, 1 for neurons). Cleared with :meth:`clear`.
     """
 
-    def __init__(self, model: nn.Module, units: UnitSet, values: Mapping[str, torch.Tensor] | None = None,
-                 capture: bool = False):
+    def __init__(
+        self, model: nn.Module, units: UnitSet, values: Mapping[str, torch.Tensor] | None = None, capture: bool = False
+    ):
         if not isinstance(units, UnitSet) or units.kind not in ("heads", "neurons"):
-            raise XpruneError("gates() needs a UnitSet of kind 'heads' or 'neurons' "
-                              "(xprune.discover(model, inputs, 'heads'))")
+            raise XpruneError(
+                "gates() needs a UnitSet of kind 'heads' or 'neurons' (xprune.discover(model, inputs, 'heads'))"
+            )
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         vals: dict[str, torch.Tensor] = {}
         for g in units:
@@ -82,8 +84,9 @@ class Gates(_core.Gates):
             v.clear()
 
 
-def gates(model: nn.Module, units: UnitSet, values: Mapping[str, torch.Tensor] | None = None, *,
-          capture: bool = False) -> Gates:
+def gates(
+    model: nn.Module, units: UnitSet, values: Mapping[str, torch.Tensor] | None = None, *, capture: bool = False
+) -> Gates:
     """Insert a multiplicative gate on every head / MLP neuron of ``units`` (a context manager).
 
     Parameters

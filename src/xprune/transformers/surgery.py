@@ -61,8 +61,10 @@ def _per_head_tables(model: nn.Module, spec) -> list[tuple[str, nn.Module, str, 
                 seen.add(id(t))
                 qualified = ".".join(n for n in (root, name, attr) if n)
                 if t.shape[dim] != spec.num_heads:
-                    raise XpruneError(f"{qualified} has {t.shape[dim]} slices along dim {dim}, expected one per head "
-                                      f"({spec.num_heads}); prune this model's heads with units='neurons' instead")
+                    raise XpruneError(
+                        f"{qualified} has {t.shape[dim]} slices along dim {dim}, expected one per head "
+                        f"({spec.num_heads}); prune this model's heads with units='neurons' instead"
+                    )
                 found.append((qualified, module, attr, dim))
     return found
 
@@ -71,7 +73,7 @@ def _per_head_tables(model: nn.Module, spec) -> list[tuple[str, nn.Module, str, 
 
 
 @torch.no_grad()
-def _keep_out(module: nn.Module, idx: torch.Tensor) -> None:
+def _keep_out(module: Any, idx: torch.Tensor) -> None:  # nn.Linear or transformers Conv1D
     """Keep output features ``idx`` of a Linear / Conv1D layer."""
     idx = idx.to(module.weight.device)
     if is_conv1d(module):
@@ -85,7 +87,7 @@ def _keep_out(module: nn.Module, idx: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def _keep_in(module: nn.Module, idx: torch.Tensor) -> None:
+def _keep_in(module: Any, idx: torch.Tensor) -> None:  # nn.Linear or transformers Conv1D
     """Keep input features ``idx`` of a Linear / Conv1D layer."""
     idx = idx.to(module.weight.device)
     if is_conv1d(module):
@@ -97,7 +99,7 @@ def _keep_in(module: nn.Module, idx: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def _zero_out(module: nn.Module, idx: torch.Tensor) -> None:
+def _zero_out(module: Any, idx: torch.Tensor) -> None:  # nn.Linear or transformers Conv1D
     idx = idx.to(module.weight.device)
     module.weight.index_fill_(1 if is_conv1d(module) else 0, idx, 0.0)
     if module.bias is not None:
@@ -105,7 +107,7 @@ def _zero_out(module: nn.Module, idx: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def _zero_in(module: nn.Module, idx: torch.Tensor) -> None:
+def _zero_in(module: Any, idx: torch.Tensor) -> None:  # nn.Linear or transformers Conv1D
     module.weight.index_fill_(0 if is_conv1d(module) else 1, idx.to(module.weight.device), 0.0)
 
 
@@ -118,7 +120,7 @@ def _set_if(module: nn.Module, attr: str, value: int) -> None:
 
 
 def _check(name: str, units: list[int], size: int, what: str) -> list[int]:
-    units = sorted(set(int(u) for u in units))
+    units = sorted({int(u) for u in units})
     if any(u < 0 or u >= size for u in units):
         raise XpruneError(f"{what} indices for {name!r} must lie in [0, {size}), got {units}")
     if len(units) >= size:
@@ -136,8 +138,9 @@ def remove_heads(model: nn.Module, spec: AttentionSpec, units, mode: str = "remo
         return
     modules = dict(model.named_modules())
     keep = [u for u in range(spec.units) if u not in units]
-    q_sel, kv_sel = (spec.q_index(keep), spec.kv_index(keep)) if mode == "remove" else (
-        spec.q_index(units), spec.kv_index(units))
+    q_sel, kv_sel = (
+        (spec.q_index(keep), spec.kv_index(keep)) if mode == "remove" else (spec.q_index(units), spec.kv_index(units))
+    )
     if spec.fused:
         width_q, width_kv = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
         fused_sel = torch.cat([q_sel, width_q + kv_sel, width_q + width_kv + kv_sel])
@@ -157,8 +160,10 @@ def remove_heads(model: nn.Module, spec: AttentionSpec, units, mode: str = "remo
     q_heads = torch.as_tensor([u * spec.group_size + j for u in keep for j in range(spec.group_size)])
     for _, module, attr, dim in tables:
         t = module._parameters[attr]
-        module._parameters[attr] = nn.Parameter(t.detach().index_select(dim % t.dim(), q_heads.to(t.device)).clone(),
-                                                requires_grad=t.requires_grad)
+        assert t is not None  # _per_head_tables lists set parameters only
+        module._parameters[attr] = nn.Parameter(
+            t.detach().index_select(dim % t.dim(), q_heads.to(t.device)).clone(), requires_grad=t.requires_grad
+        )
     heads, kv = len(keep) * spec.group_size, len(keep)
     for owner in spec.owners:
         m = modules[owner]
@@ -207,8 +212,11 @@ def hf_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _sizes(model: nn.Module) -> tuple[dict[str, Any], list[AttentionSpec], list[MLPSpec]]:
     att, mlp = attention_specs(model), mlp_specs(model)
-    record = {"heads": [s.num_heads for s in att], "kv_heads": [s.num_kv_heads for s in att],
-              "neurons": [s.size for s in mlp]}
+    record = {
+        "heads": [s.num_heads for s in att],
+        "kv_heads": [s.num_kv_heads for s in att],
+        "neurons": [s.size for s in mlp],
+    }
     return record, att, mlp
 
 
@@ -240,15 +248,18 @@ def _config_candidates(config: Any, att: list[AttentionSpec], mlp: list[MLPSpec]
         fields = {}
         if isinstance(getattr(config, "num_attention_heads", None), int) and config.num_attention_heads != heads:
             fields["num_attention_heads"] = heads
-        if hasattr(config, "num_key_value_heads") and getattr(config, "num_key_value_heads") != kv:
+        if hasattr(config, "num_key_value_heads") and config.num_key_value_heads != kv:
             fields["num_key_value_heads"] = kv
         if fields:
             out["heads"] = fields
     sizes = {s.size for s in mlp}
     if len(sizes) == 1:
         size = sizes.pop()
-        field = "intermediate_size" if isinstance(getattr(config, "intermediate_size", None), int) else (
-            "n_inner" if hasattr(config, "n_inner") else None)  # GPT-2: n_inner (None = 4 x n_embd)
+        field = (
+            "intermediate_size"
+            if isinstance(getattr(config, "intermediate_size", None), int)
+            else ("n_inner" if hasattr(config, "n_inner") else None)
+        )  # GPT-2: n_inner (None = 4 x n_embd)
         current = getattr(config, field) if field is not None else None
         if field == "n_inner" and current is None:
             current = 4 * getattr(config, "n_embd", 0)  # what GPT-2 builds for n_inner=None
@@ -257,8 +268,9 @@ def _config_candidates(config: Any, att: list[AttentionSpec], mlp: list[MLPSpec]
     return out
 
 
-def _config_builds(model: nn.Module, config: Any, att: list[AttentionSpec], mlp: list[MLPSpec],
-                   kinds: tuple[str, ...]) -> bool:
+def _config_builds(
+    model: nn.Module, config: Any, att: list[AttentionSpec], mlp: list[MLPSpec], kinds: tuple[str, ...]
+) -> bool:
     """Whether ``type(model)(config)``, built on the meta device, has the pruned sizes of ``kinds``.
 
     Also the parameters outside the attention blocks and MLPs must keep their
@@ -272,8 +284,9 @@ def _config_builds(model: nn.Module, config: Any, att: list[AttentionSpec], mlp:
         return False
     if len(f_att) != len(att) or len(f_mlp) != len(mlp):
         return False
-    if "heads" in kinds and [(s.num_heads, s.num_kv_heads, s.head_dim) for s in f_att] != \
-            [(s.num_heads, s.num_kv_heads, s.head_dim) for s in att]:
+    if "heads" in kinds and [(s.num_heads, s.num_kv_heads, s.head_dim) for s in f_att] != [
+        (s.num_heads, s.num_kv_heads, s.head_dim) for s in att
+    ]:
         return False
     if "neurons" in kinds and [s.size for s in f_mlp] != [s.size for s in mlp]:
         return False
@@ -352,11 +365,15 @@ def record_sizes(model: nn.Module) -> dict[str, Any] | None:
         if id(m.config) in written:  # e.g. BertForSequenceClassification and its .bert share one config
             other, rec = written[id(m.config)]
             if rec != record:
-                warnings.warn(f"{name!r} and {other or 'the model'!r} share one config but were pruned to different "
-                              f"sizes; the saved record describes {other or 'the model'!r} only. Give each model "
-                              "its own config (copy.deepcopy) before pruning to save both", XpruneWarning, stacklevel=3)
+                warnings.warn(
+                    f"{name!r} and {other or 'the model'!r} share one config but were pruned to different "
+                    f"sizes; the saved record describes {other or 'the model'!r} only. Give each model "
+                    "its own config (copy.deepcopy) before pruning to save both",
+                    XpruneWarning,
+                    stacklevel=3,
+                )
             continue
-        m.config.xprune_pruning = record
+        m.config.xprune_pruning = record  # type: ignore[union-attr]  # a transformers model: config is a PretrainedConfig
         _update_config(m, att, mlp)
         written[id(m.config)] = (name, record)
         first = record if first is None else first
@@ -367,16 +384,20 @@ def _shrink(model: nn.Module, record: dict[str, Any]) -> None:
     """Remove the last heads / neurons of every block down to the sizes of ``record``, in place."""
     att, mlp = attention_specs(model), mlp_specs(model)
     if len(att) != len(record.get("heads", [])) or len(mlp) != len(record.get("neurons", [])):
-        raise XpruneError(f"the pruning record lists {len(record.get('heads', []))} attention blocks and "
-                          f"{len(record.get('neurons', []))} MLPs, the model has {len(att)} and {len(mlp)}")
-    for spec, heads, kv in zip(att, record["heads"], record["kv_heads"]):
+        raise XpruneError(
+            f"the pruning record lists {len(record.get('heads', []))} attention blocks and "
+            f"{len(record.get('neurons', []))} MLPs, the model has {len(att)} and {len(mlp)}"
+        )
+    for spec, heads, kv in zip(att, record["heads"], record["kv_heads"], strict=True):
         if spec.group_size * kv != heads or kv > spec.units:
-            raise XpruneError(f"{spec.name!r}: cannot shrink {spec.num_heads}/{spec.num_kv_heads} heads to {heads}/{kv}")
+            raise XpruneError(
+                f"{spec.name!r}: cannot shrink {spec.num_heads}/{spec.num_kv_heads} heads to {heads}/{kv}"
+            )
         remove_heads(model, spec, range(kv, spec.units), "remove")
-    for spec, size in zip(mlp, record["neurons"]):
-        if size > spec.size:
-            raise XpruneError(f"{spec.name!r}: cannot grow {spec.size} neurons to {size}")
-        remove_neurons(model, spec, range(size, spec.size), "remove")
+    for mspec, size in zip(mlp, record["neurons"], strict=True):
+        if size > mspec.size:
+            raise XpruneError(f"{mspec.name!r}: cannot grow {mspec.size} neurons to {size}")
+        remove_neurons(model, mspec, range(size, mspec.size), "remove")
 
 
 def resize_to(model: nn.Module, record: dict[str, Any]) -> nn.Module:
@@ -394,8 +415,10 @@ def _concrete(model_class: Any, config: Any) -> type:
     try:
         return mapping[type(config)]
     except KeyError:
-        raise XpruneError(f"{model_class.__name__} has no model for a {type(config).__name__}; "
-                          "pass the model class the folder was saved with") from None
+        raise XpruneError(
+            f"{model_class.__name__} has no model for a {type(config).__name__}; "
+            "pass the model class the folder was saved with"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -482,8 +505,10 @@ def load_pruned(path: str | Path, model_class: Any = None, **config_overrides: A
     base = _concrete(model_class, config)
     wanted = getattr(base, "config_class", None)
     if isinstance(wanted, type) and not isinstance(config, wanted):
-        raise XpruneError(f"{base.__name__} does not take the {type(config).__name__} in {path}; pass a model class "
-                          f"of model type {getattr(config, 'model_type', '?')!r}, or none to use config.architectures")
+        raise XpruneError(
+            f"{base.__name__} does not take the {type(config).__name__} in {path}; pass a model class "
+            f"of model type {getattr(config, 'model_type', '?')!r}, or none to use config.architectures"
+        )
 
     def __init__(self, config, *args, **kwargs):
         base.__init__(self, config, *args, **kwargs)
@@ -491,23 +516,30 @@ def load_pruned(path: str | Path, model_class: Any = None, **config_overrides: A
 
     # transformers builds this class (same name, so its checkpoint conventions apply), we shrink it before the
     # weights arrive; the loaded model is then an instance of ``base`` again
-    shrinking = type(base.__name__, (base,), {"__init__": __init__, "__module__": base.__module__,
-                                              "__qualname__": base.__qualname__})
+    shrinking: Any = type(
+        base.__name__, (base,), {"__init__": __init__, "__module__": base.__module__, "__qualname__": base.__qualname__}
+    )
     try:
         with _quiet():
-            model, info = shrinking.from_pretrained(path, config=config, local_files_only=True,
-                                                    output_loading_info=True, **config_overrides)
+            model, info = shrinking.from_pretrained(
+                path, config=config, local_files_only=True, output_loading_info=True, **config_overrides
+            )
     except XpruneError:
         raise
     except Exception as exc:  # noqa: BLE001 - transformers reports size mismatches "above", in its log
-        raise XpruneError(f"the weights in {path} do not fit {base.__name__} shrunk to the recorded sizes: "
-                          f"{_first_line(exc)}") from None
+        raise XpruneError(
+            f"the weights in {path} do not fit {base.__name__} shrunk to the recorded sizes: {_first_line(exc)}"
+        ) from None
     model.__class__ = base
-    bad = [f"{what} {sorted(map(str, info[key]))[:3]}" for key, what in (("missing_keys", "missing"),
-                                                                         ("mismatched_keys", "of other sizes"))
-           if info.get(key)]
+    bad = [
+        f"{what} {sorted(map(str, info[key]))[:3]}"
+        for key, what in (("missing_keys", "missing"), ("mismatched_keys", "of other sizes"))
+        if info.get(key)
+    ]
     if bad:
-        raise XpruneError(f"the weights in {path} do not fit {base.__name__} shrunk to the recorded sizes "
-                          f"({'; '.join(bad)}); load it with the class it was saved with")
+        raise XpruneError(
+            f"the weights in {path} do not fit {base.__name__} shrunk to the recorded sizes "
+            f"({'; '.join(bad)}); load it with the class it was saved with"
+        )
     record_sizes(model)
     return model.eval()

@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -61,8 +62,15 @@ class TextSplit:
         text: the whole text).
     """
 
-    def __init__(self, input_ids: list[list[int]], y: torch.Tensor | None, classes: list[str] | None, task: str,
-                 pad_id: int, texts: list[str]):
+    def __init__(
+        self,
+        input_ids: list[list[int]],
+        y: torch.Tensor | None,
+        classes: list[str] | None,
+        task: str,
+        pad_id: int,
+        texts: list[str],
+    ):
         self.input_ids = input_ids
         self.y = y
         self.classes = classes
@@ -78,7 +86,7 @@ class TextSplit:
         """Number of classes, ``None`` without classes."""
         return None if self.classes is None else len(self.classes)
 
-    def __getitem__(self, index: Any) -> "TextSplit":
+    def __getitem__(self, index: Any) -> TextSplit:
         n = len(self)
         if isinstance(index, int):
             index = [range(n)[index]]
@@ -92,10 +100,16 @@ class TextSplit:
                 index = torch.nonzero(index).flatten()
             index = [range(n)[int(i)] for i in index.flatten().tolist()]
         y = None if self.y is None else self.y[torch.as_tensor(index, dtype=torch.long)]
-        return TextSplit([self.input_ids[i] for i in index], y, None if self.classes is None else list(self.classes),
-                         self.task, self.pad_id, [self.texts[i] for i in index])
+        return TextSplit(
+            [self.input_ids[i] for i in index],
+            y,
+            None if self.classes is None else list(self.classes),
+            self.task,
+            self.pad_id,
+            [self.texts[i] for i in index],
+        )
 
-    def subset(self, indices: Any) -> "TextSplit":
+    def subset(self, indices: Any) -> TextSplit:
         """The samples at ``indices`` (positions, an ``int64`` tensor or a bool mask), in that order."""
         return self[indices]
 
@@ -116,8 +130,9 @@ class TextSplit:
             labels = torch.zeros(len(seqs), dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask}, labels
 
-    def batches(self, batch_size: int = 128, shuffle: bool = False, seed: int = 0
-                ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    def batches(
+        self, batch_size: int = 128, shuffle: bool = False, seed: int = 0
+    ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         """Iterate over ``(inputs, labels)`` mini-batches.
 
         Parameters
@@ -189,8 +204,10 @@ class TextData:
         return {"train": self.train, "val": self.val, "test": self.test}
 
     def __repr__(self) -> str:
-        return (f"TextData(name={self.name!r}, task={self.task!r}, classes={self.classes}, train={len(self.train)}, "
-                f"val={len(self.val)}, test={len(self.test)})")
+        return (
+            f"TextData(name={self.name!r}, task={self.task!r}, classes={self.classes}, train={len(self.train)}, "
+            f"val={len(self.val)}, test={len(self.test)})"
+        )
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -209,8 +226,10 @@ def _jsonl(path: Path, task: str) -> tuple[list[str], list[Any], list[int]]:
         try:
             obj = json.loads(line)
         except ValueError as exc:
-            raise DataError(f"{path}:{n}: not valid JSON ({getattr(exc, 'msg', exc)}); each line must be one "
-                            'object such as {"text": "...", "label": "..."}') from None
+            raise DataError(
+                f"{path}:{n}: not valid JSON ({getattr(exc, 'msg', exc)}); each line must be one "
+                'object such as {"text": "...", "label": "..."}'
+            ) from None
         if not isinstance(obj, dict):
             raise DataError(f'{path}:{n}: expected a JSON object such as {{"text": "..."}}, got {type(obj).__name__}')
         text = obj.get("text")
@@ -221,8 +240,9 @@ def _jsonl(path: Path, task: str) -> tuple[list[str], list[Any], list[int]]:
             if label is None:
                 raise DataError(f'{path}:{n}: no "label" (a class index or name) for sequence-classification')
             if isinstance(label, bool) or not isinstance(label, (int, str)):
-                raise DataError(f'{path}:{n}: "label" must be a class index (int) or a class name (string); '
-                                f"got {label!r}")
+                raise DataError(
+                    f'{path}:{n}: "label" must be a class index (int) or a class name (string); got {label!r}'
+                )
             labels.append(label)
         texts.append(text)
         lines.append(n)
@@ -249,10 +269,12 @@ def _class_labels(path: Path, raw: list[Any], lines: list[int], label_names: Any
     is_int = [isinstance(v, int) for v in raw]
     if any(is_int) and not all(is_int):
         odd = is_int.index(not is_int[0])
-        raise DataError(f"{path}:{lines[odd]}: label {raw[odd]!r} is a class {'index' if is_int[odd] else 'name'} but "
-                        f"line {lines[0]} has a class {'index' if is_int[0] else 'name'}; use one or the other")
+        raise DataError(
+            f"{path}:{lines[odd]}: label {raw[odd]!r} is a class {'index' if is_int[odd] else 'name'} but "
+            f"line {lines[0]} has a class {'index' if is_int[0] else 'name'}; use one or the other"
+        )
     if all(is_int):
-        for v, n in zip(raw, lines):
+        for v, n in zip(raw, lines, strict=True):
             if v < 0 or (names is not None and v >= len(names)):
                 top = "" if names is None else f" (the model has {len(names)} classes)"
                 raise DataError(f"{path}:{n}: label {v} is not a class index{top}")
@@ -264,13 +286,18 @@ def _class_labels(path: Path, raw: list[Any], lines: list[int], label_names: Any
     else:
         if names is not None:
             if len(found) > len(names):
-                raise DataError(f"{path} has {len(found)} label names {found[:10]} but the model has "
-                                f"{len(names)} classes {names}; use the model's label names or class indices")
+                raise DataError(
+                    f"{path} has {len(found)} label names {found[:10]} but the model has "
+                    f"{len(names)} classes {names}; use the model's label names or class indices"
+                )
             if not all(n == f"LABEL_{i}" for i, n in enumerate(names)):  # transformers' placeholder names
-                warnings.warn(f"the labels of {path} ({found[:10]}) are not all among the model's label names "
-                              f"({names[:10]}); class i is taken to be the i-th of the sorted names {found[:10]}. "
-                              "Use the model's names or class indices if that is not the model's order",
-                              XpruneWarning, stacklevel=4)
+                warnings.warn(
+                    f"the labels of {path} ({found[:10]}) are not all among the model's label names "
+                    f"({names[:10]}); class i is taken to be the i-th of the sorted names {found[:10]}. "
+                    "Use the model's names or class indices if that is not the model's order",
+                    XpruneWarning,
+                    stacklevel=4,
+                )
         classes = found
     index = {c: i for i, c in enumerate(classes)}
     return torch.tensor([index[v] for v in raw], dtype=torch.long), list(classes)
@@ -295,14 +322,15 @@ def _encode(tokenizer: Any, texts: list[str], max_length: int, blocks: bool) -> 
     return ids, source
 
 
-def _split_positions(n: int, y: torch.Tensor | None, val_fraction: float, test_fraction: float,
-                     seed: int) -> list[list[int]]:
+def _split_positions(
+    n: int, y: torch.Tensor | None, val_fraction: float, test_fraction: float, seed: int
+) -> list[list[int]]:
     """Positions of train / val / test, stratified by ``y`` when given (each class split in the same proportions)."""
     gen = torch.Generator().manual_seed(int(seed))
     groups = [torch.arange(n)] if y is None else [torch.nonzero(y == c).flatten() for c in torch.unique(y)]
     parts: list[list[int]] = [[], [], []]
-    for idx in groups:
-        idx = idx[torch.randperm(len(idx), generator=gen)].tolist()
+    for group in groups:
+        idx = group[torch.randperm(len(group), generator=gen)].tolist()
         n_test, n_val = round(len(idx) * test_fraction), round(len(idx) * val_fraction)
         parts[2] += idx[:n_test]
         parts[1] += idx[n_test : n_test + n_val]
@@ -310,8 +338,17 @@ def _split_positions(n: int, y: torch.Tensor | None, val_fraction: float, test_f
     return [sorted(p) for p in parts]
 
 
-def text_data(path: str | os.PathLike, tokenizer: Any, *, task: str, max_length: int = 128, seed: int = 0,
-              val_fraction: float = 0.1, test_fraction: float = 0.2, label_names: Any = None) -> TextData:
+def text_data(
+    path: str | os.PathLike,
+    tokenizer: Any,
+    *,
+    task: str,
+    max_length: int = 128,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    label_names: Any = None,
+) -> TextData:
     """Read a text file into tokenised, seeded train / val / test splits.
 
     Parameters
@@ -368,14 +405,19 @@ def text_data(path: str | os.PathLike, tokenizer: Any, *, task: str, max_length:
 
     _check_task(task)
     if task == "token-classification":
-        raise XpruneError("text_data does not read token-classification data (per-token labels) yet; prune such "
-                          "models with batches of {'input_ids', 'attention_mask'} and per-token labels of your own")
+        raise XpruneError(
+            "text_data does not read token-classification data (per-token labels) yet; prune such "
+            "models with batches of {'input_ids', 'attention_mask'} and per-token labels of your own"
+        )
     if task == "image-classification":
-        raise XpruneError("image-classification takes images, not text; read an image folder with "
-                          "xprune.data.load_folder")
+        raise XpruneError(
+            "image-classification takes images, not text; read an image folder with xprune.data.load_folder"
+        )
     if tokenizer is None or not callable(tokenizer):
-        raise XpruneError("text_data needs the model's tokenizer (the model folder has none: save it there with "
-                          "tokenizer.save_pretrained, or pass one loaded with AutoTokenizer)")
+        raise XpruneError(
+            "text_data needs the model's tokenizer (the model folder has none: save it there with "
+            "tokenizer.save_pretrained, or pass one loaded with AutoTokenizer)"
+        )
     if not isinstance(max_length, int) or max_length < 2:
         raise XpruneError(f"max_length must be an int >= 2; got {max_length!r}")
     for what, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -392,10 +434,12 @@ def text_data(path: str | os.PathLike, tokenizer: Any, *, task: str, max_length:
     y, classes = None, None
     if suffix == ".txt":
         if task == "sequence-classification":
-            raise XpruneError(f"{path.name} is plain text without labels; sequence-classification needs a .jsonl "
-                              'file with one {"text": ..., "label": ...} object per line')
+            raise XpruneError(
+                f"{path.name} is plain text without labels; sequence-classification needs a .jsonl "
+                'file with one {"text": ..., "label": ...} object per line'
+            )
         docs, paragraph = [], []
-        for line in _read_lines(path) + [""]:
+        for line in [*_read_lines(path), ""]:
             if line.strip():
                 paragraph.append(line.strip())
             elif paragraph:

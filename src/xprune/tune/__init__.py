@@ -29,7 +29,7 @@ imported only when :func:`tune` runs (or :class:`BoundPruner` is asked for).
 from __future__ import annotations
 
 from .evaluator import Evaluator as _Evaluator  # noqa: F401  (tests and benchmarks/pxp_tune.py use it)
-from .space import RULE_CHOICES, TRANSFORMER_KINDS, Space, default_groups  # noqa: F401
+from .space import RULE_CHOICES, TRANSFORMER_KINDS, Space, default_groups  # noqa: F401 - re-exported
 from .study import TuneResult, bound_pruner_cls as _bound_pruner_cls, tune
 
 __all__ = ["tune", "Space", "TuneResult", "BoundPruner", "RULE_CHOICES", "TRANSFORMER_KINDS"]

@@ -22,7 +22,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,9 +84,20 @@ def _check_disjoint(reference: Any, validation: Any) -> None:
 class Evaluator:
     """Everything a trial reuses: data, units, a working copy of the model and an accuracy cache."""
 
-    def __init__(self, model: nn.Module, reference: Any, validation: Any, units: str, classes, rates,
-                 batch_size: int = 256, *, scope: str = "global", precision: str | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        reference: Any,
+        validation: Any,
+        units: str,
+        classes,
+        rates,
+        batch_size: int = 256,
+        *,
+        scope: str = "global",
+        precision: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         from ..surgery import inexact_masks
         from ..units import UnitSet, build_graph, discover
 
@@ -125,8 +137,17 @@ class Evaluator:
 
     def score(self, spec: Any, kwargs: Mapping[str, Any], aggregate: str, normalize: str) -> Scores:
         comp = _resolve(spec, kwargs)
-        return score(self.model, self.reference, "lrp", self.units, composite=comp, aggregate=aggregate,
-                     normalize=None if normalize == "none" else normalize, precision=self.precision, **self.options)
+        return score(
+            self.model,
+            self.reference,
+            "lrp",
+            self.units,
+            composite=comp,
+            aggregate=aggregate,
+            normalize=None if normalize == "none" else normalize,
+            precision=self.precision,
+            **self.options,
+        )
 
     def accuracies(self, scores: Scores):
         """Yield ``(rate, validation accuracy)`` for the nested prunings of ``scores``."""

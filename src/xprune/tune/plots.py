@@ -30,12 +30,21 @@ def save_plots(study, out: Path) -> dict[str, Path]:
     trials = study.get_trials(deepcopy=False)
     fig, ax = plt.subplots(figsize=(6, 3.6))
     done = [t for t in trials if t.state == TS.COMPLETE and "stopped_after" not in t.user_attrs]
-    pruned = [t for t in trials  # stopped by the pruner (recorded as complete under the GP sampler)
-              if (t.state == TS.PRUNED or "stopped_after" in t.user_attrs) and t.intermediate_values]
+    pruned = [
+        t
+        for t in trials  # stopped by the pruner (recorded as complete under the GP sampler)
+        if (t.state == TS.PRUNED or "stopped_after" in t.user_attrs) and t.intermediate_values
+    ]
     ax.scatter([t.number for t in done], [t.value for t in done], s=18, label="complete (validation AUC)")
     if pruned:
-        ax.scatter([t.number for t in pruned], [t.intermediate_values[t.last_step] for t in pruned], marker="x",
-                   s=18, color="grey", label="pruned (projected AUC at stop)")
+        ax.scatter(
+            [t.number for t in pruned],
+            [t.intermediate_values[t.last_step] for t in pruned],
+            marker="x",
+            s=18,
+            color="grey",
+            label="pruned (projected AUC at stop)",
+        )
     best, xs, ys = -math.inf, [], []
     for t in sorted(done, key=lambda t: t.number):
         best = max(best, t.value)

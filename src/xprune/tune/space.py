@@ -10,8 +10,9 @@ model and samples a composite from an optuna trial. Part of :mod:`xprune.tune`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -69,7 +70,7 @@ class Space:
     groups: Mapping[str, Sequence[str]] | Callable[[nn.Module], Mapping[str, Sequence[str]]] | None = None
 
     @classmethod
-    def coerce(cls, space: "Space | Mapping[str, Any] | None") -> "Space":
+    def coerce(cls, space: Space | Mapping[str, Any] | None) -> Space:
         """A :class:`Space` from ``None`` (defaults), a Space, or a dict of fields to override."""
         if space is None:
             return cls()
@@ -115,7 +116,9 @@ class Space:
     def describe(self) -> dict[str, Any]:
         """JSON-able description (the groups as given, not resolved)."""
         d = {k: v for k, v in asdict(self).items() if k != "groups"}
-        d["rules"] = {k: list(v) for k, v in self.rules.items()} if isinstance(self.rules, Mapping) else list(self.rules)
+        d["rules"] = (
+            {k: list(v) for k, v in self.rules.items()} if isinstance(self.rules, Mapping) else list(self.rules)
+        )
         d["normalize"] = [_norm_name(n) for n in self.normalize]
         for k in ("epsilon", "gamma", "alpha", "aggregate", "softmax"):
             d[k] = list(d[k])
@@ -133,7 +136,7 @@ def default_groups(model: nn.Module, kind: str) -> dict[str, list[str]]:
 
         dense = [n for n, m in model.named_modules() if isinstance(m, CONV + LINEAR) or is_conv1d(m)]
         parts = np.array_split(np.arange(len(dense)), 3)
-        groups = {g: [dense[i] for i in idx] for g, idx in zip(("low", "mid", "high"), parts)}
+        groups = {g: [dense[i] for i in idx] for g, idx in zip(("low", "mid", "high"), parts, strict=True)}
     else:
         groups = conv_groups(model)
     return {g: names for g, names in groups.items() if names}
@@ -147,6 +150,7 @@ class Design:
         self.space = space
         self.kind = kind
         self.attention = kind in TRANSFORMER_KINDS
+        groups: Mapping[str, Sequence[str]]
         if space.groups is None:
             groups = default_groups(model, kind)
         elif callable(space.groups):
@@ -173,8 +177,10 @@ class Design:
             missing = sorted(set(self.groups) - set(space.rules))
             extra = sorted(set(space.rules) - set(self.groups))
             if missing or extra:
-                raise XpruneError(f"Space.rules must name exactly the layer groups {sorted(self.groups)}; "
-                                  f"missing {missing}, unknown {extra}")
+                raise XpruneError(
+                    f"Space.rules must name exactly the layer groups {sorted(self.groups)}; "
+                    f"missing {missing}, unknown {extra}"
+                )
             self.choices = {g: list(space.rules[g]) for g in self.groups}
         else:
             self.choices = {g: list(space.rules) for g in self.groups}

@@ -22,9 +22,10 @@ import json
 import math
 import statistics
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -52,7 +53,7 @@ the default 30 trials (5 of 10); optuna's own default is 10.
 # ----------------------------------------------------------------------------- pruner
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bound_pruner_cls():
     """The class :class:`BoundPruner` (an optuna pruner, so optuna is imported when it is first asked for)."""
     import optuna
@@ -138,9 +139,11 @@ class TuneResult:
 
     def __str__(self) -> str:
         counts = ", ".join(f"{v} {k}" for k, v in self.counts.items() if v)
-        return (f"TuneResult: best validation AUC {self.best_value:.4f} ({counts}; "
-                f"{self.seconds_per_trial:.2f} s per trial)\n  composite: {self.composite}\n"
-                f"  options: aggregate={self.options['aggregate']!r}, normalize={self.options['normalize']!r}")
+        return (
+            f"TuneResult: best validation AUC {self.best_value:.4f} ({counts}; "
+            f"{self.seconds_per_trial:.2f} s per trial)\n  composite: {self.composite}\n"
+            f"  options: aggregate={self.options['aggregate']!r}, normalize={self.options['normalize']!r}"
+        )
 
 
 # ----------------------------------------------------------------------------- study parts
@@ -148,7 +151,7 @@ class TuneResult:
 
 def _storage(storage: Any, out: Path):
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback  # noqa: F401
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
     if storage is not None and not isinstance(storage, (str, Path)):
         return storage  # an optuna storage object
@@ -173,7 +176,7 @@ def _storage(storage: Any, out: Path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, **kwargs)
-    except Exception as e:  # noqa: BLE001  (SQLAlchemy errors: bad URL, missing driver, unreachable server)
+    except Exception as e:  # SQLAlchemy errors: bad URL, missing driver, unreachable server
         raise XpruneError(f"cannot open the study storage {url!r}: {e}") from e
 
 
@@ -339,38 +342,89 @@ def tune(
     from .. import distributed
 
     with distributed.on_device(model, device):
-        return _tune(model, reference, validation, units, space, trials, sampler, storage, study_name, out, seed,
-                     rates, classes, timeout, progress, pruner, scope, precision, dict(options or {}))
+        return _tune(
+            model,
+            reference,
+            validation,
+            units,
+            space,
+            trials,
+            sampler,
+            storage,
+            study_name,
+            out,
+            seed,
+            rates,
+            classes,
+            timeout,
+            progress,
+            pruner,
+            scope,
+            precision,
+            dict(options or {}),
+        )
 
 
-def _tune(model, reference, validation, units, space, trials, sampler, storage, study_name, out, seed, rates,
-          classes, timeout, progress, pruner, scope, precision, options) -> TuneResult:
+def _tune(
+    model,
+    reference,
+    validation,
+    units,
+    space,
+    trials,
+    sampler,
+    storage,
+    study_name,
+    out,
+    seed,
+    rates,
+    classes,
+    timeout,
+    progress,
+    pruner,
+    scope,
+    precision,
+    options,
+) -> TuneResult:
     import optuna
 
     from .. import distributed
 
     kind = units if isinstance(units, str) else units.kind
     design = Design(Space.coerce(space), model, kind)
-    ev = Evaluator(model, reference, validation, units, classes, rates, scope=scope, precision=precision,
-                   options=options)
+    ev = Evaluator(
+        model, reference, validation, units, classes, rates, scope=scope, precision=precision, options=options
+    )
     n_rates = len(ev.rates)
     setup = {"design": design.describe(), "rates": ev.rates, "classes": ev.classes, "units": kind}
     # what else changes the objective, recorded when not the default (studies made before stay resumable)
-    setup.update({k: v for k, v in (("scope", scope), ("precision", precision), ("options", options))
-                  if v not in ("global", None, "fp32", {})})
+    setup.update(
+        {
+            k: v
+            for k, v in (("scope", scope), ("precision", precision), ("options", options))
+            if v not in ("global", None, "fp32", {})
+        }
+    )
     setup_json = json.dumps(setup, sort_keys=True, default=str)
 
     def open_study():  # rank 0 owns the study and its storage (the only rank that writes)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         name = study_name or f"pxp-{kind}"
-        study = optuna.create_study(storage=_storage(storage, out), study_name=name, direction="maximize",
-                                    load_if_exists=True, pruner=_pruner(pruner))
+        study = optuna.create_study(
+            storage=_storage(storage, out),
+            study_name=name,
+            direction="maximize",
+            load_if_exists=True,
+            pruner=_pruner(pruner),
+        )
         stored = study.user_attrs.get("setup")
         if stored is None:
             study.set_user_attr("setup", setup_json)
         elif stored != setup_json:
-            raise XpruneError(f"study {name!r} in this storage was made with another setup (space, layer groups, "
-                              "rates, classes, units, scope, precision or fixed options); pass another study_name= or out=")
+            raise XpruneError(
+                f"study {name!r} in this storage was made with another setup (space, layer groups, "
+                "rates, classes, units, scope, precision or fixed options); pass another study_name= or out="
+            )
         study.sampler = _sampler(sampler, seed + len(study.trials))
         requeue_interrupted(study)
         return study
@@ -382,7 +436,8 @@ def _tune(model, reference, validation, units, space, trials, sampler, storage, 
         optimize(study, design, ev, trials, timeout, progress)
     result = distributed.run_on_main(lambda: _finish(study, design, ev, out), "to write the results")
     shared = distributed.broadcast_object(
-        None if result is None else {f.name: getattr(result, f.name) for f in fields(TuneResult) if f.name != "study"})
+        None if result is None else {f.name: getattr(result, f.name) for f in fields(TuneResult) if f.name != "study"}
+    )
     return result if result is not None else TuneResult(study=None, **shared)
 
 
@@ -395,8 +450,10 @@ def _finish(study, design: Design, ev: Evaluator, out: Path) -> TuneResult:
     all_trials = study.get_trials(deepcopy=False)
     complete = [t for t in all_trials if t.state == TS.COMPLETE and "stopped_after" not in t.user_attrs]
     if not complete:
-        raise XpruneError(f"study {study.study_name!r} has no complete trial yet (states: "
-                          f"{_counts(all_trials)}); run more trials or check the failures in the log")
+        raise XpruneError(
+            f"study {study.study_name!r} has no complete trial yet (states: "
+            f"{_counts(all_trials)}); run more trials or check the failures in the log"
+        )
     best = max(complete, key=lambda t: (t.value, -t.number))  # = study.best_trial (a stopped trial is below it)
     spec, options = best.user_attrs["composite"], best.user_attrs["options"]
     kwargs = {} if design.attention else {"groups": design.groups}
@@ -404,31 +461,72 @@ def _finish(study, design: Design, ev: Evaluator, out: Path) -> TuneResult:
     path = out / "best_composite.json"
     normalize = None if options["normalize"] == "none" else options["normalize"]
     chosen = {"aggregate": options["aggregate"], "normalize": normalize, **ev.options}
-    save_composite(path, spec, kwargs=kwargs, options=chosen,
-                   meta={"study": study.study_name, "trial": best.number, "validation_auc": best.value,
-                         "rates": ev.rates, "units": ev.kind, "source": "xprune.tune (PXP, Hatefi et al. 2024)"})
-    secs = [t.user_attrs["seconds"] for t in all_trials if t.state in (TS.COMPLETE, TS.PRUNED)
-            and "seconds" in t.user_attrs]
-    curve = Curve("lrp (tuned)", list(ev.rates), list(best.user_attrs["accuracies"]),
-                  meta={"units": ev.kind, "split": "validation", "trial": best.number})
+    save_composite(
+        path,
+        spec,
+        kwargs=kwargs,
+        options=chosen,
+        meta={
+            "study": study.study_name,
+            "trial": best.number,
+            "validation_auc": best.value,
+            "rates": ev.rates,
+            "units": ev.kind,
+            "source": "xprune.tune (PXP, Hatefi et al. 2024)",
+        },
+    )
+    secs = [
+        t.user_attrs["seconds"] for t in all_trials if t.state in (TS.COMPLETE, TS.PRUNED) and "seconds" in t.user_attrs
+    ]
+    curve = Curve(
+        "lrp (tuned)",
+        list(ev.rates),
+        list(best.user_attrs["accuracies"]),
+        meta={"units": ev.kind, "split": "validation", "trial": best.number},
+    )
     files = {"composite": path}
     files.update(save_plots(study, out))
     summary = {
-        "study": study.study_name, "best_trial": best.number, "best_value": best.value, "best_params": best.params,
-        "composite": str(path), "options": chosen, "scope": ev.scope,
-        "counts": _counts(all_trials), "seconds_per_trial": statistics.fmean(secs) if secs else None,
-        "seconds_complete_trial": statistics.fmean([t.user_attrs["seconds"] for t in complete
-                                                    if "seconds" in t.user_attrs] or [math.nan]),
-        "best_curve": curve.to_dict(), "setup": json.loads(study.user_attrs["setup"]),
-        "trials": [{"number": t.number, "state": _state(t), "value": t.value, "params": t.params,
-                    "seconds": t.user_attrs.get("seconds"), "stopped_after": t.user_attrs.get("stopped_after")}
-                   for t in all_trials],
+        "study": study.study_name,
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_params": best.params,
+        "composite": str(path),
+        "options": chosen,
+        "scope": ev.scope,
+        "counts": _counts(all_trials),
+        "seconds_per_trial": statistics.fmean(secs) if secs else None,
+        "seconds_complete_trial": statistics.fmean(
+            [t.user_attrs["seconds"] for t in complete if "seconds" in t.user_attrs] or [math.nan]
+        ),
+        "best_curve": curve.to_dict(),
+        "setup": json.loads(study.user_attrs["setup"]),
+        "trials": [
+            {
+                "number": t.number,
+                "state": _state(t),
+                "value": t.value,
+                "params": t.params,
+                "seconds": t.user_attrs.get("seconds"),
+                "stopped_after": t.user_attrs.get("stopped_after"),
+            }
+            for t in all_trials
+        ],
     }
     atomic_write(out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
     files["summary"] = out / "summary.json"
-    return TuneResult(study, best.value, dict(best.params), path,
-                      {"composite": str(path), **chosen},
-                      curve, out, _counts(all_trials), statistics.fmean(secs) if secs else math.nan, files)
+    return TuneResult(
+        study,
+        best.value,
+        dict(best.params),
+        path,
+        {"composite": str(path), **chosen},
+        curve,
+        out,
+        _counts(all_trials),
+        statistics.fmean(secs) if secs else math.nan,
+        files,
+    )
 
 
 def _state(t) -> str:

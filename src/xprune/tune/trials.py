@@ -60,8 +60,9 @@ def optimize(study, design: Design, ev: Evaluator, trials: int, timeout, progres
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         if stopped is not None:
             bound = (sum(accs) + (n_rates - len(accs)) * accs[-1]) / n_rates  # the value reported at the stop
-            if gp and bound < max((t.value for t in study.get_trials(deepcopy=False, states=(TS.COMPLETE,))),
-                                  default=float("inf")):
+            if gp and bound < max(
+                (t.value for t in study.get_trials(deepcopy=False, states=(TS.COMPLETE,))), default=float("inf")
+            ):
                 # optuna's GP fits complete trials only: the bound tells it this composite is worse than the best
                 trial.set_user_attr("stopped_after", ev.rates[stopped])
                 return bound
@@ -83,8 +84,14 @@ def optimize(study, design: Design, ev: Evaluator, trials: int, timeout, progres
     try:
         if remaining > 0:
             # a DistributedError (a peer died or timed out) is no _TrialFailed: it stops the study on every rank
-            study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(_TrialFailed,),
-                           callbacks=[MaxTrialsCallback(trials, states=finished), report], gc_after_trial=False)
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=timeout,
+                catch=(_TrialFailed,),
+                callbacks=[MaxTrialsCallback(trials, states=finished), report],
+                gc_after_trial=False,
+            )
     except BaseException as e:
         if not isinstance(e, distributed.DistributedError):
             import contextlib
@@ -145,9 +152,16 @@ def _evaluate(ev: Evaluator, params, trial, n_rates: int) -> tuple[list[float], 
     spec, kwargs, options = params
     scores = ev.score(spec, kwargs, **options)
     if distributed.is_active():  # rank 0's scores everywhere: the same rankings, prunings and cache keys
-        scores = Scores(distributed.broadcast(dict(scores)), kind=scores.kind, criterion=scores.criterion,
-                        members=scores.members, roots=scores.roots, example=scores.example, meta=scores.meta,
-                        parts=scores.parts)
+        scores = Scores(
+            distributed.broadcast(dict(scores)),
+            kind=scores.kind,
+            criterion=scores.criterion,
+            members=scores.members,
+            roots=scores.roots,
+            example=scores.example,
+            meta=scores.meta,
+            parts=scores.parts,
+        )
     accs: list[float] = []
     for k, (_, a) in enumerate(ev.accuracies(scores)):
         accs.append(a)
@@ -167,6 +181,10 @@ def requeue_interrupted(study) -> None:
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     for t in trials:
-        if (t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("interrupted")
-                and t.number not in retried and "retry_of" not in t.user_attrs):
+        if (
+            t.state == optuna.trial.TrialState.FAIL
+            and t.user_attrs.get("interrupted")
+            and t.number not in retried
+            and "retry_of" not in t.user_attrs
+        ):
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
