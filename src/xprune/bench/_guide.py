@@ -110,8 +110,9 @@ recomputed when the numbers change, and it quotes no figure: check it against th
 - **A very over-parameterised network, a moderate rate** ("Toy 2-D MLP"): check `random` first. On the
   1000-wide toy MLPs, removing a third of every layer at random was not beaten on circles and moons.
 - **You will fine-tune anyway** ("ResNet with fine-tuning"): the criterion mattered little after a one-shot
-  cut and fine-tuning, where `random` was within the seeds' spread of the best; `singe` and z+ needed the
-  entwined schedule (several small steps with fine-tuning between).
+  cut and fine-tuning, where `random` was within the seeds' spread of the best; `singe-fast` and z+
+  needed the entwined schedule (several small steps with fine-tuning between). SInGE as defined now
+  (`singe`, per unit) and the published methods side by side: the README's "published methods" table.
 - **Transformers** ("ViT heads and neurons", "MiniLM", "Decoder-only language model"): for attention heads
   `lrp` (AttnLRP or CP-LRP) led on the ViT and on MiniLM (where `activation` was close); for MLP neurons of
   the small ViT the criteria were within noise. For decoder LLMs judged by perplexity, `llm-pruner` and
@@ -119,8 +120,8 @@ recomputed when the numbers change, and it quotes no figure: check it against th
 - **Keep explanations** ("Explanations before and after pruning", "Interpretations Steered Pruning"): the
   heatmaps of the digits VGG barely changed after pruning half of it with `lrp`; after fine-tuning,
   `taylor` kept the heatmaps closest in the steered-pruning study.
-- **Budget**: see the cost bullet above; path methods (`integrated-gradients`, `singe`) pay one pass per
-  path step.
+- **Budget**: see the cost bullet above; path methods (`integrated-gradients`, `singe-fast`) pay one pass
+  per path step; `singe` (per unit) pays about one pass per unit and path step (`docs/singe.md`).
 - **No data at all**: `weight`/`l2` are the only options without data.
 - **Need a guarantee** ("Pruning with a guarantee"): `xprune prune --max-drop` certifies the rate on
   calibration data, whatever the criterion.

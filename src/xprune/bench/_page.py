@@ -116,7 +116,8 @@ def results_page(
     s += [
         "",
         "Criteria: `weight`, `l2`, `gradient`, `taylor`, `activation`, `random`, `lrp` with the composites "
-        "named in brackets, `integrated-gradients`, `singe`; tuned LRP (`lrp (tuned)`, the PXP search) in the "
+        "named in brackets, `integrated-gradients`, `singe-fast` (runs stored before issue 20 called it `singe`: "
+        "the label was corrected, the numbers are those runs'); tuned LRP (`lrp (tuned)`, the PXP search) in the "
         "transfer and ViT scenarios, `steered` in the ResNet scenario; more in the standalone scripts' "
         "tables below.",
         "",
@@ -182,16 +183,17 @@ def results_page(
         for c, runs in e["results"].items():
             s.append(f"| {c} | " + " | ".join(_fmt([r[k]["accuracy"] for r in runs]) for k in kinds) + " |")
         s.append("")
-    steer = _figures("steered", existing / "steered.json")
-    if steer or (existing / "steered.md").exists():
+    faithful = [existing / "faithful_resnet-mnist.json", existing / "faithful_resnet-fashion.json"]
+    published = _figures("faithful", *[f for f in faithful if f.exists()]) if any(f.exists() for f in faithful) else []
+    if published:
         s += [
-            "### Interpretations Steered Pruning",
+            "### The published methods side by side",
             "",
-            "From `python benchmarks/steered.py` (ResNet on MNIST, 50% "
-            "of the MACs removed; heatmap similarity of the fine-tuned vs the original model):",
+            "From `OMP_NUM_THREADS=1 python benchmarks/faithful.py` (50% of the MACs removed, the same "
+            "fine-tuning for every row; SInGE and Interpretations Steered Pruning as defined since issue 20):",
             "",
         ]
-        s += steer or [_include(existing / "steered.md", rel_old), ""]
+        s += published
     if (out / "vit.md").exists():
         section(
             "ViT heads and neurons",
