@@ -315,11 +315,13 @@ class UnitKind:
         """Mask or remove the plan's units in ``model``, in place (callers pass a copy)."""
         raise XpruneError(f"unit kind {self.name!r} has no surgery")
 
-    def lrp_context(self, model: nn.Module, composite: Any, canonizers: Any):
-        """Context manager running LRP on ``model`` (default: :func:`xprune.lrp.attribution`)."""
+    def lrp_context(self, model: nn.Module, composite: Any, canonizers: Any, **options: Any):
+        """Context manager running LRP on ``model`` (default: :func:`xprune.lrp.attribution`).
+
+        ``options`` go to the :class:`~xprune.lrp.Attribution` (``weight_relevance=`` for single weights)."""
         from .lrp import attribution
 
-        return attribution(model, composite, canonizers)
+        return attribution(model, composite, canonizers, **options)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

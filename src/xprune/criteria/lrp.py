@@ -63,6 +63,7 @@ from .. import _inputs
 from ..errors import XpruneError
 from ..lrp import attribution, composite as resolve_composite
 from ..lrp.canonizers import default_canonizers
+from ..units import get_kind
 from .base import HookedCriterion, Objective, reduces_sums, register, wide
 
 __all__ = ["LRP", "PBE"]
@@ -165,8 +166,9 @@ class LRP(HookedCriterion):
         names = [g.name for g in units]
         modules = dict(model.named_modules())
         totals = {n: torch.zeros(modules[n].weight.shape, dtype=torch.float64) for n in names}
+        kind = get_kind(units.kind)  # its context: the attention rules on Hugging Face attention
         for inputs, labels in data:
-            with attribution(model, self.composite, self.canonizers, weight_relevance=names) as attr:
+            with kind.lrp_context(model, self.composite_for(kind), self.canonizers, weight_relevance=names) as attr:
                 with torch.enable_grad():
                     objective = Objective.of(target, _inputs.call(model, inputs), labels, inputs=inputs, model=model)
                     output = objective.output

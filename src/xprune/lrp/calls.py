@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XpruneError
+from ..layers import is_conv1d
 
 __all__ = ["stabilize", "ratio", "reroute", "defer", "layer_function", "LayerCall", "split_terms", "apply_terms"]
 
@@ -144,10 +145,17 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PARAMETRIC = (nn.Linear, *_CONV)
 
 
+def _conv1d_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # Hugging Face Conv1D: x @ weight + bias with weight [in, out] (its forward: torch.addmm(bias, x, weight))
+    return F.linear(x, weight.t(), bias)
+
+
 def layer_function(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
-    """The linear map of a Linear/Conv module as ``f(x, weight, bias)``."""
+    """The linear map of a Linear/Conv module (or a Hugging Face ``Conv1D``) as ``f(x, weight, bias)``."""
     if isinstance(module, nn.Linear):
         return F.linear
+    if is_conv1d(module):
+        return _conv1d_linear
     if isinstance(module, _CONV):
         return module._conv_forward
     raise XpruneError(

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XpruneError
+from ..layers import is_conv1d
 from .calls import _PARAMETRIC, LayerCall
 from .canonizers import Canonizer, RuleAssignment, default_canonizers
 from .composites import Composite, composite as resolve_composite
@@ -225,7 +226,8 @@ class Attribution:
 
     def _needs_hook(self, name: str, module: nn.Module, rule: Rule | None) -> bool:
         if rule is None or type(rule) is Gradient:  # plain gradient: hook only to record weight leaves
-            return self.weight_relevance and self._weight_leaf_wanted(name) and isinstance(module, _PARAMETRIC)
+            weighted = isinstance(module, _PARAMETRIC) or is_conv1d(module)
+            return self.weight_relevance and self._weight_leaf_wanted(name) and weighted
         return not (type(rule) is Pass and isinstance(module, Pass._GRADIENT_EQUIVALENT))
 
     def _remove(self) -> None:

@@ -136,7 +136,13 @@ def _halve(module, args, output):
 
 @contextlib.contextmanager
 def attnlrp(
-    model: nn.Module, composite: Any = "attnlrp", canonizers=None, *, capture_attention: bool = False, **kwargs: Any
+    model: nn.Module,
+    composite: Any = "attnlrp",
+    canonizers=None,
+    *,
+    capture_attention: bool = False,
+    weight_relevance: Any = False,
+    **kwargs: Any,
 ) -> Iterator[Attribution]:
     """Attribute ``model`` with AttnLRP (or CP-LRP): a context manager yielding the :class:`Attribution`.
 
@@ -152,6 +158,9 @@ def attnlrp(
     capture_attention : bool
         Keep the attention probabilities of Hugging Face attention calls in
         ``attr.attention_probs`` (a list, one ``[B, H, T, S]`` tensor per call).
+    weight_relevance : bool or iterable of str
+        As in :func:`xprune.lrp.attribution`: record the modified weights of
+        the (named) layers so relevance can be split onto single weights.
 
     Notes
     -----
@@ -167,7 +176,7 @@ def attnlrp(
     saved: list[tuple[Any, Any]] = []
     handles = []
     modules = dict(model.named_modules())
-    with attribution(model, comp, canonizers) as attr:
+    with attribution(model, comp, canonizers, weight_relevance=weight_relevance) as attr:
         try:
             if configs:
                 _register_attention()

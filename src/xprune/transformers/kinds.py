@@ -110,10 +110,10 @@ class _TransformerKind(UnitKind):
     def signals(self, model, units):
         return _TokenSignals(self, model, units)
 
-    def lrp_context(self, model, composite, canonizers):
+    def lrp_context(self, model, composite, canonizers, **options):
         from .attnlrp import attnlrp
 
-        return attnlrp(model, composite, canonizers)
+        return attnlrp(model, composite, canonizers, **options)
 
     def validate(self, model, plan, mode):
         for name, idxs in plan.remove.items():
