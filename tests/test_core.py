@@ -434,3 +434,11 @@ def test_nan_inputs_and_scores_are_refused():
         broken.conv2.weight[0, 0, 0, 0] = float("inf")
     with pytest.raises(DataError, match=r"NaN/Inf scores for .*conv2"):
         xprune.score(broken, (X, y), "weight")
+
+
+def test_an_option_the_criterion_does_not_take_is_refused_in_one_line():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    data = (torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]))
+    with pytest.raises(XpruneError, match=r"criterion 'taylor' takes no option 'seed'; its options: objective"):
+        xprune.score(model, data, "taylor", seed=3)
+    assert xprune.score(model, data, "random", seed=3)  # a criterion that takes it

@@ -113,10 +113,26 @@ def get(criterion: str | Criterion | type[Criterion], **options: Any) -> Criteri
             raise XpruneError("options cannot be combined with a Criterion instance; pass them to its constructor")
         return criterion
     if isinstance(criterion, type) and issubclass(criterion, Criterion):
-        return criterion(**options)
+        return _construct(criterion, criterion.__name__, options)
     if isinstance(criterion, str) and criterion in _REGISTRY:
-        return _load(criterion)(**options)
+        return _construct(_load(criterion), repr(criterion), options)
     raise XpruneError(f"unknown criterion {criterion!r}; known criteria: {', '.join(available())}")
+
+
+def _construct(cls: type[Criterion], name: str, options: dict[str, Any]) -> Criterion:
+    """``cls(**options)``, refusing an option its constructor does not take in one line that lists those it takes."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    known = [n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD]
+    unknown = sorted(set(options) - set(known))
+    if unknown and not takes_any:
+        raise XpruneError(
+            f"criterion {name} takes no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(known) or 'none'} (and normalize=, target= of xprune.score)"
+        )
+    return cls(**options)
 
 
 class Criterion:
