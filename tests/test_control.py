@@ -592,3 +592,19 @@ def test_cli_on_a_hugging_face_language_model(tmp_path, monkeypatch, capsys):
     assert main(["circuit", "--model", "hf:lm", "--behaviour", "b.txt", "--out", "o"]) == 0
     assert json.loads((tmp_path / "o" / "circuit.json").read_text())["kind"] == "heads"
     assert "Circuit:" in capsys.readouterr().out
+    # a prompt / continuation file: only the continuation is the behaviour (labels -100 on the prompt)
+    lines = [{"prompt": "the dog ran far", "continuation": " the cat sat on the mat"}] * 12
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    from xprune.transformers import hub
+
+    data = hub.text_data(tmp_path / "b.jsonl", tok, task="causal-lm", max_length=16)
+    inputs, labels = next(data.train.batches(2))
+    n_prompt = len(tok("the dog ran far")["input_ids"])
+    assert (labels[:, :n_prompt] == -100).all()
+    assert torch.equal(labels[:, n_prompt:], inputs["input_ids"][:, n_prompt:])  # the continuation, unpadded here
+    args = ["correct", "--model", "hf:lm", "--behaviour", "b.jsonl", "--general", "g.txt", "--budget", "4"]
+    assert main([*args, "--max-general-change", "0.5", "--out", "p"]) == 0
+    assert json.loads((tmp_path / "p" / "correction.json").read_text())["kind"] == "neurons"
+    (tmp_path / "mixed.jsonl").write_text(json.dumps(lines[0]) + "\n" + json.dumps({"text": "the cat"}) + "\n")
+    with pytest.raises(DataError, match="mixes"):
+        hub.text_data(tmp_path / "mixed.jsonl", tok, task="causal-lm")

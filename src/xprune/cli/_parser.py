@@ -170,7 +170,8 @@ def _control(p: argparse.ArgumentParser, *, general: bool) -> None:
         "--behaviour",
         required=True,
         help="samples of the behaviour, labelled with the answer it gives (the unwanted class; for hf: "
-        "language models a .txt/.jsonl file whose every token is the text to stop producing): a "
+        "language models a .txt/.jsonl file whose every token is the text to stop producing, or .jsonl "
+        'lines {"prompt": ..., "continuation": ...} where only the continuation is): a '
         ".npz/.pt file with X and y, an image folder, a built-in dataset or text; its train split is "
         "scored, its test split measured",
     )

@@ -60,6 +60,10 @@ class TextSplit:
     texts : list of str
         The text each sample was tokenised from (for blocks of a longer
         text: the whole text).
+    label_from : list of int or None
+        ``"causal-lm"`` samples read from ``{"prompt", "continuation"}`` lines:
+        per sample, the position of the first labelled token (the prompt's
+        tokens are labelled ``-100``, not counted); ``None``: every token.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class TextSplit:
         task: str,
         pad_id: int,
         texts: list[str],
+        label_from: list[int] | None = None,
     ):
         self.input_ids = input_ids
         self.y = y
@@ -77,6 +82,7 @@ class TextSplit:
         self.task = task
         self.pad_id = int(pad_id)
         self.texts = texts
+        self.label_from = label_from
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -107,6 +113,7 @@ class TextSplit:
             self.task,
             self.pad_id,
             [self.texts[i] for i in index],
+            None if self.label_from is None else [self.label_from[i] for i in index],
         )
 
     def subset(self, indices: Any) -> TextSplit:
@@ -124,6 +131,9 @@ class TextSplit:
             mask[row, : len(s)] = 1
         if self.task == "causal-lm":
             labels = ids.masked_fill(mask == 0, -100)
+            if self.label_from is not None:  # the prompt is context, only the continuation is labelled
+                for row, i in enumerate(positions):
+                    labels[row, : self.label_from[int(i)]] = -100
         elif self.y is not None:
             labels = self.y[torch.as_tensor(list(positions), dtype=torch.long)]
         else:
@@ -218,8 +228,10 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _jsonl(path: Path, task: str) -> tuple[list[str], list[Any], list[int]]:
-    """Texts, raw labels (classification) and line numbers of a JSON-lines file."""
-    texts, labels, lines = [], [], []
+    """Texts, raw labels (classification; causal-lm prompt lines: the prompts) and line numbers of a JSON-lines file."""
+    texts: list[str] = []
+    labels: list[Any] = []
+    lines: list[int] = []
     for n, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
             continue
@@ -232,6 +244,16 @@ def _jsonl(path: Path, task: str) -> tuple[list[str], list[Any], list[int]]:
             ) from None
         if not isinstance(obj, dict):
             raise DataError(f'{path}:{n}: expected a JSON object such as {{"text": "..."}}, got {type(obj).__name__}')
+        if task == "causal-lm" and "text" not in obj and ("prompt" in obj or "continuation" in obj):
+            prompt, cont = obj.get("prompt"), obj.get("continuation")
+            if not isinstance(prompt, str) or not isinstance(cont, str) or not cont:
+                raise DataError(
+                    f'{path}:{n}: a prompt line needs a "prompt" string and a non-empty "continuation" string'
+                )
+            texts.append(prompt + cont)
+            labels.append(prompt)  # causal-lm: the prompt, whose tokens are not labelled
+            lines.append(n)
+            continue
         text = obj.get("text")
         if not isinstance(text, str):
             raise DataError(f'{path}:{n}: no "text" string' + ("" if text is None else f" (got {type(text).__name__})"))
@@ -362,7 +384,12 @@ def text_data(
           ``"text"`` string and, for ``"sequence-classification"``, a
           ``"label"``: a class index (int) or a class name (string). Texts
           are truncated to ``max_length`` tokens (``"causal-lm"``: cut into
-          blocks as for ``.txt``). Other keys are ignored.
+          blocks as for ``.txt``). Other keys are ignored. For ``"causal-lm"``
+          a line may instead hold ``"prompt"`` and ``"continuation"``: the
+          sample is the two strings joined, truncated to ``max_length``, and
+          only the continuation is labelled (the first tokens, as many as the
+          prompt alone tokenises to, get ``-100``): what ``xprune correct``
+          needs to target an unwanted continuation. One form per file.
     tokenizer : transformers tokenizer
         The model's tokenizer (:attr:`Loaded.tokenizer <xprune.transformers.hub.Loaded>`).
     task : str
@@ -431,7 +458,7 @@ def text_data(
         raise XpruneError(f"text_data reads .txt and .jsonl files; got {path.name!r}")
     if not path.is_file():
         raise DataError(f"no such file: {path}")
-    y, classes = None, None
+    y, classes, prompts, label_from = None, None, [], []
     if suffix == ".txt":
         if task == "sequence-classification":
             raise XpruneError(
@@ -449,8 +476,18 @@ def text_data(
         texts = [docs[i] for i in source]
     else:
         docs, raw, lines = _jsonl(path, task)
-        ids, source = _encode(tokenizer, docs, max_length, blocks=task == "causal-lm")
+        prompts = raw if task == "causal-lm" else []
+        if prompts and len(prompts) != len(docs):
+            raise DataError(
+                f'{path}: mixes "text" lines and "prompt"/"continuation" lines; use one form for a causal LM'
+            )
+        ids, source = _encode(tokenizer, docs, max_length, blocks=task == "causal-lm" and not prompts)
         texts = [docs[i] for i in source]
+        if prompts:  # the first tokens, as many as the prompt alone gives, are context
+            label_from = [
+                min(len(p), len(s) - 1)
+                for p, s in zip(_encode(tokenizer, prompts, max_length, False)[0], ids, strict=True)
+            ]
         if task == "sequence-classification" and docs:
             y, classes = _class_labels(path, raw, lines, label_names)
     if not ids:
@@ -458,12 +495,13 @@ def text_data(
     if task == "causal-lm":  # a block of one token predicts nothing
         keep = [i for i, s in enumerate(ids) if len(s) >= 2]
         ids, texts = [ids[i] for i in keep], [texts[i] for i in keep]
+        label_from = [label_from[i] for i in keep] if prompts else label_from
         if not ids:
             raise DataError(f"every text of {path} is one token long, which gives a causal LM nothing to predict")
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = pad if pad is not None else getattr(tokenizer, "eos_token_id", None)
     pad = 0 if pad is None else int(pad)
-    whole = TextSplit(ids, y, classes, task, pad, texts)
+    whole = TextSplit(ids, y, classes, task, pad, texts, label_from if prompts else None)
     train, val, test = (whole[p] for p in _split_positions(len(whole), y, val_fraction, test_fraction, seed))
     if not len(train):
         raise DataError(f"{path} has too few samples ({len(whole)}) to keep any for train; lower the fractions")
