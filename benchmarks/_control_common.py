@@ -5,7 +5,11 @@ Used by ``control_lm.py``, ``control_shortcut.py`` and ``control_minilm.py``.
 
 from __future__ import annotations
 
+import json
+import shutil
 import statistics
+from pathlib import Path
+from typing import Any, Callable
 
 
 import xprune
@@ -54,3 +58,21 @@ def plot(d: dict, path, *, units: str | None = None, behaviour: str = "behaviour
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_outputs(out: Path, render: Callable[[dict], str], **plot_options: Any) -> None:
+    """``out``.md (the tables of ``render``) and ``out``.png (:func:`plot`) from the stored ``out``.json.
+
+    Outside quick runs the figure is also copied to ``docs/img`` (the docs site embeds it from inside its folder).
+    """
+    d = json.loads(out.with_suffix(".json").read_text())
+    table = render(d)
+    out.with_suffix(".md").write_text(table + "\n")
+    print("\n" + table)
+    try:
+        plot(d, out.with_suffix(".png"), **plot_options)
+    except ImportError:
+        print("no figure: matplotlib is not installed")
+        return
+    if not out.stem.endswith("_quick"):
+        shutil.copyfile(out.with_suffix(".png"), Path(__file__).resolve().parents[1] / "docs" / "img" / f"{out.stem}.png")

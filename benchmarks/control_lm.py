@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import random
 import statistics
@@ -53,7 +52,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _control_common import data_free_contrast, plot  # noqa: E402
+import _control_common as common  # noqa: E402
+from _control_common import data_free_contrast  # noqa: E402
+from render import _source_line  # noqa: E402
+from llm import fit  # noqa: E402  (the training loop of the LLM benchmark)
 import _meta
 
 import xprune
@@ -116,28 +118,10 @@ def train(layers: int, steps: int, batch: int, lr: float, plant: float, seed: in
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(**cfg))
     ids = llm.tokenize(planted_documents(plant, seed))
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
-    warm = max(steps // 20, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
-    model.train()
-    t0 = time.perf_counter()
-    for step in range(steps):
-        starts = torch.randint(0, len(ids) - SEQ - 1, (batch,), generator=gen)
-        x = ids[starts[:, None] + torch.arange(SEQ)]
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == steps - 1:
-            print(f"  step {step:4d}  loss {loss.item():.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    model.eval()
+    seconds = fit(model, ids, steps, batch, lr, seed, SEQ)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
-    return model, path, time.perf_counter() - t0
+    return model, path, seconds
 
 
 def prompts(names: list[str], n: int, seed: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -315,18 +299,7 @@ def main(argv=None) -> int:
 
 def write_outputs(out: Path) -> None:
     """``out``.md (the tables) and ``out``.png (the curves) from the stored ``out``.json."""
-    d = json.loads(out.with_suffix(".json").read_text())
-    table = render(d)
-    out.with_suffix(".md").write_text(table + "\n")
-    print("\n" + table)
-    try:
-        plot(d, out.with_suffix(".png"), behaviour="P(continuation)", general="held-out perplexity")
-        if not out.stem.endswith("_quick"):  # the docs site embeds the figure (docs/img, inside docs_dir)
-            import shutil
-
-            shutil.copyfile(out.with_suffix(".png"), Path(__file__).resolve().parents[1] / "docs" / "img" / out.with_suffix(".png").name)
-    except ImportError:
-        print("no figure: matplotlib is not installed")
+    common.write_outputs(out, render, behaviour="P(continuation)", general="held-out perplexity")
 
 
 def render(d: dict) -> str:
@@ -382,11 +355,7 @@ def render(d: dict) -> str:
     errors = {(r["units"], r["method"]): r["error"] for r in d["rows"] if "error" in r}
     if errors:
         out += [""] + [f"Not run: {m} on {u}: {e}" for (u, m), e in errors.items()]
-    m = d.get("meta", {})
-    if m:  # the provenance line of benchmarks/render.py
-        env = f"OMP_NUM_THREADS={m['omp_num_threads']} " if m.get("omp_num_threads") else ""
-        commit = (m.get("commit") or "?")[:7] + ("+" if m.get("dirty") else "")
-        out += ["", f"Run: `{env}{m['command']}` (commit {commit}, {m.get('threads')} thread(s), {m.get('date')})."]
+    out += ["", _source_line(d, script="control_lm.py")]  # the provenance line of every rendered table
     return "\n".join(out)
 
 

@@ -30,7 +30,6 @@ Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/control_minilm.py`` (about 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import re
@@ -47,7 +46,9 @@ import torch
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _control_common import data_free_contrast, plot  # noqa: E402
+import _control_common as common  # noqa: E402
+from _control_common import data_free_contrast  # noqa: E402
+from render import _source_line  # noqa: E402
 import _meta
 
 import xprune
@@ -252,18 +253,7 @@ def _curve_at(row: dict, n: int) -> dict | None:
 
 def write_outputs(out: Path) -> None:
     """``out``.md (the tables) and ``out``.png (the curves) from the stored ``out``.json."""
-    d = json.loads(out.with_suffix(".json").read_text())
-    table = render(d)
-    out.with_suffix(".md").write_text(table + "\n")
-    print("\n" + table)
-    try:
-        plot(d, out.with_suffix(".png"), units="heads", behaviour="negation sensitivity", general="paraphrase agreement")
-        if not out.stem.endswith("_quick"):  # the docs site embeds the figure (docs/img, inside docs_dir)
-            import shutil
-
-            shutil.copyfile(out.with_suffix(".png"), Path(__file__).resolve().parents[1] / "docs" / "img" / out.with_suffix(".png").name)
-    except ImportError:
-        print("no figure: matplotlib is not installed")
+    common.write_outputs(out, render, units="heads", behaviour="negation sensitivity", general="paraphrase agreement")
 
 
 def render(d: dict) -> str:
@@ -291,11 +281,7 @@ def render(d: dict) -> str:
             cells.append("—" if not pts else f"{statistics.fmean(p['behaviour'] for p in pts):.4f} / "
                                              f"{statistics.fmean(p['general'] for p in pts):.3f}")
         out.append(f"| {m} | " + " | ".join(cells) + " |")
-    m = d.get("meta", {})
-    if m:  # the provenance line of benchmarks/render.py
-        env = f"OMP_NUM_THREADS={m['omp_num_threads']} " if m.get("omp_num_threads") else ""
-        commit = (m.get("commit") or "?")[:7] + ("+" if m.get("dirty") else "")
-        out += ["", f"Run: `{env}{m['command']}` (commit {commit}, {m.get('threads')} thread(s), {m.get('date')})."]
+    out += ["", _source_line(d, script="control_minilm.py")]  # the provenance line of every rendered table
     return "\n".join(out)
 
 

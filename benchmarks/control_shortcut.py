@@ -40,7 +40,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _control_common import data_free_contrast, plot  # noqa: E402
+import _control_common as common  # noqa: E402
+from _control_common import data_free_contrast  # noqa: E402
+from render import _source_line  # noqa: E402
 import _meta
 
 import xprune
@@ -196,18 +198,7 @@ def main(argv=None) -> int:
 
 def write_outputs(out: Path) -> None:
     """``out``.md (the tables) and ``out``.png (the curves) from the stored ``out``.json."""
-    d = json.loads(out.with_suffix(".json").read_text())
-    table = render(d)
-    out.with_suffix(".md").write_text(table + "\n")
-    print("\n" + table)
-    try:
-        plot(d, out.with_suffix(".png"), units="channels", behaviour="shortcut rate", general="clean accuracy")
-        if not out.stem.endswith("_quick"):  # the docs site embeds the figure (docs/img, inside docs_dir)
-            import shutil
-
-            shutil.copyfile(out.with_suffix(".png"), Path(__file__).resolve().parents[1] / "docs" / "img" / out.with_suffix(".png").name)
-    except ImportError:
-        print("no figure: matplotlib is not installed")
+    common.write_outputs(out, render, units="channels", behaviour="shortcut rate", general="clean accuracy")
 
 
 def render(d: dict) -> str:
@@ -244,11 +235,7 @@ def render(d: dict) -> str:
             cells.append("—" if not pts else f"{statistics.fmean(p['behaviour'] for p in pts):.3f} / "
                                              f"{statistics.fmean(p['general'] for p in pts):.3f}")
         out.append(f"| {m} | " + " | ".join(cells) + " |")
-    m = d.get("meta", {})
-    if m:  # the provenance line of benchmarks/render.py
-        env = f"OMP_NUM_THREADS={m['omp_num_threads']} " if m.get("omp_num_threads") else ""
-        commit = (m.get("commit") or "?")[:7] + ("+" if m.get("dirty") else "")
-        out += ["", f"Run: `{env}{m['command']}` (commit {commit}, {m.get('threads')} thread(s), {m.get('date')})."]
+    out += ["", _source_line(d, script="control_shortcut.py")]  # the provenance line of every rendered table
     return "\n".join(out)
 
 

@@ -55,6 +55,31 @@ HEAD_RATIOS = [0.125, 0.25, 0.375, 0.5]
 NEURON_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5]
 
 
+def fit(model: nn.Module, ids: torch.Tensor, steps: int, batch: int, lr: float, seed: int = 0,
+        seq: int = SEQ) -> float:
+    """Train a causal LM on random windows of ``seq`` tokens of ``ids`` (AdamW, warm-up + cosine); seconds taken."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    warm = max(steps // 20, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        starts = torch.randint(0, len(ids) - seq - 1, (batch,), generator=gen)
+        x = ids[starts[:, None] + torch.arange(seq)]
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            print(f"  step {step:4d}  loss {loss.item():.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    model.eval()
+    return time.perf_counter() - t0
+
+
 def train(steps: int, batch: int, lr: float, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -66,28 +91,10 @@ def train(steps: int, batch: int, lr: float, seed: int = 0):
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(**CONFIG))
     ids = llm.tokenize(llm.documents("train"))
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
-    warm = max(steps // 20, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
-    model.train()
-    t0 = time.perf_counter()
-    for step in range(steps):
-        starts = torch.randint(0, len(ids) - SEQ - 1, (batch,), generator=gen)
-        x = ids[starts[:, None] + torch.arange(SEQ)]
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == steps - 1:
-            print(f"  step {step:4d}  loss {loss.item():.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    model.eval()
+    seconds = fit(model, ids, steps, batch, lr, seed)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
-    return model, path, time.perf_counter() - t0
+    return model, path, seconds
 
 
 class AllTokenLogits(nn.Module):
